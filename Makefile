@@ -1,0 +1,40 @@
+# Set-up and everyday commands. Both `demo` and `test` create .venv themselves if missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+DEMO_OUT ?= outputs/demo
+
+.PHONY: install install-test demo test test-fast clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch is pinned to the version this project is tested with; a GPU user who already has a
+# CUDA build of torch>=2.5 in the environment keeps it (pyproject only asks for torch>=2.5).
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e .
+	touch $@
+
+# The official sam2 package is the test oracle: installed without its torchvision dependency
+# (not needed by the video predictor, and it would pull another torch) and without CUDA build.
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[test]"
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation "sam2==1.1.0"
+	touch $@
+
+install: $(STAMP)
+install-test: $(TEST_STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/surgsam2 demo --out $(DEMO_OUT)
+
+test: $(TEST_STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

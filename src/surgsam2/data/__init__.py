@@ -1,0 +1,1 @@
+"""Datasets on disk (VOS layout), video readers/writers, synthetic surgical video, EndoVis converter."""

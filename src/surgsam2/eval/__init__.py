@@ -1,0 +1,1 @@
+"""Metrics (DAVIS J/F, Dice, EndoVis IoUs) and evaluation protocols."""

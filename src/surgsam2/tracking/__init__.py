@@ -1,0 +1,1 @@
+"""Streaming tracker, offline propagation, prompts and per-frame results."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: data pipeline, prompt simulation, losses, trainer."""

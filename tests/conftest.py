@@ -1,0 +1,14 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    """Each test starts from the same RNG state, independent of test order."""
+    torch.manual_seed(0)
+    yield
