@@ -1,0 +1,233 @@
+"""Memory attention: conditions the current frame's features on the memory bank.
+
+Each layer is pre-norm: self-attention over the frame's tokens (2-D RoPE), cross-attention
+from those tokens to the memory (RoPE on the spatial memory tokens, none on the trailing
+object-pointer tokens), then a feed-forward block. Parameter names and shapes follow the
+official SAM 2 modules, so official checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from surgsam2.model.attention import RoPEAttention
+from surgsam2.model.configs import MemoryAttentionConfig
+from surgsam2.model.layers import get_activation
+
+
+class MemoryAttentionLayer(nn.Module):
+    """One pre-norm block: RoPE self-attention, RoPE cross-attention to memory, MLP.
+
+    Works batch-first: ``tgt`` (B, L, d_model), ``memory`` (B, M, kv_in_dim), where the last
+    ``num_k_exclude_rope`` memory tokens are object pointers that get no rotary encoding.
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        dim_feedforward: int = 2048,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        kv_in_dim: int = 64,
+        rope_theta: float = 10000.0,
+        activation: str = "relu",
+        pos_enc_at_attn: bool = False,
+        pos_enc_at_cross_attn_keys: bool = True,
+        pos_enc_at_cross_attn_queries: bool = False,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.dim_feedforward = dim_feedforward
+        self.dropout_p = dropout
+        self.self_attn = RoPEAttention(d_model, num_heads, dropout=dropout, rope_theta=rope_theta)
+        # Keys repeat the grid's rotations once per memory frame (rope_k_repeat).
+        self.cross_attn_image = RoPEAttention(
+            d_model,
+            num_heads,
+            dropout=dropout,
+            kv_in_dim=kv_in_dim,
+            rope_theta=rope_theta,
+            rope_k_repeat=True,
+        )
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.activation = get_activation(activation)()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.pos_enc_at_attn = pos_enc_at_attn
+        self.pos_enc_at_cross_attn_keys = pos_enc_at_cross_attn_keys
+        self.pos_enc_at_cross_attn_queries = pos_enc_at_cross_attn_queries
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual-branch dropout; the identity (no copy) in eval mode."""
+        if self.training and self.dropout_p > 0.0:
+            return F.dropout(x, self.dropout_p, training=True)
+        return x
+
+    def _self_attention(self, tgt: torch.Tensor, query_pos: torch.Tensor | None) -> torch.Tensor:
+        """tgt + SelfAttn(norm1(tgt)); the position encoding joins q and k only if configured."""
+        normed = self.norm1(tgt)
+        q_and_k = normed + query_pos if self.pos_enc_at_attn and query_pos is not None else normed
+        return tgt + self._dropout(self.self_attn(q_and_k, q_and_k, normed))
+
+    def _cross_attention(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        memory_with_pos: torch.Tensor,
+        query_pos: torch.Tensor | None,
+        num_k_exclude_rope: int,
+    ) -> torch.Tensor:
+        """tgt + CrossAttn(norm2(tgt) -> memory); keys carry the memory position encoding."""
+        normed = self.norm2(tgt)
+        queries = (
+            normed + query_pos
+            if self.pos_enc_at_cross_attn_queries and query_pos is not None
+            else normed
+        )
+        keys = memory_with_pos if self.pos_enc_at_cross_attn_keys else memory
+        attended = self.cross_attn_image(
+            queries, keys, memory, num_k_exclude_rope=num_k_exclude_rope
+        )
+        return tgt + self._dropout(attended)
+
+    def _feed_forward(self, tgt: torch.Tensor) -> torch.Tensor:
+        """tgt + MLP(norm3(tgt))."""
+        hidden = self._dropout(self.activation(self.linear1(self.norm3(tgt))))
+        return tgt + self._dropout(self.linear2(hidden))
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        query_pos: torch.Tensor | None = None,
+        num_k_exclude_rope: int = 0,
+        memory_with_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Batch-first block. ``memory_with_pos`` (= memory + pos) may be precomputed by a stack
+        that shares it across layers; otherwise it is formed here from ``pos`` (None: no encoding).
+        """
+        if memory_with_pos is None:
+            memory_with_pos = memory + pos if pos is not None else memory
+        tgt = self._self_attention(tgt, query_pos)
+        tgt = self._cross_attention(tgt, memory, memory_with_pos, query_pos, num_k_exclude_rope)
+        return self._feed_forward(tgt)
+
+
+class MemoryAttention(nn.Module):
+    """A stack of :class:`MemoryAttentionLayer` and a final LayerNorm, sequence-first in and out.
+
+    ``curr`` (L, B, d_model) are the frame's tokens on a square grid, ``memory`` (M, B, kv_in_dim)
+    the concatenated memories: spatial tokens of whole frames, then ``num_obj_ptr_tokens``
+    object-pointer tokens. Returns (L, B, d_model).
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        num_layers: int = 4,
+        dim_feedforward: int = 2048,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        kv_in_dim: int = 64,
+        rope_theta: float = 10000.0,
+        activation: str = "relu",
+        pos_enc_at_input: bool = True,
+        pos_enc_at_attn: bool = False,
+        pos_enc_at_cross_attn_keys: bool = True,
+        pos_enc_at_cross_attn_queries: bool = False,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.num_layers = num_layers
+        self.pos_enc_at_input = pos_enc_at_input
+        self.layers = nn.ModuleList(
+            MemoryAttentionLayer(
+                d_model=d_model,
+                dim_feedforward=dim_feedforward,
+                num_heads=num_heads,
+                dropout=dropout,
+                kv_in_dim=kv_in_dim,
+                rope_theta=rope_theta,
+                activation=activation,
+                pos_enc_at_attn=pos_enc_at_attn,
+                pos_enc_at_cross_attn_keys=pos_enc_at_cross_attn_keys,
+                pos_enc_at_cross_attn_queries=pos_enc_at_cross_attn_queries,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    @classmethod
+    def from_config(
+        cls, config: MemoryAttentionConfig, *, d_model: int, kv_in_dim: int
+    ) -> "MemoryAttention":
+        """Build from our config; ``d_model`` is the hidden dim, ``kv_in_dim`` the memory dim."""
+        return cls(
+            d_model=d_model,
+            num_layers=config.num_layers,
+            dim_feedforward=config.dim_feedforward,
+            num_heads=config.num_heads,
+            dropout=config.dropout,
+            kv_in_dim=kv_in_dim,
+            rope_theta=config.rope_theta,
+            activation=config.activation,
+        )
+
+    def forward(
+        self,
+        curr: torch.Tensor | list[torch.Tensor],
+        memory: torch.Tensor,
+        curr_pos: torch.Tensor | list[torch.Tensor] | None = None,
+        memory_pos: torch.Tensor | None = None,
+        num_obj_ptr_tokens: int = 0,
+    ) -> torch.Tensor:
+        """Attend the current tokens to the memory; all tensors are sequence-first (L, B, C).
+
+        ``curr``/``curr_pos`` may also be one-element lists, as SAM 2's feature lists are.
+        """
+        if isinstance(curr, (list, tuple)):
+            if len(curr) != 1:
+                raise ValueError(f"expected one feature level, got {len(curr)}")
+            curr = curr[0]
+        if isinstance(curr_pos, (list, tuple)):
+            if len(curr_pos) != 1:
+                raise ValueError(f"expected one position encoding, got {len(curr_pos)}")
+            curr_pos = curr_pos[0]
+        if curr.shape[1] != memory.shape[1]:
+            raise ValueError(
+                f"batch of curr ({curr.shape[1]}) and memory ({memory.shape[1]}) differ"
+            )
+        if not 0 <= num_obj_ptr_tokens <= memory.shape[0]:
+            raise ValueError(
+                f"num_obj_ptr_tokens={num_obj_ptr_tokens} outside [0, {memory.shape[0]}] memory tokens"
+            )
+
+        output = curr
+        if self.pos_enc_at_input and curr_pos is not None:
+            output = output + 0.1 * curr_pos
+        # Batch-first and contiguous once here (free for B == 1), so no layer copies again.
+        output = output.transpose(0, 1).contiguous()
+        query_pos = curr_pos.transpose(0, 1) if curr_pos is not None else None
+        memory_bf = memory.transpose(0, 1).contiguous()
+        # memory + pos is the same for every layer: form it once (first operand sets the layout).
+        memory_with_pos = (
+            memory_bf + memory_pos.transpose(0, 1) if memory_pos is not None else memory_bf
+        )
+
+        for layer in self.layers:
+            output = layer(
+                output,
+                memory_bf,
+                query_pos=query_pos,
+                num_k_exclude_rope=num_obj_ptr_tokens,
+                memory_with_pos=memory_with_pos,
+            )
+        return self.norm(output).transpose(0, 1)
+
+
+__all__ = ["MemoryAttentionLayer", "MemoryAttention"]
