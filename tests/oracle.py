@@ -57,6 +57,7 @@ def build_official_video_model(name: str, image_size: int, seed: int = 0, obj_sc
         device="cpu",
         hydra_overrides_extra=[f"++model.image_size={image_size}", "++model.fill_hole_area=0"],
     )
+    model.fill_hole_area = 0  # the post-processing overrides of the builder set it to 8
     perturb_(model, seed)
     with torch.no_grad():
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(obj_score_bias)

@@ -93,10 +93,13 @@ class RoPEAttention(Attention):
             side = math.isqrt(num_tokens)
             if side * side != num_tokens:
                 raise ValueError(f"RoPE attention needs a square token grid, got {num_tokens} tokens")
-            cos, sin = axial_rope_tables(
-                self.internal_dim // self.num_heads, side, side, self.rope_theta
-            )
-            tables = (cos.to(device), sin.to(device))
+            # Built outside inference mode so a cache filled during inference still works in
+            # a later training step.
+            with torch.inference_mode(False), torch.no_grad():
+                cos, sin = axial_rope_tables(
+                    self.internal_dim // self.num_heads, side, side, self.rope_theta
+                )
+                tables = (cos.to(device), sin.to(device))
             self._tables[key] = tables
         return tables
 

@@ -40,13 +40,20 @@ class PositionEmbeddingSine(nn.Module):
         angles = positions[..., None] / dim_t
         return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
 
-    @torch.no_grad()
     def grid(self, height: int, width: int, device: torch.device | str) -> torch.Tensor:
-        """The (C, H, W) encoding of an H x W grid."""
+        """The (C, H, W) encoding of an H x W grid (a cached constant: do not modify in place)."""
         key = (height, width, str(device))
         cached = self._cache.get(key)
         if cached is not None:
             return cached
+        # Built outside inference mode so that a cache filled during inference still works
+        # in a later training step.
+        with torch.inference_mode(False), torch.no_grad():
+            pos = self._build_grid(height, width, device)
+        self._cache[key] = pos
+        return pos
+
+    def _build_grid(self, height: int, width: int, device: torch.device | str) -> torch.Tensor:
         y = torch.arange(1, height + 1, dtype=torch.float32, device=device)
         x = torch.arange(1, width + 1, dtype=torch.float32, device=device)
         if self.normalize:
@@ -55,9 +62,7 @@ class PositionEmbeddingSine(nn.Module):
             x = x / (x[-1:] + eps) * self.scale
         pos_y = self._encode_axis(y)[:, None, :].expand(height, width, -1)
         pos_x = self._encode_axis(x)[None, :, :].expand(height, width, -1)
-        pos = torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).contiguous()
-        self._cache[key] = pos
-        return pos
+        return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encoding for a (B, C, H, W) feature map, as a float32 (B, 2*num_pos_feats, H, W)."""
