@@ -1,0 +1,934 @@
+"""Procedural synthetic surgical video with exact instrument masks (DESIGN section 6).
+
+A clip is a moving endoscopic view of wet tissue (multi-scale noise in reds/pinks/yellows, vessels,
+specular glints, slow camera drift/zoom) with 1-4 instruments of the seven EndoVis 2018 classes.
+Each instrument pivots about a trocar point outside the image, so its shaft enters from the border;
+its tip follows a smooth path, its jaws open and close, its wrist bends, and it may be retracted out
+of view and re-inserted. Instruments have a fixed depth order: where they overlap, the front one is
+drawn and only it owns the pixels. Nuisances (smoke/haze, motion blur, flicker, sensor noise, JPEG
+artefacts) are applied after compositing; masks are the exact drawn pixels (before blur), the way
+annotators label real frames.
+
+Everything is deterministic per seed: the plan comes from one numpy Generator, and every frame's
+noise from a Generator seeded by (seed, frame), so frame t does not depend on how frames are read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from surgsam2.data.classes import ENDOVIS18_CLASSES, NUM_INSTRUMENT_CLASSES
+from surgsam2.data.vos import DatasetMeta, VOSWriter, staged_output_dir
+
+# Part labels of an instrument's label canvas (0 = not drawn).
+_SHAFT, _BAND, _WRIST, _JAW, _ACCENT, _DARK = 1, 2, 3, 4, 5, 6
+_NUM_PARTS = 7
+_SUBPIXEL_BITS = 4
+_SUBPIXEL = float(1 << _SUBPIXEL_BITS)
+
+
+@dataclass
+class SyntheticVideoConfig:
+    """Everything that defines one synthetic clip; nuisance strengths are in 0..1 (0 = off)."""
+
+    width: int = 320
+    height: int = 256
+    num_frames: int = 100
+    min_instruments: int = 1
+    max_instruments: int = 4
+    class_ids: tuple[int, ...] | None = None  # fixes the instruments' classes (and their number)
+    reentry_probability: float = 0.3  # per instrument: leaves the view and comes back
+    late_entry_probability: float = 0.3  # per instrument but the first: enters after frame 0
+    camera_motion: float = 1.0  # scale of drift / zoom / roll
+    smoke: float = 0.5
+    motion_blur: float = 0.5
+    flicker: float = 0.5
+    jpeg_artifacts: float = 0.3
+    sensor_noise: float = 2.0  # standard deviation in grey levels
+    specular: float = 1.0  # wet-tissue glints
+    seed: int = 0
+
+    def validate(self) -> SyntheticVideoConfig:
+        """Raise ValueError naming the first bad field; returns self."""
+        if self.width < 16 or self.height < 16:
+            raise ValueError(f"frame size must be at least 16x16, got {self.width}x{self.height}")
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.class_ids is not None:
+            if not self.class_ids:
+                raise ValueError("class_ids must not be empty")
+            bad = [c for c in self.class_ids if not 1 <= int(c) <= NUM_INSTRUMENT_CLASSES]
+            if bad:
+                raise ValueError(f"class_ids must be in 1..{NUM_INSTRUMENT_CLASSES}, got {bad}")
+            if len(self.class_ids) > 8:
+                raise ValueError(f"at most 8 instruments, got {len(self.class_ids)}")
+        elif not 1 <= self.min_instruments <= self.max_instruments <= 8:
+            raise ValueError(
+                "need 1 <= min_instruments <= max_instruments <= 8, "
+                f"got {self.min_instruments}, {self.max_instruments}"
+            )
+        for name in ("reentry_probability", "late_entry_probability", "smoke", "motion_blur", "flicker",
+                     "jpeg_artifacts", "specular"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.camera_motion < 0 or self.sensor_noise < 0:
+            raise ValueError("camera_motion and sensor_noise must be >= 0")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        return self
+
+    def without_nuisances(self) -> SyntheticVideoConfig:
+        """The same clip with smoke, blur, flicker, noise and JPEG artefacts off (for checks)."""
+        return replace(self, smoke=0.0, motion_blur=0.0, flicker=0.0, jpeg_artifacts=0.0, sensor_noise=0.0)
+
+
+@dataclass
+class SyntheticVideo:
+    """A generated clip: frames (T,H,W,3 uint8 RGB), id maps (T,H,W uint8) and object classes."""
+
+    frames: np.ndarray
+    id_maps: np.ndarray
+    object_classes: dict[int, int]  # object id -> EndoVis 2018 class id
+    depth_order: list[int]  # object ids from back to front
+    backgrounds: np.ndarray | None = None  # tissue only, lit, before the other nuisances
+    layers: np.ndarray | None = None  # (T, N, H, W) bool: each object's mask before occlusion
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _spline_track(
+    rng: np.random.Generator, num_frames: int, spacing: float, sample: Callable[[int], np.ndarray]
+) -> np.ndarray:
+    """A smooth (T, D) track: Catmull-Rom through keys drawn every `spacing` frames."""
+    spacing = max(float(spacing), 1.0)
+    count = int(math.ceil(num_frames / spacing)) + 4
+    keys = np.asarray(sample(count), dtype=np.float64).reshape(count, -1)
+    position = np.arange(num_frames) / spacing + 1.0
+    index = np.floor(position).astype(np.int64)
+    u = (position - index)[:, None]
+    p0, p1, p2, p3 = keys[index - 1], keys[index], keys[index + 1], keys[index + 2]
+    return 0.5 * (
+        2 * p1 + (p2 - p0) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2 + (3 * p1 - p0 - 3 * p2 + p3) * u**3
+    )
+
+
+def _fractal_noise(
+    rng: np.random.Generator, height: int, width: int, cell: float, octaves: int, persistence: float = 0.5
+) -> np.ndarray:
+    """Smooth multi-octave value noise in [0, 1], float32 HxW; `cell` is the coarsest feature size."""
+    total = np.zeros((height, width), np.float32)
+    amplitude, norm = 1.0, 0.0
+    for _ in range(octaves):
+        grid_h = max(2, int(round(height / cell)) + 2)
+        grid_w = max(2, int(round(width / cell)) + 2)
+        grid = rng.random((grid_h, grid_w), dtype=np.float32)
+        total += amplitude * cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+        norm += amplitude
+        amplitude *= persistence
+        cell = max(cell / 2.0, 1.5)
+    total /= norm
+    low, high = float(total.min()), float(total.max())
+    return (total - low) / max(high - low, 1e-6)
+
+
+def _periodic_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
+    """Tileable smooth noise in [0, 1] (white noise low-passed in Fourier space)."""
+    white = rng.standard_normal((height, width)).astype(np.float32)
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    radius = np.sqrt(fx**2 + fy**2) * cell
+    spectrum = np.fft.rfft2(white) * (1.0 / (1.0 + radius**2) ** 1.6)
+    noise = np.fft.irfft2(spectrum, s=(height, width)).astype(np.float32)
+    low, high = float(noise.min()), float(noise.max())
+    return (noise - low) / max(high - low, 1e-6)
+
+
+def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _distance_to_rect(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Euclidean distance of (..., 2) points to the image rectangle [0, W] x [0, H] (0 inside)."""
+    dx = np.maximum(np.maximum(-points[..., 0], points[..., 0] - width), 0.0)
+    dy = np.maximum(np.maximum(-points[..., 1], points[..., 1] - height), 0.0)
+    return np.hypot(dx, dy)
+
+
+def _rotate(vector: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([c * vector[0] - s * vector[1], s * vector[0] + c * vector[1]])
+
+
+def _fixed(points: np.ndarray) -> np.ndarray:
+    """Float polygon -> int32 fixed-point points for cv2.fillPoly(shift=_SUBPIXEL_BITS)."""
+    return np.round(np.asarray(points) * _SUBPIXEL).astype(np.int32).reshape(-1, 1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# instruments
+
+
+@dataclass
+class _ClassShape:
+    """Head geometry of one instrument class, in units of the shaft's tip half-width r0."""
+
+    shaft_scale: float = 1.0  # shaft half-width relative to r0
+    wrist_length: float = 1.4
+    wrist_radius: float = 0.85
+    jaw_length: float = 3.0
+    jaw_base: float = 0.45  # half-width of one jaw at its base
+    jaw_tip: float = 0.15
+    jaw_curve: float = 0.0  # sideways bend of the jaws at their tip, in jaw lengths
+    max_open: float = math.radians(35)
+    fenestrated: bool = False
+    clip: bool = False
+    head: str = "jaws"  # "jaws" | "probe" | "suction"
+    head_length: float = 0.0  # for probe / suction heads
+    head_radius: float = 0.0
+    dark_shaft: bool = False
+
+
+_SHAPES: dict[int, _ClassShape] = {
+    1: _ClassShape(wrist_length=1.5, jaw_length=3.3, jaw_base=0.42, jaw_tip=0.12, jaw_curve=0.18,
+                   max_open=math.radians(40)),  # Bipolar Forceps: slender, curved (Maryland-like)
+    2: _ClassShape(wrist_length=1.4, wrist_radius=0.9, jaw_length=3.0, jaw_base=0.58, jaw_tip=0.36,
+                   max_open=math.radians(45), fenestrated=True),  # Prograsp: broad, fenestrated
+    3: _ClassShape(wrist_length=1.2, wrist_radius=0.9, jaw_length=2.1, jaw_base=0.62, jaw_tip=0.4,
+                   max_open=math.radians(28), dark_shaft=True),  # Large Needle Driver: stubby
+    4: _ClassShape(wrist_length=1.5, jaw_length=2.7, jaw_base=0.46, jaw_tip=0.05, jaw_curve=0.3,
+                   max_open=math.radians(35)),  # Monopolar Curved Scissors: curved sharp blades
+    5: _ClassShape(shaft_scale=0.45, head="probe", head_length=4.4, head_radius=1.45, dark_shaft=True),
+    6: _ClassShape(shaft_scale=0.6, head="suction", head_length=1.4, head_radius=0.62),
+    7: _ClassShape(wrist_length=1.3, wrist_radius=0.9, jaw_length=2.7, jaw_base=0.5, jaw_tip=0.42,
+                   max_open=math.radians(24), clip=True),  # Clip Applier: parallel jaws and a clip
+}
+
+
+@dataclass
+class _Instrument:
+    """The plan of one instrument over the whole clip (geometry per frame, materials)."""
+
+    object_id: int
+    class_id: int
+    shape: _ClassShape
+    pivot: np.ndarray  # (2,) trocar point outside the image
+    direction: np.ndarray  # (T, 2) unit shaft direction per frame
+    length: np.ndarray  # (T,) distance pivot -> nominal tip per frame
+    jaw_open: np.ndarray  # (T,) opening angle (radians)
+    wrist_bend: np.ndarray  # (T,) wrist articulation (radians)
+    r0: float  # shaft half-width at the tip end (pixels)
+    taper: float  # perspective widening of the shaft towards the pivot, per pixel of length
+    colours: np.ndarray  # (_NUM_PARTS, 3) float32 albedo per part label
+    reflect: np.ndarray  # (_NUM_PARTS,) environment reflection per part
+    specular: np.ndarray  # (_NUM_PARTS,) highlight strength per part
+    radius_ref: np.ndarray  # (_NUM_PARTS,) half-width used for shading heads
+    highlight_side: float = -0.3  # where the shaft's highlight stripe sits across the shaft (-1..1)
+
+    @property
+    def shaft_radius(self) -> float:
+        return self.r0 * self.shape.shaft_scale
+
+    @property
+    def head_extent(self) -> float:
+        """Length of the head beyond the shaft's end (wrist + jaws, or probe / suction head)."""
+        s = self.shape
+        return self.r0 * (s.head_length if s.head != "jaws" else s.wrist_length + s.jaw_length)
+
+    @property
+    def clearance(self) -> float:
+        """Radius around the pivot->tip segment that contains the whole instrument."""
+        s = self.shape
+        lateral = self.r0 * max(s.wrist_radius, s.jaw_base + s.jaw_curve * s.jaw_length, s.head_radius)
+        return self.head_extent + lateral + 2.0
+
+    def polygons(self, t: int) -> list[tuple[int, np.ndarray]]:
+        """(part label, float polygon) pairs of frame t, back to front; label 0 carves holes."""
+        s = self.shape
+        d = self.direction[t]
+        n = np.array([-d[1], d[0]])
+        tip = self.pivot + d * self.length[t]
+        base = tip - d * self.head_extent  # where the shaft ends
+        r_shaft = self.shaft_radius
+        r_pivot = r_shaft * (1.0 + self.taper * (self.length[t] - self.head_extent))
+        parts: list[tuple[int, np.ndarray]] = []
+        p = self.pivot
+        shaft = [p + n * r_pivot, base + n * r_shaft, base - n * r_shaft, p - n * r_pivot]
+        parts.append((_SHAFT, np.array(shaft)))
+        band0, band1 = base - d * (1.6 * r_shaft), base - d * (1.1 * r_shaft)
+        parts.append((_BAND, np.array([band0 + n * r_shaft, band1 + n * r_shaft, band1 - n * r_shaft,
+                                       band0 - n * r_shaft])))
+        if s.head == "probe":
+            parts.append((_JAW, _capsule(base, tip, d, n, s.head_radius * self.r0)))
+            face0 = base + d * (0.25 * self.head_extent)
+            face1 = base + d * (0.8 * self.head_extent)
+            w0, w1 = 0.15 * s.head_radius * self.r0, 0.8 * s.head_radius * self.r0
+            face = [face0 + n * w0, face1 + n * w0, face1 + n * w1, face0 + n * w1]
+            parts.append((_ACCENT, np.array(face)))
+            return parts
+        if s.head == "suction":
+            radius = s.head_radius * self.r0
+            parts.append((_JAW, _capsule(base, tip, d, n, radius)))
+            groove = base + d * (0.35 * self.head_extent)
+            parts.append((_DARK, np.array([groove + n * radius, groove + d * 1.5 + n * radius,
+                                           groove + d * 1.5 - n * radius, groove - n * radius])))
+            return parts
+        # jawed instruments: wrist (clevis) then two jaws about the wrist joint
+        r = self.r0
+        joint = base + d * (s.wrist_length * r)
+        wrist_label = _ACCENT if self.class_id == 4 else _WRIST  # scissors: beige tip cover
+        parts.append((wrist_label, _capsule(base, joint, d, n, s.wrist_radius * r)))
+        jaw_dir = _rotate(d, float(self.wrist_bend[t]))
+        half_open = 0.5 * float(self.jaw_open[t])
+        if s.clip and half_open < 0.5 * s.max_open * 0.55:
+            parts.append((_ACCENT, _clip_polygon(joint, jaw_dir, s, r)))
+        for side in (1.0, -1.0):
+            axis = _rotate(jaw_dir, side * half_open)
+            parts.append((_JAW, _jaw_polygon(joint, axis, s, r, side)))
+            if s.fenestrated:
+                parts.append((0, _jaw_polygon(joint, axis, s, r, side, hole=True)))
+        parts.append((_DARK, _disc(joint, 0.28 * r)))  # the joint pin
+        return parts
+
+
+def _capsule(p0: np.ndarray, p1: np.ndarray, d: np.ndarray, n: np.ndarray, radius: float) -> np.ndarray:
+    """Rectangle from p0 to p1 of half-width `radius`, rounded at p1."""
+    angles = np.linspace(-math.pi / 2, math.pi / 2, 9)
+    arc = p1 + radius * (np.cos(angles)[:, None] * d + np.sin(angles)[:, None] * n)
+    return np.vstack([p0 - n * radius, arc, p0 + n * radius])
+
+
+def _disc(centre: np.ndarray, radius: float) -> np.ndarray:
+    angles = np.linspace(0, 2 * math.pi, 10, endpoint=False)
+    return centre + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _jaw_polygon(
+    joint: np.ndarray, axis: np.ndarray, s: _ClassShape, r: float, side: float, hole: bool = False
+) -> np.ndarray:
+    """One jaw (side +1 / -1 of the closed jaw line), optionally its fenestration hole."""
+    normal = np.array([-axis[1], axis[0]])
+    length = s.jaw_length * r
+    x = np.linspace(0.0, 1.0, 9)
+    centre = s.jaw_curve * length * x**2
+    half = (s.jaw_base + (s.jaw_tip - s.jaw_base) * x) * r
+    if hole:
+        x = np.linspace(0.3, 0.78, 5)
+        centre = s.jaw_curve * length * x**2
+        half = (s.jaw_base + (s.jaw_tip - s.jaw_base) * x) * r
+        inner, outer = centre + side * 0.3 * half, centre + side * 0.72 * half
+    else:
+        inner, outer = centre, centre + side * half
+    along = (x * length)[:, None] * axis
+    outer_pts = joint + along + outer[:, None] * normal
+    inner_pts = joint + along + inner[:, None] * normal
+    return np.vstack([outer_pts, inner_pts[::-1]])
+
+
+def _clip_polygon(joint: np.ndarray, axis: np.ndarray, s: _ClassShape, r: float) -> np.ndarray:
+    """The clip held between the jaws of a clip applier."""
+    normal = np.array([-axis[1], axis[0]])
+    x0, x1 = 0.45 * s.jaw_length * r, 1.12 * s.jaw_length * r
+    w = 0.34 * r
+    return np.array([joint + axis * x0 + normal * w, joint + axis * x1 + normal * w,
+                     joint + axis * x1 - normal * w, joint + axis * x0 - normal * w])
+
+
+def _materials(class_id: int, shape: _ClassShape, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Albedo, reflection, highlight strength per part label for one instrument instance."""
+    colours = np.zeros((_NUM_PARTS, 3), np.float32)
+    reflect = np.zeros(_NUM_PARTS, np.float32)
+    specular = np.zeros(_NUM_PARTS, np.float32)
+    tone = rng.uniform(0.88, 1.1)
+    metal = np.array([150, 152, 158]) * tone
+    dark = np.array([46, 46, 50]) * rng.uniform(0.85, 1.2)
+    colours[_SHAFT] = dark if shape.dark_shaft else metal
+    colours[_BAND] = np.array([35, 35, 38]) if not shape.dark_shaft else np.array([95, 95, 100])
+    colours[_WRIST] = np.array([58, 58, 62]) * rng.uniform(0.9, 1.15)
+    colours[_JAW] = np.array([172, 172, 176]) * tone
+    colours[_ACCENT] = np.array([205, 182, 135])  # scissors' tip cover
+    colours[_DARK] = np.array([28, 24, 24])
+    if class_id == 3:
+        colours[_JAW] = np.array([128, 128, 134]) * tone
+    if class_id == 5:  # ultrasound probe: dark body, lighter transducer face, dark cable
+        colours[_SHAFT] = np.array([62, 64, 70])
+        colours[_JAW] = np.array([78, 82, 92]) * tone
+        colours[_ACCENT] = np.array([150, 156, 165])
+    if class_id == 6:  # suction: bright thin metal tube
+        colours[_SHAFT] = np.array([182, 184, 190]) * tone
+        colours[_JAW] = np.array([196, 196, 200]) * tone
+    if class_id == 7:  # clip applier: golden clip
+        colours[_ACCENT] = np.array([222, 190, 92])
+    reflect[[_SHAFT, _JAW]] = 0.35
+    reflect[[_BAND, _WRIST, _DARK]] = 0.12
+    reflect[_ACCENT] = 0.15
+    specular[[_SHAFT, _JAW]] = 0.85
+    specular[[_BAND, _WRIST, _DARK]] = 0.35
+    specular[_ACCENT] = 0.5
+    if shape.dark_shaft:
+        reflect[_SHAFT], specular[_SHAFT] = 0.15, 0.55
+    return colours, reflect, specular
+
+
+# ---------------------------------------------------------------------------------------------
+# the clip plan and renderer
+
+
+class _ClipRenderer:
+    """Plans one clip from its config (all randomness drawn here) and renders frames on demand.
+
+    Each part of the plan draws from its own Generator keyed by (seed, part), and every smooth
+    track draws its keys one after the other, so the scene (tissue, instruments, their classes,
+    looks and paths, camera, nuisances) does not depend on the clip length; only the entry and
+    exit schedule of the instruments is fitted to it.
+    """
+
+    def __init__(self, config: SyntheticVideoConfig) -> None:
+        self.config = config.validate()
+        self.width, self.height, self.frames = config.width, config.height, config.num_frames
+        self.scale = float(min(self.width, self.height))
+        self._plan_camera()
+        self._plan_tissue(self._stream(2))
+        self._plan_instruments()
+        self._plan_nuisances()
+        ys, xs = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32)
+        self._xs, self._ys = xs + 0.5, ys + 0.5
+
+    def _stream(self, *key: int) -> np.random.Generator:
+        """The Generator of one part of the plan (or of frame noise), keyed by (seed, *key)."""
+        return np.random.default_rng([self.config.seed, *key])
+
+    # --- planning ---------------------------------------------------------------------------
+
+    def _plan_camera(self) -> None:
+        T, motion = self.frames, self.config.camera_motion
+        rng = self._stream(1, 0)
+        drift = _spline_track(rng, T, rng.uniform(25, 50), lambda k: rng.uniform(-1, 1, (k, 2)))
+        self.cam_offset = drift * (0.1 * self.scale * motion)
+        rng = self._stream(1, 1)
+        breathing = np.sin(2 * math.pi * np.arange(T) / rng.uniform(18, 40) + rng.uniform(0, 6.3))
+        zoom = _spline_track(rng, T, rng.uniform(30, 60), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
+        self.cam_zoom = 1.0 + motion * (0.06 * zoom + 0.012 * breathing)
+        rng = self._stream(1, 2)
+        roll = _spline_track(rng, T, rng.uniform(30, 60), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
+        self.cam_roll = motion * 0.05 * roll
+        self.canvas_w = int(math.ceil(self.width * 1.7))
+        self.canvas_h = int(math.ceil(self.height * 1.7))
+
+    def _plan_tissue(self, rng: np.random.Generator) -> None:
+        h, w, s = self.canvas_h, self.canvas_w, self.scale
+        base = _fractal_noise(rng, h, w, cell=s * 0.45, octaves=4, persistence=0.55)
+        mottle = _fractal_noise(rng, h, w, cell=s * 0.06, octaves=3)
+        fine = _fractal_noise(rng, h, w, cell=max(s * 0.015, 2.0), octaves=2)
+        deep = np.array([112, 22, 30], np.float32) * rng.uniform(0.85, 1.1)
+        mid = np.array([176, 58, 56], np.float32) * rng.uniform(0.9, 1.08)
+        light = np.array([222, 128, 118], np.float32) * rng.uniform(0.92, 1.05)
+        a = _smoothstep(0.2, 0.55, base)[..., None]
+        b = _smoothstep(0.55, 0.9, base)[..., None]
+        tissue = deep * (1 - a) + mid * a
+        tissue = tissue * (1 - b) + light * b
+        tissue *= (0.82 + 0.3 * mottle + 0.08 * fine)[..., None]
+        # fat: lobulated yellow patches
+        fat_field = _fractal_noise(rng, h, w, cell=s * 0.35, octaves=3)
+        threshold = rng.uniform(0.55, 0.8)
+        fat = _smoothstep(threshold - 0.05, threshold + 0.18, fat_field + 0.12 * (mottle - 0.5))
+        fat *= rng.uniform(0.55, 0.9)
+        lobules = _fractal_noise(rng, h, w, cell=max(s * 0.03, 3.0), octaves=2)
+        fat_colour = np.array([240, 204, 118], np.float32) * (0.78 + 0.3 * lobules)[..., None]
+        tissue = tissue * (1 - fat[..., None]) + fat_colour * fat[..., None]
+        # vessels: wandering branching curves, dark red, slightly raised
+        vessels = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(5, 12))):
+            self._draw_vessel(rng, vessels, depth=0, width=rng.uniform(1.5, 4.0) * s / 256)
+        vessels = cv2.GaussianBlur(vessels, (0, 0), 1.0)
+        vessel_colour = np.array([92, 14, 36], np.float32)
+        alpha = np.clip(vessels, 0, 1)[..., None] * rng.uniform(0.45, 0.7)
+        tissue = tissue * (1 - alpha) + vessel_colour * alpha
+        # relief shading from a height field
+        height_field = 0.7 * base + 0.25 * mottle + 0.15 * vessels
+        gx = cv2.Sobel(height_field, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(height_field, cv2.CV_32F, 0, 1, ksize=3)
+        slope = gx * -0.6 + gy * -0.8
+        relief = 1.0 + np.clip(0.11 * slope / max(float(slope.std()), 1e-6), -0.3, 0.3)
+        tissue *= relief[..., None]
+        # wet glints: small bright spots, clustered
+        if self.config.specular > 0:
+            # highlights sit on the small bumps whose slope faces the light, in wet clusters
+            bumps = _fractal_noise(rng, h, w, cell=max(s * 0.05, 3.0), octaves=2)
+            cluster = _fractal_noise(rng, h, w, cell=s * 0.3, octaves=2)
+            facing = -0.6 * cv2.Sobel(bumps, cv2.CV_32F, 1, 0, ksize=3)
+            facing -= 0.8 * cv2.Sobel(bumps, cv2.CV_32F, 0, 1, ksize=3)
+            facing /= max(float(facing.std()), 1e-6)
+            glint = _smoothstep(2.2, 3.4, facing + 3.0 * (cluster - 0.62))
+            glint = cv2.GaussianBlur(glint, (0, 0), 0.7) + 0.35 * cv2.GaussianBlur(glint, (0, 0), 2.5)
+            glint = np.clip(glint, 0.0, 1.0) * self.config.specular
+            tissue = tissue + glint[..., None] * (np.array([255, 250, 245], np.float32) - tissue) * 0.95
+        self.tissue = np.clip(tissue + 0.5, 0, 255).astype(np.uint8)  # uint8: cheaper to warp
+        # endoscope light: bright centre, dark rim, slightly off-centre per clip
+        cx = self.width * (0.5 + rng.uniform(-0.08, 0.08))
+        cy = self.height * (0.5 + rng.uniform(-0.08, 0.08))
+        ys, xs = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32)
+        radius2 = ((xs - cx) / (0.72 * self.width)) ** 2 + ((ys - cy) / (0.72 * self.height)) ** 2
+        self.light = np.clip(1.12 - 0.75 * radius2, 0.25, 1.15).astype(np.float32)
+
+    def _draw_vessel(self, rng: np.random.Generator, canvas: np.ndarray, depth: int, width: float,
+                     start: np.ndarray | None = None, heading: float | None = None) -> None:
+        h, w = canvas.shape
+        point = rng.uniform([0, 0], [w, h]) if start is None else start
+        angle = rng.uniform(0, 2 * math.pi) if heading is None else heading
+        steps = int(rng.integers(25, 70)) // (depth + 1)
+        step = self.scale * 0.02
+        turn = 0.0
+        points = [point.copy()]
+        for _ in range(steps):
+            turn = 0.85 * turn + rng.normal(0, 0.045)
+            angle += turn
+            point = point + step * np.array([math.cos(angle), math.sin(angle)])
+            points.append(point.copy())
+        pts = np.round(np.array(points) * _SUBPIXEL).astype(np.int32)
+        cv2.polylines(canvas, [pts], False, 1.0, max(1, int(round(width))), cv2.LINE_AA, _SUBPIXEL_BITS)
+        if depth < 2:
+            for _ in range(int(rng.integers(0, 3))):
+                branch = points[int(rng.integers(0, len(points)))]
+                self._draw_vessel(rng, canvas, depth + 1, max(width * 0.6, 1.0), branch,
+                                  angle + rng.choice([-1, 1]) * rng.uniform(0.4, 1.2))
+
+    def _plan_instruments(self) -> None:
+        cfg, T, W, H, S = self.config, self.frames, self.width, self.height, self.scale
+        rng = self._stream(3)
+        if cfg.class_ids is not None:
+            classes = [int(c) for c in cfg.class_ids]
+        else:
+            count = int(rng.integers(cfg.min_instruments, cfg.max_instruments + 1))
+            pool = rng.permutation(np.arange(1, NUM_INSTRUMENT_CLASSES + 1))
+            classes = [int(pool[i % NUM_INSTRUMENT_CLASSES]) for i in range(count)]
+        count = len(classes)
+        # entry directions spread around the image so shafts come from distinct places
+        base_angle = rng.uniform(0, 2 * math.pi)
+        angles = base_angle + 2 * math.pi * (np.arange(count) + rng.uniform(-0.22, 0.22, count)) / count
+        angles = angles[rng.permutation(count)]
+        centre = np.array([W / 2, H / 2])
+        self.instruments: list[_Instrument] = []
+        self.depth_order = [int(i) + 1 for i in rng.permutation(count)]  # back -> front
+        for index, class_id in enumerate(classes):
+            shape = _SHAPES[class_id]
+            r0 = S * rng.uniform(0.05, 0.07)
+            colours, reflect, specular = _materials(class_id, shape, rng)
+            radius_ref = np.full(_NUM_PARTS, r0 * 0.5, np.float32)
+            radius_ref[_WRIST] = r0 * shape.wrist_radius
+            radius_ref[_JAW] = r0 * (shape.head_radius if shape.head != "jaws" else shape.jaw_base * 1.1)
+            radius_ref[_ACCENT] = r0 * 0.6
+            instrument = _Instrument(
+                object_id=index + 1, class_id=class_id, shape=shape, pivot=np.zeros(2),
+                direction=np.zeros((T, 2)), length=np.zeros(T), jaw_open=np.zeros(T), wrist_bend=np.zeros(T),
+                r0=r0, taper=rng.uniform(0.25, 0.5) / S, colours=colours, reflect=reflect, specular=specular,
+                radius_ref=radius_ref, highlight_side=rng.uniform(-0.45, -0.15),
+            )
+            # trocar (pivot) outside the image, along the entry direction
+            ray = np.array([math.cos(angles[index]), math.sin(angles[index])])
+            border_t = min(
+                (W / 2) / abs(ray[0]) if abs(ray[0]) > 1e-6 else np.inf,
+                (H / 2) / abs(ray[1]) if abs(ray[1]) > 1e-6 else np.inf,
+            )
+            border = centre + ray * border_t
+            # conservative clearance (the shaft is never longer than 4 S inside this margin)
+            clearance = instrument.clearance + instrument.shaft_radius * (1 + instrument.taper * 4.0 * S)
+            pivot = border + ray * (clearance + rng.uniform(0.05, 0.4) * S)
+            while _distance_to_rect(pivot, W, H) < clearance + 1:
+                pivot = pivot + ray * 2.0
+            instrument.pivot = pivot
+            # tip path: smooth wander inside the view, biased towards the entry side
+            track = self._stream(4, index, 0)
+
+            def sample_tip(k: int, border: np.ndarray = border, track: np.random.Generator = track
+                           ) -> np.ndarray:
+                u = track.random((k, 3))
+                free = np.array([0.16 * W, 0.16 * H]) + u[:, :2] * np.array([0.68 * W, 0.68 * H])
+                pull = 0.35 * u[:, 2:]
+                return free * (1 - pull) + border * pull
+
+            tips = _spline_track(track, T, track.uniform(14, 30), sample_tip)
+            tremor = self._stream(4, index, 1)
+            tips += _spline_track(tremor, T, 3.0, lambda k: tremor.normal(0, 0.004 * S, (k, 2)))
+            offset = tips - pivot
+            inserted = np.linalg.norm(offset, axis=1)
+            direction = offset / np.maximum(inserted, 1e-6)[:, None]
+            # fully retracted length: the pivot->tip segment stays `clearance` away from the image
+            samples = np.linspace(0.0, 1.0, 128)[None, :, None] * inserted[:, None, None]
+            along = pivot + direction[:, None, :] * samples
+            inside = _distance_to_rect(along, W, H) < clearance
+            first_inside = np.where(inside.any(axis=1), inside.argmax(axis=1), 127)
+            retracted = samples[np.arange(T), np.maximum(first_inside - 1, 0), 0]
+            # length at which the nominal tip crosses the border
+            crossing = _distance_to_rect(along, W, H) <= 0.0
+            edge = samples[np.arange(T), np.where(crossing.any(axis=1), crossing.argmax(axis=1), 127), 0]
+            span = np.maximum(inserted - edge, 1e-6)
+            # an entering instrument shows at least its head (or 35% of its path) on its first frame
+            entry_start = np.clip(np.maximum(0.35, instrument.head_extent / span), 0.0, 1.0)
+            phase = self._plan_insertion(self._stream(5, index), index, T, entry_start)
+            instrument.direction = direction
+            instrument.length = np.where(phase > 0, edge + phase * span, retracted)
+            max_open = shape.max_open if shape.head == "jaws" else 0.0
+            jaws = self._stream(4, index, 2)
+
+            def sample_opening(k: int, jaws: np.random.Generator = jaws) -> np.ndarray:
+                u = jaws.random((k, 2))
+                return np.where(u[:, 0] < 0.35, -0.2, 0.25 + 0.75 * u[:, 1])  # closed or open
+
+            opening = _spline_track(jaws, T, jaws.uniform(6, 16), sample_opening)[:, 0]
+            instrument.jaw_open = np.clip(opening, 0.0, 1.0) * max_open
+            if shape.head == "jaws":
+                wrist = self._stream(4, index, 3)
+                spacing = wrist.uniform(10, 25)
+                bend = _spline_track(wrist, T, spacing, lambda k, w=wrist: w.uniform(-0.5, 0.5, k))
+                instrument.wrist_bend = bend[:, 0]
+            self.instruments.append(instrument)
+
+    def _plan_insertion(
+        self, rng: np.random.Generator, index: int, T: int, entry_start: np.ndarray
+    ) -> np.ndarray:
+        """Per-frame insertion: 0 = retracted out of view, (0, 1] = tip between the border and its path.
+
+        Insertions ramp in from `entry_start` (so a new instrument's first frame shows a usable
+        part of it); retractions ramp out to the border, then jump out of view.
+        """
+        cfg = self.config
+        visibility = np.ones(T)
+        ramp = int(rng.integers(3, 7))
+
+        def ramp_in(start: int) -> None:
+            stop = min(T, start + ramp)
+            w0 = entry_start[start:stop]
+            visibility[start:stop] = w0 + (1.0 - w0) * np.arange(stop - start) / ramp
+
+        enter = 0
+        late = rng.random() < cfg.late_entry_probability
+        if index > 0 and late and T >= 20:
+            enter = int(rng.integers(max(1, T // 20), max(2, T // 3)))
+            visibility[:enter] = 0.0
+            ramp_in(enter)
+        if rng.random() < cfg.reentry_probability:
+            out = int(rng.integers(4, max(5, int(0.2 * T))))
+            first, last = enter + ramp + 6, T - (2 * ramp + out + 6)
+            if last < first:
+                out = 4
+                last = T - (2 * ramp + out + 6)
+            if last >= first:
+                leave = int(rng.integers(first, last + 1))
+                visibility[leave : leave + ramp] = 1.0 - np.arange(ramp) / ramp
+                back = leave + ramp + out
+                visibility[leave + ramp : back] = 0.0
+                ramp_in(back)
+        return visibility
+
+    def _plan_nuisances(self) -> None:
+        cfg, T, S = self.config, self.frames, self.scale
+        # flicker: slow gain wander plus occasional one-frame spikes
+        rng = self._stream(6, 0)
+        wander = _spline_track(rng, T, rng.uniform(4, 10), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
+        u = self._stream(6, 1).random((T, 2))
+        spikes = np.where(u[:, 0] < 0.04, 2.0 * u[:, 1] - 1.0, 0.0)
+        self.gain = 1.0 + cfg.flicker * (0.06 * wander + 0.22 * spikes)
+        # motion blur: camera speed plus shake events (a jolt, then two fading frames)
+        speed = np.r_[0.0, np.linalg.norm(np.diff(self.cam_offset, axis=0), axis=1)]
+        u = self._stream(6, 2).random((T, 2))
+        jolt = np.where(u[:, 0] < 1 / 40, (3.0 + 7.0 * u[:, 1]) * S / 256, 0.0)
+        shake = jolt.copy()
+        shake[1:] = np.maximum(shake[1:], 0.6 * jolt[:-1])
+        shake[2:] = np.maximum(shake[2:], 0.25 * jolt[:-2])
+        self.blur_length = cfg.motion_blur * (1.5 * speed + shake)
+        rng = self._stream(6, 3)
+        self.blur_angle = _spline_track(rng, T, 8.0, lambda k: rng.uniform(0, math.pi, (k, 1)))[:, 0]
+        # smoke: a base haze plus cautery puffs rising from an instrument tip
+        self.smoke_events: list[tuple[int, int, int, float, np.ndarray]] = []
+        u = self._stream(6, 4).random((T, 5))
+        for start in np.flatnonzero(u[:, 0] < (1 / 45 if cfg.smoke > 0 else 0.0)):
+            count = len(self.instruments)
+            source = self.instruments[min(int(u[start, 4] * count), count - 1)]
+            tip = source.pivot + source.direction[start] * source.length[start]
+            tip = np.clip(tip, [0, 0], [self.width, self.height])
+            rise, decay = 2 + int(4 * u[start, 1]), 10 + int(30 * u[start, 2])
+            self.smoke_events.append((int(start), rise, decay, (0.35 + 0.45 * u[start, 3]) * cfg.smoke, tip))
+        rng = self._stream(6, 5)
+        self.haze = cfg.smoke * rng.uniform(0.0, 0.12)
+        self.smoke_noise = _periodic_noise(rng, self.height, self.width, cell=S * 0.18)
+        self.smoke_noise2 = _periodic_noise(rng, self.height, self.width, cell=S * 0.07)
+        self.smoke_velocity = rng.uniform([-0.6, -1.6], [0.6, -0.4]) * S / 256
+        self.jpeg_quality = int(round(95 - 75 * cfg.jpeg_artifacts * rng.uniform(0.5, 1.0)))
+        # sensor noise: crops of a small bank of Gaussian noise (cheaper than fresh noise per frame)
+        self.noise_bank = None
+        if cfg.sensor_noise > 0:
+            bank = rng.standard_normal((2, self.height + 32, self.width + 32, 3), dtype=np.float32)
+            self.noise_bank = bank * np.float32(cfg.sensor_noise)
+
+    # --- rendering ----------------------------------------------------------------------------
+
+    def background(self, t: int) -> np.ndarray:
+        """The tissue seen by the camera at frame t (float32 HxWx3, before lighting)."""
+        zoom, roll = float(self.cam_zoom[t]), float(self.cam_roll[t])
+        c, s = math.cos(roll) / zoom, math.sin(roll) / zoom
+        ox, oy = self.cam_offset[t]
+        cx, cy = self.width / 2, self.height / 2
+        kx, ky = self.canvas_w / 2 + ox, self.canvas_h / 2 + oy
+        matrix = np.array([[c, -s, kx - c * cx + s * cy], [s, c, ky - s * cx - c * cy]], np.float32)
+        view = cv2.warpAffine(self.tissue, matrix, (self.width, self.height),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101)
+        return view.astype(np.float32)
+
+    def _draw_instrument(self, instrument: _Instrument, t: int, image: np.ndarray, environment: np.ndarray,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        """Paint one instrument into `image`; returns its pixel coordinates (ys, xs) or None."""
+        labels = np.zeros((self.height, self.width), np.uint8)
+        for label, polygon in instrument.polygons(t):
+            cv2.fillPoly(labels, [_fixed(polygon)], int(label), cv2.LINE_8, _SUBPIXEL_BITS)
+        x0, y0, bw, bh = cv2.boundingRect(labels)
+        if bw == 0 or bh == 0:
+            return None
+        crop = labels[y0 : y0 + bh, x0 : x0 + bw]
+        iy, ix = np.nonzero(crop)
+        ys, xs = iy + y0, ix + x0
+        part = crop[iy, ix]
+        # shaft: analytic cylinder shading across the shaft axis
+        d = instrument.direction[t]
+        n = np.array([-d[1], d[0]])
+        rel_x = self._xs[ys, xs] - instrument.pivot[0]
+        rel_y = self._ys[ys, xs] - instrument.pivot[1]
+        across = rel_x * n[0] + rel_y * n[1]
+        along = rel_x * d[0] + rel_y * d[1]
+        shaft_end = instrument.length[t] - instrument.head_extent
+        radius = instrument.shaft_radius * (1.0 + instrument.taper * (shaft_end - along))
+        u = np.clip(across / np.maximum(radius, 1e-3), -1.0, 1.0)
+        shaft_shade = np.sqrt(1.0 - u * u)
+        shaft_high = np.exp(-(((u - instrument.highlight_side) / 0.16) ** 2)) + 0.35 * np.exp(
+            -(((u - 0.55) / 0.1) ** 2)
+        )
+        # head: shading from the distance to the head's outline
+        head = (crop >= _WRIST).astype(np.uint8)
+        dist = cv2.distanceTransform(head, cv2.DIST_L2, 3)[iy, ix]
+        q = np.clip(dist / instrument.radius_ref[part], 0.0, 1.0)
+        head_shade = np.sqrt(1.0 - (1.0 - q) ** 2)
+        is_shaft = part <= _BAND
+        shade = np.where(is_shaft, shaft_shade, head_shade).astype(np.float32)
+        highlight = np.where(is_shaft, shaft_high, q**6).astype(np.float32)
+        albedo = instrument.colours[part]
+        env = environment[ys, xs]
+        lit = albedo * (0.28 + 0.72 * shade)[:, None]
+        lit += (instrument.reflect[part] * (0.3 + 0.7 * shade))[:, None] * env
+        lit += (instrument.specular[part] * highlight * 120.0)[:, None]
+        lit += rng.normal(0.0, 3.0, lit.shape[0]).astype(np.float32)[:, None]  # brushed-metal grain
+        image[ys, xs] = lit
+        return ys, xs
+
+    def _smoke_alpha(self, t: int) -> np.ndarray | None:
+        if self.config.smoke <= 0:
+            return None
+        shift1 = self.smoke_velocity * t
+        shift2 = self.smoke_velocity * t * 1.7 + np.array([0.3, -0.2]) * t
+        layer1 = np.roll(self.smoke_noise, (int(shift1[1]), int(shift1[0])), (0, 1))
+        layer2 = np.roll(self.smoke_noise2, (int(shift2[1]), int(shift2[0])), (0, 1))
+        texture = 0.65 * layer1 + 0.35 * layer2
+        alpha = self.haze * (0.5 + texture)
+        for start, rise, decay, peak, centre in self.smoke_events:
+            age = t - start
+            if age < 0 or age > rise + 3 * decay:
+                continue
+            envelope = peak * (age + 1) / rise if age < rise else peak * math.exp(-(age - rise) / decay)
+            sigma = self.scale * (0.12 + 0.02 * age)
+            rise_shift = self.smoke_velocity * age * 2.0
+            gx = (self._xs - centre[0] - rise_shift[0]) / sigma
+            gy = (self._ys - centre[1] - rise_shift[1]) / sigma
+            alpha = alpha + envelope * np.exp(-0.5 * (gx * gx + gy * gy)) * (0.25 + 1.1 * texture)
+        if np.isscalar(alpha):
+            return None
+        return np.clip(alpha, 0.0, 0.85).astype(np.float32)
+
+    def render(self, t: int, keep_background: bool = False, keep_layers: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Frame t: (RGB uint8, id map uint8, lit background or None, (N,H,W) layers or None)."""
+        cfg = self.config
+        rng = self._stream(7, t)
+        tissue = self.background(t)
+        small_size = (max(1, self.width // 16), max(1, self.height // 16))
+        small = cv2.resize(tissue, small_size, interpolation=cv2.INTER_AREA)
+        environment = cv2.resize(small, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+        image = tissue.copy()
+        id_map = np.zeros((self.height, self.width), np.uint8)
+        layers = np.zeros((len(self.instruments), self.height, self.width), bool) if keep_layers else None
+        for object_id in self.depth_order:
+            instrument = self.instruments[object_id - 1]
+            drawn = self._draw_instrument(instrument, t, image, environment, rng)
+            if drawn is None:
+                continue
+            id_map[drawn] = object_id
+            if layers is not None:
+                layers[object_id - 1][drawn] = True
+        lighting = (self.light * np.float32(self.gain[t]))[..., None]
+        background = None
+        if keep_background:
+            background = np.clip(tissue * lighting, 0, 255).astype(np.uint8)
+        alpha = self._smoke_alpha(t)
+        if alpha is None:
+            image *= lighting
+        else:  # lit image under a layer of smoke
+            image *= lighting * (1.0 - alpha[..., None])
+            image += np.array([214, 208, 204], np.float32) * np.float32(self.gain[t]) * alpha[..., None]
+        blur = float(self.blur_length[t])
+        if blur >= 1.5:
+            size = int(math.ceil(blur)) | 1
+            kernel = np.zeros((size, size), np.float32)
+            half = (size - 1) / 2
+            dx, dy = math.cos(self.blur_angle[t]) * blur / 2, math.sin(self.blur_angle[t]) * blur / 2
+            cv2.line(kernel, (int(round((half - dx) * 16)), int(round((half - dy) * 16))),
+                     (int(round((half + dx) * 16)), int(round((half + dy) * 16))), 1.0, 1, cv2.LINE_AA, 4)
+            image = cv2.filter2D(image, -1, kernel / max(float(kernel.sum()), 1e-6),
+                                 borderType=cv2.BORDER_REFLECT101)
+        if self.noise_bank is not None:
+            oy, ox = int(rng.integers(0, 33)), int(rng.integers(0, 33))
+            image += self.noise_bank[int(rng.integers(0, 2)), oy : oy + self.height, ox : ox + self.width]
+        frame = np.clip(image, 0, 255, out=image).astype(np.uint8)
+        if cfg.jpeg_artifacts > 0 and self.jpeg_quality < 95:
+            quality = int(np.clip(self.jpeg_quality + rng.integers(-5, 6), 5, 95))
+            bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+            ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                frame = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        return frame, id_map, background, layers
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def iter_synthetic_video(
+    config: SyntheticVideoConfig | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (frame HxWx3 uint8 RGB, id map HxW uint8) for each frame of one synthetic clip."""
+    renderer = _ClipRenderer(config or SyntheticVideoConfig())
+    for t in range(renderer.frames):
+        frame, id_map, _, _ = renderer.render(t)
+        yield frame, id_map
+
+
+def synthetic_object_classes(config: SyntheticVideoConfig) -> dict[int, int]:
+    """{object id: class id} of the clip that `config` generates (cheap: plans, renders nothing)."""
+    renderer = _ClipRenderer(config)
+    return {inst.object_id: inst.class_id for inst in renderer.instruments}
+
+
+def generate_synthetic_video(
+    config: SyntheticVideoConfig | None = None, keep_background: bool = False, keep_layers: bool = False
+) -> SyntheticVideo:
+    """Generate one clip as arrays; optionally also the tissue-only frames and unoccluded masks."""
+    renderer = _ClipRenderer(config or SyntheticVideoConfig())
+    T, H, W = renderer.frames, renderer.height, renderer.width
+    frames = np.empty((T, H, W, 3), np.uint8)
+    id_maps = np.empty((T, H, W), np.uint8)
+    backgrounds = np.empty((T, H, W, 3), np.uint8) if keep_background else None
+    layers = np.empty((T, len(renderer.instruments), H, W), bool) if keep_layers else None
+    for t in range(T):
+        frame, id_map, background, layer = renderer.render(t, keep_background, keep_layers)
+        frames[t], id_maps[t] = frame, id_map
+        if backgrounds is not None:
+            backgrounds[t] = background
+        if layers is not None:
+            layers[t] = layer
+    return SyntheticVideo(
+        frames=frames,
+        id_maps=id_maps,
+        object_classes={inst.object_id: inst.class_id for inst in renderer.instruments},
+        depth_order=list(renderer.depth_order),
+        backgrounds=backgrounds,
+        layers=layers,
+    )
+
+
+def video_seed(seed: int, index: int) -> int:
+    """The seed of video `index` of a dataset generated with `seed` (stable, independent videos)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint32)[0])
+
+
+@dataclass
+class SyntheticDatasetSummary:
+    """What write_synthetic_dataset wrote."""
+
+    root: Path
+    videos: list[str]
+    frames: int
+    width: int
+    height: int
+    objects: int
+    seconds: float
+    object_classes: dict[str, dict[int, int]] = field(default_factory=dict)
+
+
+def write_synthetic_dataset(
+    out_dir: str | Path,
+    videos: int = 4,
+    frames: int = 100,
+    size: tuple[int, int] = (320, 256),
+    seed: int = 0,
+    jpeg_quality: int = 90,
+    image_format: str = "jpg",
+    overwrite: bool = False,
+    config: SyntheticVideoConfig | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> SyntheticDatasetSummary:
+    """Write `videos` clips (synth_000, ...) in the VOS layout with meta.json and prompt masks.
+
+    `size` is (width, height); `config` supplies the other generator settings. The dataset is
+    built in a hidden temp folder next to `out_dir` and renamed into place when complete; a
+    non-empty `out_dir` is refused unless `overwrite`.
+    """
+    width, height = int(size[0]), int(size[1])
+    if videos < 1 or frames < 1:
+        raise ValueError(f"need at least 1 video of at least 1 frame, got {videos} videos of {frames} frames")
+    if width < 16 or height < 16:
+        raise ValueError(f"frame size must be at least 16x16, got {width}x{height}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    base = replace(config or SyntheticVideoConfig(), width=width, height=height, num_frames=int(frames))
+    replace(base, seed=int(seed)).validate()
+    start = time.perf_counter()
+    names = [f"synth_{index:03d}" for index in range(videos)]
+    meta = DatasetMeta(dataset="synthetic", classes=dict(ENDOVIS18_CLASSES))
+    meta.extra["source"] = {
+        "generator": "surgsam2 synth",
+        "seed": int(seed),
+        "videos": int(videos),
+        "frames": int(frames),
+        "size": [width, height],
+        "image_format": image_format,
+        "jpeg_quality": int(jpeg_quality),
+    }
+    with staged_output_dir(out_dir, overwrite=overwrite) as staging:
+        writer = VOSWriter(staging, image_format=image_format, jpeg_quality=jpeg_quality)
+        for index, name in enumerate(names):
+            video_config = replace(base, seed=video_seed(seed, index))
+            renderer = _ClipRenderer(video_config)
+            stream = (renderer.render(t)[:2] for t in range(renderer.frames))
+            writer.write_video(name, stream, prompts=True)
+            meta.objects[name] = {inst.object_id: inst.class_id for inst in renderer.instruments}
+            meta.video_extra[name] = {"seed": video_config.seed}
+            if progress is not None:
+                progress(name, index + 1)
+        writer.write_meta(meta)
+    return SyntheticDatasetSummary(
+        root=Path(out_dir),
+        videos=names,
+        frames=int(frames),
+        width=width,
+        height=height,
+        objects=sum(len(v) for v in meta.objects.values()),
+        seconds=time.perf_counter() - start,
+        object_classes=dict(meta.objects),
+    )
