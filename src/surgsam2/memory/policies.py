@@ -1,0 +1,119 @@
+"""Memory policies: which of the candidate memories a frame attends to.
+
+The bank proposes candidates following SAM 2's rules (conditioning frames first, then the recent
+frames oldest to newest, the last being the newest); a policy keeps some of them. Policies see
+tensors only, work on the device and never synchronise with the host.
+
+- ``fifo``: SAM 2 — keep every candidate.
+- ``efp``: Surgical SAM 2's Efficient Frame Pruning — drop the recent memories most similar to the
+  newest one, so attention looks at fewer frames.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+class MemoryPolicy(ABC):
+    """Chooses, per object, which candidate memories to attend to."""
+
+    name: str = "policy"
+
+    @abstractmethod
+    def num_kept(self, protected: Sequence[bool], capacity: int) -> int:
+        """How many of the candidates (one flag each) survive: a host-side count, no sync."""
+
+    @abstractmethod
+    def select(self, features: torch.Tensor, protected: Sequence[bool], capacity: int) -> torch.Tensor:
+        """Indices (K, B) of the kept candidates, ascending per object.
+
+        features: (N, B, T, C) candidate memories of B objects (T tokens of C channels), in bank
+        order; protected: N host-side flags, entries that must be kept (conditioning frames);
+        capacity: the model's number of memory slots (``num_maskmem``).
+        """
+
+
+class FifoPolicy(MemoryPolicy):
+    """SAM 2: attend to every candidate (conditioning frames plus the last num_maskmem-1 frames)."""
+
+    name = "fifo"
+
+    def num_kept(self, protected: Sequence[bool], capacity: int) -> int:
+        return len(protected)
+
+    def select(self, features: torch.Tensor, protected: Sequence[bool], capacity: int) -> torch.Tensor:
+        num_candidates, batch_size = features.shape[:2]
+        indices = torch.arange(num_candidates, device=features.device)
+        return indices[:, None].expand(num_candidates, batch_size)
+
+
+@dataclass
+class EfpPolicy(MemoryPolicy):
+    """Surgical SAM 2's Efficient Frame Pruning.
+
+    With N memories and P = ``num_frame_to_prune``, when N + P > capacity the
+    k = N + P - capacity memories most redundant with the newest one are dropped. Redundancy of a
+    memory is the sum over its spatial tokens of the cosine similarity (over channels) with the
+    same token of the newest memory. The newest memory and every protected (conditioning) memory
+    are never dropped. Ties drop the older memory first. Selection is per object.
+    """
+
+    num_frame_to_prune: int = 2
+    name: str = "efp"
+
+    def __post_init__(self) -> None:
+        if self.num_frame_to_prune < 0:
+            raise ValueError(f"num_frame_to_prune must be >= 0, got {self.num_frame_to_prune}")
+
+    def num_dropped(self, protected: Sequence[bool], capacity: int) -> int:
+        """k: how many memories are dropped (never more than there are prunable ones)."""
+        num_candidates = len(protected)
+        prunable = sum(1 for flag in protected[:-1] if not flag)  # the newest is never pruned
+        return min(max(num_candidates + self.num_frame_to_prune - capacity, 0), prunable)
+
+    def num_kept(self, protected: Sequence[bool], capacity: int) -> int:
+        return len(protected) - self.num_dropped(protected, capacity)
+
+    def redundancy(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, B): summed per-token cosine similarity of every candidate with the newest one."""
+        features = features.float()
+        newest = features[-1:]
+        return F.cosine_similarity(features, newest, dim=-1).sum(dim=-1)
+
+    def select(self, features: torch.Tensor, protected: Sequence[bool], capacity: int) -> torch.Tensor:
+        num_candidates, batch_size = features.shape[:2]
+        dropped = self.num_dropped(protected, capacity)
+        indices = torch.arange(num_candidates, device=features.device)
+        if dropped == 0:
+            return indices[:, None].expand(num_candidates, batch_size)
+        scores = self.redundancy(features)
+        # Protected entries and the newest one can never be dropped.
+        never_flags = list(protected)
+        never_flags[-1] = True
+        never = torch.tensor(never_flags, dtype=torch.bool).to(features.device, non_blocking=True)
+        scores = scores.masked_fill(never[:, None], float("-inf"))
+        # Stable descending sort: among equal scores, the older (lower index) memory goes first.
+        order = torch.sort(scores, dim=0, descending=True, stable=True).indices
+        drop = order[:dropped]  # (k, B)
+        keep = torch.ones(num_candidates, batch_size, dtype=torch.bool, device=features.device)
+        keep.scatter_(0, drop, False)
+        # Ascending indices of the kept entries per object, without a host sync.
+        kept_count = num_candidates - dropped
+        ranked = torch.where(keep, indices[:, None], num_candidates)
+        return torch.sort(ranked, dim=0).values[:kept_count]
+
+
+def make_policy(policy: str | MemoryPolicy, num_frame_to_prune: int = 2) -> MemoryPolicy:
+    """A policy from its name (``fifo`` or ``efp``) or a policy object, passed through."""
+    if isinstance(policy, MemoryPolicy):
+        return policy
+    if policy == "fifo":
+        return FifoPolicy()
+    if policy == "efp":
+        return EfpPolicy(num_frame_to_prune=num_frame_to_prune)
+    raise ValueError(f"unknown memory policy {policy!r}; expected 'fifo', 'efp' or a MemoryPolicy")

@@ -1,0 +1,49 @@
+"""Turn an RGB frame into the model's input tensor, exactly as the official video loader does."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def validate_frame(frame: np.ndarray, frame_index: int) -> np.ndarray:
+    """Check a frame is an HxWx3 uint8 RGB array; raise ValueError naming the frame otherwise."""
+    if isinstance(frame, torch.Tensor):
+        frame = frame.detach().cpu().numpy()
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"frame {frame_index}: expected an HxWx3 uint8 numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frame {frame_index}: expected dtype uint8, got {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise ValueError(f"frame {frame_index}: expected shape HxWx3, got {frame.shape}")
+    return frame
+
+
+@lru_cache(maxsize=4)
+def _normalisation_table(dtype: torch.dtype) -> torch.Tensor:
+    """(3, 256) table: value v of channel c -> (v/255 - mean_c) / std_c, computed as the official
+    loader does (v/255 in float64, rounded to float32, then normalised in float32)."""
+    scaled = torch.from_numpy(np.arange(256, dtype=np.float64) / 255.0).to(torch.float32)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None]
+    return ((scaled[None, :] - mean) / std).to(dtype)
+
+
+def preprocess_frame(frame: np.ndarray, image_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> (1, 3, S, S) normalised tensor on ``device``.
+
+    Resizing uses Pillow's default filter, as the official loader, so results match it on real
+    videos; frames already at S x S are not resampled.
+    """
+    if frame.shape[0] != image_size or frame.shape[1] != image_size:
+        frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size)))
+    indices = torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1))).to(torch.long)
+    table = _normalisation_table(torch.float32)
+    image = torch.stack([table[channel][indices[channel]] for channel in range(3)])
+    return image[None].to(device=device, dtype=dtype)

@@ -1,0 +1,32 @@
+"""Post-processing of low-resolution mask logits (as the official predictor's, on any device)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+HOLE_FILL_SCORE = 0.1
+
+
+def fill_holes(low_res_logits: torch.Tensor, max_area: int) -> torch.Tensor:
+    """Turn background regions (logit <= 0) of at most ``max_area`` pixels into foreground.
+
+    Regions are 8-connected, as in SAM 2; filled pixels get a small positive score. Runs OpenCV
+    connected components on the host: (B, 1, h, w) in, same shape and device out.
+    """
+    if max_area <= 0:
+        return low_res_logits
+    background = (low_res_logits <= 0).squeeze(1).cpu().numpy().astype(np.uint8)
+    hole = np.zeros_like(background, dtype=bool)
+    for index, plane in enumerate(background):
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(plane, connectivity=8)
+        if count <= 1:
+            continue
+        small = stats[:, cv2.CC_STAT_AREA] <= max_area
+        small[0] = False  # label 0 is the foreground here
+        hole[index] = small[labels]
+    if not hole.any():
+        return low_res_logits
+    hole_tensor = torch.from_numpy(hole)[:, None].to(low_res_logits.device)
+    return torch.where(hole_tensor, torch.full_like(low_res_logits, HOLE_FILL_SCORE), low_res_logits)

@@ -1,0 +1,314 @@
+"""The streaming tracker: frame in, masks out, with a bounded memory bank.
+
+Per frame the image is encoded once; every tracked object then goes through memory attention,
+the mask decoder and the memory encoder as one batch (objects whose memories have different
+shapes, e.g. after prompts on different frames, form a few batches). Prompts may come on any
+frame: a new object starts from its prompt; a mask on a known object replaces its mask; clicks or
+a box on a known object correct the tracked mask (SAM 2's corrective clicks). Prompted frames
+become conditioning frames, always remembered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from surgsam2.memory.bank import BankConfig, MemoryBank, MemoryLayout
+from surgsam2.memory.policies import MemoryPolicy, make_policy
+from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
+from surgsam2.tracking.frames import preprocess_frame, validate_frame
+from surgsam2.tracking.postprocess import fill_holes
+from surgsam2.tracking.prompts import ModelPrompt, Prompt, to_model_prompt, validate_prompts
+from surgsam2.tracking.results import FrameResult
+
+# Previous mask logits fed back with corrective clicks are clamped, as SAM 2 does.
+PREVIOUS_LOGITS_CLAMP = 32.0
+
+
+@dataclass
+class _ObjectOutput:
+    """One object's result on the current frame, before memory encoding."""
+
+    low_res_masks: torch.Tensor  # (1, 1, h, w), holes filled (what the user sees)
+    memory_masks: torch.Tensor  # (1, 1, h, w) logits the memory is encoded from
+    ious: torch.Tensor  # (1, M)
+    obj_ptr: torch.Tensor  # (1, D)
+    object_score_logits: torch.Tensor  # (1, 1)
+    conditioning: bool  # a prompted frame: remembered for good, mask binarised for memory
+
+
+def _rows(output: DecoderOutput, index: int) -> DecoderOutput:
+    """Row ``index`` of a batched decoder output, keeping the batch dimension."""
+    pick = slice(index, index + 1)
+    return DecoderOutput(
+        output.low_res_masks[pick],
+        output.low_res_multimasks[pick],
+        output.ious[pick],
+        output.obj_ptr[pick],
+        output.object_score_logits[pick],
+    )
+
+
+class Tracker:
+    """Streaming promptable tracker over a SAM 2 model.
+
+    ``memory``: ``"efp"`` (Surgical SAM 2, default), ``"fifo"`` (SAM 2) or a MemoryPolicy.
+    ``num_frames``: the clip length when known; SAM 2 scales object-pointer temporal encodings by
+    it on clips shorter than 16 frames, so pass it to reproduce the official predictor there.
+    ``fill_hole_area``: small background holes filled in the low-res masks (None: model config).
+    """
+
+    def __init__(
+        self,
+        model: SAM2Model,
+        memory: str | MemoryPolicy = "efp",
+        num_frame_to_prune: int = 2,
+        fill_hole_area: int | None = None,
+        num_frames: int | None = None,
+        output_logits: bool = True,
+    ) -> None:
+        if not isinstance(model, SAM2Model):
+            raise ValueError(f"model must be a surgsam2 SAM2Model, got {type(model).__name__}")
+        self.model = model.eval()
+        self.policy = make_policy(memory, num_frame_to_prune)
+        config = model.config
+        self.fill_hole_area = config.fill_hole_area if fill_hole_area is None else fill_hole_area
+        self.num_frames = num_frames
+        self.output_logits = output_logits
+        self.bank = MemoryBank(
+            BankConfig(
+                num_maskmem=config.num_maskmem,
+                max_obj_ptrs_in_encoder=config.max_obj_ptrs_in_encoder,
+                memory_temporal_stride=config.memory_temporal_stride_for_eval,
+                max_cond_frames_in_attn=config.max_cond_frames_in_attn,
+                only_obj_ptrs_in_the_past=config.only_obj_ptrs_in_the_past_for_eval,
+                use_signed_tpos_enc_to_obj_ptrs=config.use_signed_tpos_enc_to_obj_ptrs,
+            )
+        )
+        self.frame_index = 0
+        self.frame_size: tuple[int, int] | None = None
+        self._memory_pos: torch.Tensor | None = None  # (T, mem_dim) spatial encoding of memories
+
+    # ------------------------------------------------------------------------------------
+    # Public API
+    # ------------------------------------------------------------------------------------
+    @property
+    def object_ids(self) -> list[int]:
+        return list(self.bank.objects)
+
+    def reset(self) -> None:
+        """Forget every object and start a new stream at frame 0."""
+        self.bank.reset()
+        self.frame_index = 0
+        self.frame_size = None
+        self._memory_pos = None
+
+    def remove_object(self, obj_id: int) -> None:
+        """Stop tracking ``obj_id`` and free its memory."""
+        if obj_id not in self.bank:
+            raise ValueError(f"unknown object id {obj_id}; tracked: {self.object_ids}")
+        self.bank.remove_object(obj_id)
+
+    def state_bytes(self) -> int:
+        """Bytes of tensors the tracker holds between frames."""
+        extra = 0 if self._memory_pos is None else self._memory_pos.numel() * self._memory_pos.element_size()
+        return self.bank.stored_bytes() + extra
+
+    @torch.inference_mode()
+    def step(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None) -> FrameResult:
+        """Track every object on the next frame (HxWx3 uint8 RGB), applying ``prompts`` first."""
+        frame = validate_frame(frame, self.frame_index)
+        frame_size = (int(frame.shape[0]), int(frame.shape[1]))
+        if self.frame_size is not None and frame_size != self.frame_size:
+            raise ValueError(
+                f"frame {self.frame_index}: size {frame_size[1]}x{frame_size[0]} differs from the "
+                f"stream's {self.frame_size[1]}x{self.frame_size[0]} (call reset() for a new video)"
+            )
+        prompts = validate_prompts(prompts, frame_size)
+        self.frame_size = frame_size
+        if not prompts and not self.bank.objects:
+            result = FrameResult(frame_index=self.frame_index)  # nothing to track yet
+            self.frame_index += 1
+            return result
+
+        model = self.model
+        device = model.device
+        image = preprocess_frame(frame, model.image_size, device, model.dtype)
+        features = model.encode_image(image)
+        model_prompts = {
+            obj_id: to_model_prompt(prompt, frame_size, model.image_size, device)
+            for obj_id, prompt in prompts.items()
+        }
+        outputs = self._run_frame(features, model_prompts)
+        self._remember(features, outputs)
+        result = self._result(outputs)
+        self.frame_index += 1
+        return result
+
+    # ------------------------------------------------------------------------------------
+    # One frame
+    # ------------------------------------------------------------------------------------
+    def _run_frame(self, features: ImageFeatures, prompts: dict[int, ModelPrompt]) -> dict[int, _ObjectOutput]:
+        outputs: dict[int, _ObjectOutput] = {}
+        known = [obj_id for obj_id in self.bank.objects]
+        replaced = [obj_id for obj_id in known if obj_id in prompts and prompts[obj_id].mask is not None]
+        tracked = [obj_id for obj_id in known if obj_id not in replaced]
+
+        # 1. Track known objects with their memories (also those about to get corrective clicks).
+        tracked_outputs, tracked_features = self._track(features, tracked)
+        for obj_id, (decoded, pix_feat) in zip(tracked, zip(tracked_outputs, tracked_features)):
+            filled = fill_holes(decoded.low_res_masks, self.fill_hole_area)
+            prompt = prompts.get(obj_id)
+            if prompt is None:
+                outputs[obj_id] = _ObjectOutput(
+                    filled, decoded.low_res_masks, decoded.ious, decoded.obj_ptr,
+                    decoded.object_score_logits, conditioning=False,
+                )
+                continue
+            # 2. Corrective clicks: decode again with the clicks and the tracked mask as input.
+            corrected = self.model.decode(
+                pix_feat,
+                features.high_res,
+                point_coords=prompt.point_coords,
+                point_labels=prompt.point_labels,
+                mask_inputs=filled.clamp(-PREVIOUS_LOGITS_CLAMP, PREVIOUS_LOGITS_CLAMP),
+                multimask_output=self.model.use_multimask(False, prompt.num_points),
+            )
+            outputs[obj_id] = self._prompted_output(corrected)
+
+        # 3. New objects, and known objects whose mask is replaced: decoded without memory.
+        for obj_id, prompt in prompts.items():
+            if obj_id in outputs:
+                continue
+            if prompt.mask is not None:
+                decoded = self.model.mask_as_output(features.embedding, features.high_res, prompt.mask)
+            else:
+                decoded = self.model.decode(
+                    self.model.features_without_memory(features, 1),
+                    features.high_res,
+                    point_coords=prompt.point_coords,
+                    point_labels=prompt.point_labels,
+                    multimask_output=self.model.use_multimask(True, prompt.num_points),
+                )
+            outputs[obj_id] = self._prompted_output(decoded)
+        return outputs
+
+    def _prompted_output(self, decoded: DecoderOutput) -> _ObjectOutput:
+        """A prompted frame's output: its memory is encoded from the shown (hole-filled) mask."""
+        filled = fill_holes(decoded.low_res_masks, self.fill_hole_area)
+        return _ObjectOutput(
+            filled, filled, decoded.ious, decoded.obj_ptr, decoded.object_score_logits, conditioning=True
+        )
+
+    def _track(
+        self, features: ImageFeatures, obj_ids: list[int]
+    ) -> tuple[list[DecoderOutput], list[torch.Tensor]]:
+        """Memory attention + decoding of known objects, batched by memory shape."""
+        if not obj_ids:
+            return [], []
+        layouts = {obj_id: self.bank.layout(obj_id, self.frame_index, self.num_frames) for obj_id in obj_ids}
+        groups: dict[tuple, list[int]] = {}
+        for obj_id in obj_ids:
+            groups.setdefault(layouts[obj_id].shape_key, []).append(obj_id)
+        decoded_by_id: dict[int, tuple[DecoderOutput, torch.Tensor]] = {}
+        multimask = self.model.use_multimask(False, 0)
+        for group in groups.values():
+            memory, memory_pos, num_ptr_tokens = self._memory_inputs([layouts[i] for i in group])
+            pix_feat = self.model.attend_to_memory(features, memory, memory_pos, num_ptr_tokens)
+            decoded = self.model.decode(pix_feat, features.high_res, multimask_output=multimask)
+            for row, obj_id in enumerate(group):
+                decoded_by_id[obj_id] = (_rows(decoded, row), pix_feat[row : row + 1])
+        return [decoded_by_id[i][0] for i in obj_ids], [decoded_by_id[i][1] for i in obj_ids]
+
+    def _memory_inputs(self, layouts: list[MemoryLayout]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Memory tokens (L, B, C), their encodings, and the number of pointer tokens, after the
+        policy chose which memories each object keeps."""
+        model = self.model
+        dtype = model.dtype
+        first = layouts[0]
+        features = torch.stack(
+            [torch.stack([stored.features for stored, _ in layout.memories]) for layout in layouts], dim=1
+        )  # (N, B, T, C)
+        slots = torch.tensor([[slot for _, slot in layout.memories] for layout in layouts], dtype=torch.long)
+        slots = slots.T.to(features.device, non_blocking=True)  # (N, B)
+        num_candidates, batch_size, num_tokens, channels = features.shape
+        capacity = model.num_maskmem
+        if self.policy.num_kept(first.protected, capacity) < num_candidates:
+            keep = self.policy.select(features, first.protected, capacity)  # (K, B)
+            features = torch.gather(features, 0, keep[:, :, None, None].expand(-1, -1, num_tokens, channels))
+            slots = torch.gather(slots, 0, keep)
+        num_kept = features.shape[0]
+        memory = features.to(dtype).permute(0, 2, 1, 3).reshape(num_kept * num_tokens, batch_size, channels)
+        temporal = model.maskmem_tpos_enc.view(capacity, channels)[slots]  # (K, B, C)
+        spatial = self._memory_pos  # (T, C)
+        memory_pos = (spatial[None, :, None, :] + temporal[:, None, :, :]).reshape(
+            num_kept * num_tokens, batch_size, channels
+        )
+
+        pointers = torch.stack(
+            [torch.stack([stored.obj_ptr for stored, _ in layout.pointers]) for layout in layouts], dim=1
+        )  # (P, B, D)
+        offsets = torch.tensor([[offset for _, offset in layout.pointers] for layout in layouts], dtype=torch.long)
+        offsets = offsets.T.to(features.device, non_blocking=True)
+        max_pointers = model.config.max_obj_ptrs_in_encoder
+        if self.num_frames is not None:
+            max_pointers = min(self.num_frames, max_pointers)
+        pointer_pos = model.pointer_position_encoding(offsets.flatten(), max_pointers)
+        pointer_pos = pointer_pos.view(offsets.shape[0], batch_size, -1)
+        pointer_tokens, pointer_token_pos = model.pointer_tokens(pointers.to(dtype), pointer_pos)
+        memory = torch.cat([memory, pointer_tokens], dim=0)
+        memory_pos = torch.cat([memory_pos, pointer_token_pos], dim=0)
+        return memory, memory_pos, pointer_tokens.shape[0]
+
+    # ------------------------------------------------------------------------------------
+    # Memory and results
+    # ------------------------------------------------------------------------------------
+    def _remember(self, features: ImageFeatures, outputs: dict[int, _ObjectOutput]) -> None:
+        """Encode every object's memory of this frame in one batch and store it."""
+        if not outputs:
+            return
+        obj_ids = list(outputs)
+        for obj_id in obj_ids:
+            if obj_id not in self.bank:
+                self.bank.add_object(obj_id)
+        model = self.model
+        memory_masks = torch.cat([outputs[i].memory_masks for i in obj_ids])
+        high_res_masks = model.upscale_masks(memory_masks).to(model.dtype)
+        binarize = torch.tensor([outputs[i].conditioning for i in obj_ids], device=model.device)
+        object_scores = torch.cat([outputs[i].object_score_logits for i in obj_ids])
+        memory_features, memory_pos = model.encode_memory(features, high_res_masks, object_scores, binarize)
+        if self._memory_pos is None:
+            self._memory_pos = memory_pos.flatten(2)[0].T.contiguous()  # (T, C)
+        tokens = memory_features.flatten(2).transpose(1, 2)  # (B, T, C)
+        for row, obj_id in enumerate(obj_ids):
+            output = outputs[obj_id]
+            self.bank.write(
+                obj_id, self.frame_index, tokens[row], output.obj_ptr[0], conditioning=output.conditioning
+            )
+
+    def _result(self, outputs: dict[int, _ObjectOutput]) -> FrameResult:
+        """Upsample every object's mask to the frame size in one batch, then move to the host."""
+        result = FrameResult(frame_index=self.frame_index)
+        if not outputs:
+            return result
+        obj_ids = list(outputs)
+        low_res = torch.cat([outputs[i].low_res_masks for i in obj_ids]).float()
+        logits = F.interpolate(low_res, size=self.frame_size, mode="bilinear", align_corners=False)[:, 0]
+        logits_host = logits.cpu().numpy()
+        scores = torch.cat([outputs[i].object_score_logits for i in obj_ids]).float().sigmoid().flatten()
+        ious = torch.stack(
+            [outputs[i].ious.float().max(dim=-1).values[0] for i in obj_ids]
+        )
+        scores_host = scores.cpu().tolist()
+        ious_host = ious.cpu().tolist()
+        for row, obj_id in enumerate(obj_ids):
+            result.masks[obj_id] = logits_host[row] > 0
+            if self.output_logits:
+                result.logits[obj_id] = logits_host[row]
+            result.scores[obj_id] = scores_host[row]
+            result.ious[obj_id] = ious_host[row]
+        return result

@@ -1,0 +1,180 @@
+"""The streaming tracker: batching, prompts on any frame, bounded state, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import surgsam2
+from surgsam2 import Prompt, Tracker
+from surgsam2.model.configs import get_config
+from surgsam2.model.sam2 import SAM2Model
+
+# Logits of an object tracked alone and in a batch differ only by float reordering.
+BATCH_ATOL = 1e-3
+
+
+def random_model(image_size: int = 128) -> SAM2Model:
+    """The nano architecture with seeded random weights; the object-score head is biased so that
+    objects count as visible (random weights would call every object absent)."""
+    torch.manual_seed(0)
+    model = SAM2Model(get_config("nano", image_size)).eval()
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> SAM2Model:
+    return random_model()
+
+
+def moving_discs(num_frames: int, size: tuple[int, int] = (96, 120), seed: int = 0):
+    """Frames with three discs moving over noise, and the discs' first-frame masks."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames, first_masks = [], {}
+    for index in range(num_frames):
+        image = rng.integers(60, 120, size=(height, width, 3), dtype=np.uint8)
+        for obj_id, (cx, cy, radius, colour) in enumerate(
+            [(30 + index, 40, 14, (220, 220, 230)), (90 - index, 60, 12, (30, 30, 40)), (60, 20 + index, 9, (240, 200, 40))],
+            start=1,
+        ):
+            disc = (xx - cx) ** 2 + (yy - cy) ** 2 < radius**2
+            image[disc] = colour
+            if index == 0:
+                first_masks[obj_id] = disc
+        frames.append(image)
+    return frames, first_masks
+
+
+@pytest.mark.parametrize("memory", ["fifo", "efp"])
+def test_batched_objects_equal_objects_tracked_alone(model: SAM2Model, memory: str) -> None:
+    """All objects in one pass give the same masks as each object in its own tracker."""
+    frames, masks = moving_discs(12)
+    together = Tracker(model, memory=memory)
+    alone = {obj_id: Tracker(model, memory=memory) for obj_id in masks}
+    worst = 0.0
+    for index, frame in enumerate(frames):
+        prompts = {obj_id: Prompt(mask=mask) for obj_id, mask in masks.items()} if index == 0 else None
+        # Object 3 also gets a corrective click on frame 6 (a different memory layout from then on).
+        if index == 6:
+            prompts = {3: Prompt(points=[(60, 26)], labels=[1])}
+        batched = together.step(frame, prompts)
+        for obj_id, tracker in alone.items():
+            own_prompts = None if prompts is None or obj_id not in prompts else {obj_id: prompts[obj_id]}
+            single = tracker.step(frame, own_prompts)
+            difference = np.abs(single.logits[obj_id] - batched.logits[obj_id])
+            uncertain = np.abs(single.logits[obj_id]) < BATCH_ATOL
+            worst = max(worst, float(difference.max()))
+            assert difference.max() <= BATCH_ATOL, f"frame {index} object {obj_id}: {difference.max():.2e}"
+            assert np.array_equal(single.masks[obj_id] | uncertain, batched.masks[obj_id] | uncertain)
+    print(f"[batch] {memory}: max |logit(batched) - logit(alone)| = {worst:.2e} (allowed {BATCH_ATOL})")
+
+
+def test_prompts_on_later_frames_add_and_correct_objects(model: SAM2Model) -> None:
+    """A new object can start on any frame; clicks on a known object make a conditioning frame."""
+    frames, masks = moving_discs(8)
+    tracker = Tracker(model, memory="efp")
+    first = tracker.step(frames[0], {1: Prompt(mask=masks[1])})
+    assert first.object_ids == [1]
+    tracker.step(frames[1])
+    added = tracker.step(frames[2], {2: Prompt(box=(70, 40, 110, 80))})
+    assert sorted(added.object_ids) == [1, 2]
+    corrected = tracker.step(frames[3], {1: Prompt(points=[(33, 40), (5, 5)], labels=[1, 0])})
+    assert sorted(corrected.object_ids) == [1, 2]
+    assert sorted(tracker.bank.objects[1].conditioning) == [0, 3]
+    assert sorted(tracker.bank.objects[2].conditioning) == [2]
+    assert 3 not in tracker.bank.objects[1].recent
+    result = tracker.step(frames[4])
+    assert result.frame_index == 4
+    for obj_id in (1, 2):
+        assert result.masks[obj_id].shape == frames[4].shape[:2]
+        assert result.masks[obj_id].dtype == np.bool_
+        assert result.logits[obj_id].dtype == np.float32
+        assert 0.0 <= result.scores[obj_id] <= 1.0
+
+
+def test_remove_object_and_reset(model: SAM2Model) -> None:
+    frames, masks = moving_discs(4)
+    tracker = Tracker(model)
+    tracker.step(frames[0], {obj_id: Prompt(mask=mask) for obj_id, mask in masks.items()})
+    tracker.remove_object(2)
+    result = tracker.step(frames[1])
+    assert sorted(result.object_ids) == [1, 3]
+    with pytest.raises(ValueError, match="unknown object id 2"):
+        tracker.remove_object(2)
+    tracker.reset()
+    assert tracker.object_ids == [] and tracker.frame_index == 0 and tracker.state_bytes() == 0
+
+
+def test_state_stays_flat_over_a_long_stream() -> None:
+    """2,000 frames, 3 objects: the stored tensors stop growing after the first frames."""
+    model = random_model(image_size=64)
+    frames, masks = moving_discs(1, size=(64, 64))
+    rng = np.random.default_rng(1)
+    tracker = Tracker(model, memory="efp")
+    tracker.step(frames[0], {obj_id: Prompt(mask=mask) for obj_id, mask in masks.items() if mask.any()})
+    counts, sizes = [], []
+    for index in range(1, 2000):
+        frame = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
+        tracker.step(frame)
+        if index >= 20:
+            counts.append(len(tracker.bank.stored_tensors()))
+            sizes.append(tracker.state_bytes())
+    print(f"[state] tensors held: {counts[0]} at frame 20, {counts[-1]} at frame 1999; bytes {sizes[0]} -> {sizes[-1]}")
+    assert max(counts) == min(counts)
+    assert max(sizes) == min(sizes)
+    # Conditioning frame + 6 memory frames with features, 15 pointers, per object.
+    num_objects = len(tracker.object_ids)
+    assert counts[-1] == num_objects * ((1 + 6) + (1 + 15 - 1))
+
+
+@pytest.mark.parametrize(
+    "frame, prompts, message",
+    [
+        (np.zeros((32, 40, 3), np.float32), None, "dtype uint8"),
+        (np.zeros((32, 40), np.uint8), None, "HxWx3"),
+        (np.zeros((32, 40, 3), np.uint8), {1: Prompt()}, "object 1: empty prompt"),
+        (np.zeros((32, 40, 3), np.uint8), {1: Prompt(points=[(50, 10)])}, r"object 1: point \(50, 10\) is outside"),
+        (np.zeros((32, 40, 3), np.uint8), {1: Prompt(points=[(5, 10)], labels=[1, 0])}, "1 points but 2 labels"),
+        (np.zeros((32, 40, 3), np.uint8), {2: Prompt(mask=np.ones((10, 10), bool))}, "object 2: mask prompt is 10x10"),
+        (np.zeros((32, 40, 3), np.uint8), {2: Prompt(mask=np.zeros((32, 40), bool))}, "object 2: mask prompt is empty"),
+        (np.zeros((32, 40, 3), np.uint8), {3: Prompt(box=(10, 10, 5, 20))}, "x0 < x1"),
+        (np.zeros((32, 40, 3), np.uint8), {-1: Prompt(points=[(5, 5)])}, "non-negative integers"),
+    ],
+)
+def test_bad_input_is_a_clear_error(model: SAM2Model, frame, prompts, message: str) -> None:
+    tracker = Tracker(model)
+    with pytest.raises(ValueError, match=message):
+        tracker.step(frame, prompts)
+    assert tracker.frame_index == 0 and tracker.object_ids == []
+
+
+def test_bad_prompt_is_not_half_applied(model: SAM2Model) -> None:
+    """One bad prompt among good ones: nothing is applied, the stream does not advance."""
+    frames, masks = moving_discs(2)
+    tracker = Tracker(model)
+    tracker.step(frames[0], {1: Prompt(mask=masks[1])})
+    with pytest.raises(ValueError, match="object 3"):
+        tracker.step(frames[1], {2: Prompt(mask=masks[2]), 3: Prompt(points=[(999, 1)])})
+    assert tracker.object_ids == [1] and tracker.frame_index == 1
+    with pytest.raises(ValueError, match="differs from the stream"):
+        tracker.step(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_unknown_memory_policy_is_rejected(model: SAM2Model) -> None:
+    with pytest.raises(ValueError, match="unknown memory policy 'lru'"):
+        Tracker(model, memory="lru")
+
+
+def test_segment_video_yields_every_frame_and_tracks_from_prompts(model: SAM2Model) -> None:
+    frames, masks = moving_discs(6)
+    results = list(surgsam2.segment_video(model, frames, prompts={2: {1: Prompt(mask=masks[1])}}))
+    assert [r.frame_index for r in results] == list(range(6))
+    assert results[0].object_ids == [] and results[1].object_ids == []
+    assert all(r.object_ids == [1] for r in results[2:])
+    with pytest.raises(ValueError, match="prompts on frames \\[9\\]"):
+        list(surgsam2.segment_video(model, frames, prompts={9: {1: Prompt(mask=masks[1])}}))
