@@ -60,6 +60,78 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "nano") -> None:
+    """--model/--checkpoint/--image-size/--device/--dtype, shared by commands that run a model."""
+    parser.add_argument("--model", default=default_model, help=f"model config name (default {default_model})")
+    parser.add_argument("--checkpoint", help="checkpoint file (.pt/.pth/.safetensors); default: the packaged one")
+    parser.add_argument("--image-size", type=int, help="model input size (default: the config's)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="model precision (default fp32)")
+
+
+def _load_model_from_args(args: argparse.Namespace):
+    import torch
+
+    from surgsam2.model.checkpoint import load_model
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    return load_model(args.model, checkpoint=args.checkpoint, image_size=args.image_size, device=args.device, dtype=dtype)
+
+
+def _point_argument(text: str) -> tuple[float, float, int]:
+    """argparse type for `--points X,Y[:LABEL]` (label 1 object, 0 background; default 1)."""
+    coords, _, label = text.partition(":")
+    try:
+        x, y = (float(value) for value in coords.split(","))
+        label_value = int(label) if label else 1
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X,Y or X,Y:LABEL, got {text!r}") from None
+    if label_value not in (0, 1):
+        raise argparse.ArgumentTypeError(f"point label must be 0 or 1, got {label_value}")
+    return x, y, label_value
+
+
+def _box_argument(text: str) -> tuple[float, float, float, float]:
+    """argparse type for `--box X0,Y0,X1,Y1`."""
+    try:
+        x0, y0, x1, y1 = (float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X0,Y0,X1,Y1, got {text!r}") from None
+    return x0, y0, x1, y1
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    """`surgsam2 segment`: track prompted objects through a video and write masks (+ overlay)."""
+    from surgsam2.pipelines import prompts_from_mask_file, segment_source
+    from surgsam2.tracking.prompts import Prompt
+
+    if args.prompt_mask:
+        prompts = prompts_from_mask_file(args.prompt_mask)
+    else:
+        points = [(x, y) for x, y, _ in args.points] if args.points else None
+        labels = [label for _, _, label in args.points] if args.points else None
+        prompts = {args.object_id: Prompt(points=points, labels=labels, box=args.box)}
+    model = _load_model_from_args(args)
+    summary = segment_source(
+        model,
+        args.input,
+        prompts,
+        args.out,
+        prompt_frame=args.prompt_frame,
+        memory=args.memory,
+        overlay=args.overlay,
+        overwrite=args.overwrite,
+        max_frames=args.max_frames,
+        progress=not args.quiet,
+    )
+    overlay = f", overlay {summary.overlay}" if summary.overlay else ""
+    print(
+        f"tracked objects {summary.objects} over {summary.frames} frames in {summary.seconds:.1f} s"
+        f" ({summary.frames_per_second:.1f} frames/s): masks in {summary.masks_dir}{overlay}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="surgsam2",
@@ -68,6 +140,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # --- commands: each block adds one subparser and sets func ---------------------------
+
+    segment_parser = commands.add_parser(
+        "segment",
+        help="track prompted instruments through a video, folder of frames, camera or stream",
+        description="Prompt objects on one frame (a mask PNG, points or a box) and track them through"
+        " INPUT with a bounded memory. Writes <out>/<video>/<frame>.png (pixel = object id).",
+    )
+    segment_parser.add_argument("input", help="video file, folder of numbered frames, camera index or stream URL")
+    _add_model_arguments(segment_parser)
+    segment_parser.add_argument("--memory", choices=("efp", "fifo"), default="efp",
+                                help="memory policy: efp (Surgical SAM 2, default) or fifo (SAM 2)")  # fmt: skip
+    prompt_group = segment_parser.add_mutually_exclusive_group(required=True)
+    prompt_group.add_argument("--prompt-mask", help="PNG mask on the prompt frame (pixel = object id; 0/255 = object 1)")
+    prompt_group.add_argument("--points", nargs="+", type=_point_argument, metavar="X,Y[:LABEL]",
+                              help="clicks in frame pixels, label 1 object (default) or 0 background")  # fmt: skip
+    prompt_group.add_argument("--box", type=_box_argument, metavar="X0,Y0,X1,Y1", help="box around the object")
+    segment_parser.add_argument("--object-id", type=int, default=1, help="id of the object prompted by points/box")
+    segment_parser.add_argument("--prompt-frame", type=int, default=0, help="frame the prompt is on (default 0)")
+    segment_parser.add_argument("--out", required=True, help="output folder for the masks")
+    segment_parser.add_argument("--overlay", help="also write this .mp4 with the masks drawn on the frames")
+    segment_parser.add_argument("--max-frames", type=int, help="stop after this many frames (e.g. for a camera)")
+    segment_parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    segment_parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    segment_parser.set_defaults(func=_cmd_segment)
 
     evaluate_parser = commands.add_parser(
         "evaluate",
