@@ -113,10 +113,14 @@ def test_remove_object_and_reset(model: SAM2Model) -> None:
 def test_state_stays_flat_over_a_long_stream() -> None:
     """2,000 frames, 3 objects: the stored tensors stop growing after the first frames."""
     model = random_model(image_size=64)
-    frames, masks = moving_discs(1, size=(64, 64))
     rng = np.random.default_rng(1)
+    first = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
+    squares = {}
+    for obj_id, (top, left) in enumerate([(4, 4), (30, 10), (20, 40)], start=1):
+        squares[obj_id] = np.zeros((64, 64), bool)
+        squares[obj_id][top : top + 16, left : left + 16] = True
     tracker = Tracker(model, memory="efp")
-    tracker.step(frames[0], {obj_id: Prompt(mask=mask) for obj_id, mask in masks.items() if mask.any()})
+    tracker.step(first, {obj_id: Prompt(mask=mask) for obj_id, mask in squares.items()})
     counts, sizes = [], []
     for index in range(1, 2000):
         frame = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
@@ -127,9 +131,10 @@ def test_state_stays_flat_over_a_long_stream() -> None:
     print(f"[state] tensors held: {counts[0]} at frame 20, {counts[-1]} at frame 1999; bytes {sizes[0]} -> {sizes[-1]}")
     assert max(counts) == min(counts)
     assert max(sizes) == min(sizes)
-    # Conditioning frame + 6 memory frames with features, 15 pointers, per object.
-    num_objects = len(tracker.object_ids)
-    assert counts[-1] == num_objects * ((1 + 6) + (1 + 15 - 1))
+    # Per object: the conditioning frame (features + pointer), the last 15 frames' pointers and
+    # the last 6 frames' features.
+    assert len(tracker.object_ids) == 3
+    assert counts[-1] == 3 * ((1 + 1) + 15 + 6)
 
 
 @pytest.mark.parametrize(
@@ -171,10 +176,30 @@ def test_unknown_memory_policy_is_rejected(model: SAM2Model) -> None:
 
 
 def test_segment_video_yields_every_frame_and_tracks_from_prompts(model: SAM2Model) -> None:
+    """Forward from the prompt; with backward=False, frames before it are empty."""
     frames, masks = moving_discs(6)
-    results = list(surgsam2.segment_video(model, frames, prompts={2: {1: Prompt(mask=masks[1])}}))
+    prompts = {2: {1: Prompt(mask=masks[1])}}
+    results = list(surgsam2.segment_video(model, frames, prompts=prompts, backward=False))
     assert [r.frame_index for r in results] == list(range(6))
     assert results[0].object_ids == [] and results[1].object_ids == []
     assert all(r.object_ids == [1] for r in results[2:])
     with pytest.raises(ValueError, match="prompts on frames \\[9\\]"):
         list(surgsam2.segment_video(model, frames, prompts={9: {1: Prompt(mask=masks[1])}}))
+
+
+def test_segment_video_propagates_backward_from_a_later_prompt(model: SAM2Model) -> None:
+    """An object first prompted on frame 3 is also tracked on frames 2..0, exactly as a forward
+    run over the reversed frames (SAM 2's reverse propagation); frame 0's object is unaffected."""
+    frames, masks = moving_discs(6)
+    prompts = {0: {1: Prompt(mask=masks[1])}, 3: {2: Prompt(points=[(87, 60)], labels=[1])}}
+    results = list(surgsam2.segment_video(model, frames, prompts=prompts, memory="efp"))
+    assert all(sorted(r.object_ids) == [1, 2] for r in results)
+
+    reverse = Tracker(model, memory="efp", num_frames=len(frames))
+    expected = {3 - step: reverse.step(frames[3 - step], prompts[3] if step == 0 else None) for step in range(4)}
+    forward_only = list(surgsam2.segment_video(model, frames, prompts=prompts, memory="efp", backward=False))
+    for frame_index in range(3):
+        np.testing.assert_allclose(results[frame_index].logits[2], expected[frame_index].logits[2], atol=1e-5)
+        np.testing.assert_allclose(results[frame_index].logits[1], forward_only[frame_index].logits[1], atol=1e-5)
+    for frame_index in range(3, 6):
+        np.testing.assert_allclose(results[frame_index].logits[2], forward_only[frame_index].logits[2], atol=1e-5)

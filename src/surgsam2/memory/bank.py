@@ -106,7 +106,8 @@ class MemoryBank:
             memory.recent.pop(frame_index, None)
         else:
             memory.recent[frame_index] = stored
-        self._forget(memory, frame_index)
+            # Only tracked frames move time forward: a conditioning frame may be written ahead.
+            self._forget(memory, frame_index)
 
     def _forget(self, memory: ObjectMemory, newest_frame: int) -> None:
         """Drop what no later frame can select: features older than the oldest memory slot of the

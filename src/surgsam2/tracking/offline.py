@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from surgsam2.memory.policies import MemoryPolicy
 from surgsam2.model.sam2 import SAM2Model
 from surgsam2.tracking.prompts import Prompt
 from surgsam2.tracking.results import FrameResult
-from surgsam2.tracking.tracker import Tracker
+from surgsam2.tracking.tracker import Tracker, _ObjectOutput
 
 
 def segment_video(
@@ -21,12 +21,16 @@ def segment_video(
     num_frame_to_prune: int = 2,
     fill_hole_area: int | None = None,
     num_frames: int | None = None,
+    backward: bool = True,
 ) -> Iterator[FrameResult]:
     """Track objects through ``frames``, prompting them on the frames ``prompts`` names.
 
-    ``prompts``: {frame_index: {object_id: Prompt}}. Frames are read lazily, one at a time, and
-    each result is yielded as soon as its frame is processed (frames before the first prompt give
-    empty results and cost no network time). Objects are tracked from their first prompt onwards. ``num_frames`` defaults to ``len(frames)`` when the sequence has a length.
+    ``prompts``: {frame_index: {object_id: Prompt}}. Objects are tracked forward from their first
+    prompt. With ``backward`` (and ``frames`` a sequence, so frames can be revisited), an object
+    first prompted on a later frame is also tracked backward from there to frame 0, as SAM 2 does;
+    that pass runs first and keeps only low-resolution masks. Otherwise frames are read lazily and
+    each result is yielded as soon as its frame is processed. Frames where no object exists yet
+    give empty results and cost no network time. ``num_frames`` defaults to ``len(frames)``.
     """
     if not prompts:
         raise ValueError("segment_video needs at least one prompt: {frame_index: {object_id: Prompt}}")
@@ -39,12 +43,45 @@ def segment_video(
         late = [index for index in prompts if index >= num_frames]
         if late:
             raise ValueError(f"prompts on frames {sorted(late)} but the video has {num_frames} frames")
-    tracker = Tracker(
-        model,
-        memory=memory,
-        num_frame_to_prune=num_frame_to_prune,
-        fill_hole_area=fill_hole_area,
-        num_frames=num_frames,
-    )
+
+    def new_tracker() -> Tracker:
+        return Tracker(
+            model,
+            memory=memory,
+            num_frame_to_prune=num_frame_to_prune,
+            fill_hole_area=fill_hole_area,
+            num_frames=num_frames,
+        )
+
+    earlier: dict[int, dict[int, _ObjectOutput]] = {}
+    if backward and isinstance(frames, Sequence):
+        earlier = _track_backward(new_tracker(), frames, prompts)
+    tracker = new_tracker()
     for frame_index, frame in enumerate(frames):
-        yield tracker.step(frame, prompts.get(frame_index))
+        outputs = tracker._advance(frame, prompts.get(frame_index))
+        merged = dict(sorted({**earlier.pop(frame_index, {}), **outputs}.items()))
+        yield tracker._result(merged, frame_index)
+
+
+def _track_backward(
+    tracker: Tracker, frames: Sequence[np.ndarray], prompts: Mapping[int, Mapping[int, Prompt]]
+) -> dict[int, dict[int, _ObjectOutput]]:
+    """Outputs of objects first prompted after frame 0 on the frames before their first prompt,
+    from a pass over the frames in reverse order (SAM 2's reverse propagation)."""
+    first_prompt: dict[int, int] = {}
+    for frame_index in sorted(prompts):
+        for obj_id in prompts[frame_index]:
+            first_prompt.setdefault(obj_id, frame_index)
+    late = {obj_id: frame for obj_id, frame in first_prompt.items() if frame > 0}
+    if not late:
+        return {}
+    earlier: dict[int, dict[int, _ObjectOutput]] = {}
+    for frame_index in range(max(late.values()), -1, -1):
+        frame_prompts = {
+            obj_id: prompt for obj_id, prompt in prompts.get(frame_index, {}).items() if obj_id in late
+        }
+        outputs = tracker._advance(frames[frame_index], frame_prompts)
+        before_first = {obj_id: out for obj_id, out in outputs.items() if frame_index < late[obj_id]}
+        if before_first:
+            earlier[frame_index] = before_first
+    return earlier

@@ -121,6 +121,13 @@ class Tracker:
     @torch.inference_mode()
     def step(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None) -> FrameResult:
         """Track every object on the next frame (HxWx3 uint8 RGB), applying ``prompts`` first."""
+        frame_index = self.frame_index
+        outputs = self._advance(frame, prompts)
+        return self._result(outputs, frame_index)
+
+    @torch.inference_mode()
+    def _advance(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None) -> dict[int, _ObjectOutput]:
+        """Validate, run the network on one frame, remember it and move to the next frame."""
         frame = validate_frame(frame, self.frame_index)
         frame_size = (int(frame.shape[0]), int(frame.shape[1]))
         if self.frame_size is not None and frame_size != self.frame_size:
@@ -130,24 +137,20 @@ class Tracker:
             )
         prompts = validate_prompts(prompts, frame_size)
         self.frame_size = frame_size
-        if not prompts and not self.bank.objects:
-            result = FrameResult(frame_index=self.frame_index)  # nothing to track yet
-            self.frame_index += 1
-            return result
-
-        model = self.model
-        device = model.device
-        image = preprocess_frame(frame, model.image_size, device, model.dtype)
-        features = model.encode_image(image)
-        model_prompts = {
-            obj_id: to_model_prompt(prompt, frame_size, model.image_size, device)
-            for obj_id, prompt in prompts.items()
-        }
-        outputs = self._run_frame(features, model_prompts)
-        self._remember(features, outputs)
-        result = self._result(outputs)
+        outputs: dict[int, _ObjectOutput] = {}
+        if prompts or self.bank.objects:  # otherwise nothing to track yet: no network time
+            model = self.model
+            device = model.device
+            image = preprocess_frame(frame, model.image_size, device, model.dtype)
+            features = model.encode_image(image)
+            model_prompts = {
+                obj_id: to_model_prompt(prompt, frame_size, model.image_size, device)
+                for obj_id, prompt in prompts.items()
+            }
+            outputs = self._run_frame(features, model_prompts)
+            self._remember(features, outputs)
         self.frame_index += 1
-        return result
+        return outputs
 
     # ------------------------------------------------------------------------------------
     # One frame
@@ -290,9 +293,9 @@ class Tracker:
                 obj_id, self.frame_index, tokens[row], output.obj_ptr[0], conditioning=output.conditioning
             )
 
-    def _result(self, outputs: dict[int, _ObjectOutput]) -> FrameResult:
+    def _result(self, outputs: dict[int, _ObjectOutput], frame_index: int) -> FrameResult:
         """Upsample every object's mask to the frame size in one batch, then move to the host."""
-        result = FrameResult(frame_index=self.frame_index)
+        result = FrameResult(frame_index=frame_index)
         if not outputs:
             return result
         obj_ids = list(outputs)
