@@ -260,7 +260,7 @@ def test_first_appearance_and_prompts():
 
 def test_class_tables():
     assert class_name(5) == "Ultrasound Probe"
-    assert class_name(6, "endovis17") == "Vessel Sealer" == ENDOVIS17_CLASSES[6]
+    assert class_name(4, "endovis17") == "Vessel Sealer" == ENDOVIS17_CLASSES[4]
     assert class_table("EndoVis2018")[7] == "Clip Applier"
     with pytest.raises(ValueError, match="unknown class table"):
         class_table("davis")

@@ -1,7 +1,9 @@
 """Instrument class tables of the EndoVis challenges (ISINet / SurgicalSAM convention), in one place.
 
 Class ids 1-7 are the instrument types; 0 is background. EndoVis 2018 (ISINet relabelling) and
-EndoVis 2017 share ids 1-5 and differ in 6 and 7. The synthetic generator draws the 2018 classes.
+EndoVis 2017 share ids 1-3; 2017 numbers its instruments as ISINet does (4 Vessel Sealer,
+5 Grasping Retractor, 6 Monopolar Curved Scissors, 7 Ultrasound Probe). The synthetic generator
+draws the 2018 classes.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ ENDOVIS17_CLASSES: Mapping[int, str] = MappingProxyType(
         1: "Bipolar Forceps",
         2: "Prograsp Forceps",
         3: "Large Needle Driver",
-        4: "Monopolar Curved Scissors",
-        5: "Ultrasound Probe",
-        6: "Vessel Sealer",
-        7: "Grasping Retractor",
+        4: "Vessel Sealer",
+        5: "Grasping Retractor",
+        6: "Monopolar Curved Scissors",
+        7: "Ultrasound Probe",
     }
 )
 
