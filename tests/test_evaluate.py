@@ -101,7 +101,7 @@ def test_davis_and_surgsam2_protocols_differ(tmp_path):
     ours = evaluate(gt, pred, protocol="surgsam2")
     rows = rows_by_key(ours)
     assert set(rows) == {("a", 1), ("a", 2), ("b", 3)}
-    assert rows[("a", 2)]["frames"] == 2  # from its first appearance (2) to the frame before last
+    assert rows[("a", 2)]["frames"] == 1  # after its first appearance (2, its prompt frame) to the frame before last
     assert rows[("a", 2)]["J"] == 1.0  # the hallucination at frame 1 is before its appearance
     assert rows[("a", 1)]["J"] == 1.0  # the wrong first/last frames are not scored
     assert ours.summary.J == pytest.approx((1 + 1 + 0.5) / 3)

@@ -277,10 +277,10 @@ def test_round_trip_writes_complete_folders_and_results(dataset: Path, single_ru
         for key in ("J", "F", "JF", "Dice", "J_recall", "F_recall"):
             assert 0.0 <= row[key] <= 1.0
         assert -1.0 <= row["J_decay"] <= 1.0 and -1.0 <= row["F_decay"] <= 1.0
-    # Frames 1..4 are scored (first and last skipped); the late object from its first appearance.
+    # Frames 1..4 are scored (first and last skipped); the late object after its prompt frame.
     frames = {(r["video"], r["object"]): r["frames"] for r in rows}
     assert frames[("synth_000", 1)] == FRAMES - 2
-    assert frames[LATE_OBJECT[:2]] == FRAMES - 1 - late_frame
+    assert frames[LATE_OBJECT[:2]] == FRAMES - 2 - late_frame
     for key in ("J", "F", "Dice"):
         assert results["summary"][key] == pytest.approx(np.mean([r[key] for r in rows]))
     assert "challenge_IoU" in results["class_based"]

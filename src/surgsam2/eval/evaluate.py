@@ -7,7 +7,9 @@ frame of the same number. Two protocols:
 * ``davis``: the objects of a video are the ids present in its first ground-truth frame; every
   frame except the first and the last is scored (DAVIS 2017 semi-supervised).
 * ``surgsam2`` (Surgical SAM 2's reported numbers): every object of the ground truth is scored
-  from its first appearance on; the first and last frames of a video are never scored.
+  on the frames after its first appearance (the frame it is prompted on is not scored, as in
+  Surgical SAM 2's benchmark, which reads each object's masks from the frame after its prompt);
+  the first and last frames of a video are never scored.
 
 Per (video, object): mean J, F, Dice over its scored frames, J&F = (J + F) / 2, and the DAVIS
 recall / decay of J and F. The summary is the mean over all (video, object) pairs, for both
@@ -333,7 +335,9 @@ def evaluate_video(
     for index, gt_path in enumerate(gt_frames):
         gt = read_id_mask(gt_path)
         gt_ids = _present_ids(gt)
+        prompted_here: set[int] = set()
         if protocol == "surgsam2" or index == 0:
+            prompted_here = gt_ids - active
             active |= gt_ids  # davis: the first frame's objects; surgsam2: all seen so far
         if object_classes is not None:
             unknown = sorted(gt_ids - set(object_classes))
@@ -347,7 +351,7 @@ def evaluate_video(
         pred = _read_prediction(pred_frames.get(_frame_key(gt_path)), gt)
         pred_ids = _present_ids(pred)
         nothing = np.zeros(gt.shape, dtype=bool)
-        for object_id in sorted(active):
+        for object_id in sorted(active - prompted_here):
             scores = frame_scores(
                 pred == object_id if object_id in pred_ids else nothing,
                 gt == object_id if object_id in gt_ids else nothing,
