@@ -1,0 +1,124 @@
+"""Memory assembly: from the bank's candidate memories to the tokens memory attention reads.
+
+Shared by the streaming tracker (inference) and the training clip forward, so both build the
+memory of a frame the same way (DESIGN §4):
+
+1. `gather_candidates` stacks what `MemoryBank.layout` proposes into batched tensors. A stored
+   memory is either one object's (T, C) features and (D,) pointer (the tracker: one layout per
+   object) or a batch of objects' (b, T, C) / (b, D) (training: every object of a clip batch shares
+   one layout, since prompts and corrections are planned per batch as SAM 2's training does).
+2. `memory_tokens` lets the policy choose the memories each object keeps (the gather keeps
+   gradients), adds the spatial and temporal-slot encodings, and appends the object pointers split
+   into tokens with their temporal encodings.
+
+Pure tensor code plus the few learned encodings it reads from the model (`maskmem_tpos_enc`,
+`pointer_position_encoding`, `pointer_tokens`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from surgsam2.memory.bank import MemoryLayout
+from surgsam2.memory.policies import MemoryPolicy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from surgsam2.model.sam2 import SAM2Model
+
+
+@dataclass
+class MemoryCandidates:
+    """Candidate memories of B objects that share a layout shape, in bank order."""
+
+    features: torch.Tensor  # (N, B, T, C) memory-encoder tokens
+    slots: torch.Tensor  # (N, B) long: index into maskmem_tpos_enc
+    protected: tuple[bool, ...]  # N flags: conditioning memories a policy must keep
+    pointers: torch.Tensor  # (P, B, D) object pointers
+    pointer_offsets: torch.Tensor  # (P, B) long: signed temporal offsets of the pointers
+
+
+def _as_batch(tensor: torch.Tensor, unbatched_dim: int) -> torch.Tensor:
+    """One object's tensor gets a batch dimension of 1; a batch of objects is returned as is."""
+    return tensor.unsqueeze(0) if tensor.dim() == unbatched_dim else tensor
+
+
+def gather_candidates(layouts: Sequence[MemoryLayout]) -> MemoryCandidates:
+    """Stack the candidates of layouts with one `shape_key` into batched tensors.
+
+    Stored features are (T, C) for one object or (b, T, C) for a batch sharing the layout;
+    pointers (D,) or (b, D). The objects of all layouts are concatenated in order.
+    """
+    if not layouts:
+        raise ValueError("gather_candidates needs at least one layout")
+    first = layouts[0]
+    features = torch.cat(
+        [torch.stack([_as_batch(stored.features, 2) for stored, _ in layout.memories], dim=0) for layout in layouts],
+        dim=1,
+    )  # (N, B, T, C)
+    pointers = torch.cat(
+        [torch.stack([_as_batch(stored.obj_ptr, 1) for stored, _ in layout.pointers], dim=0) for layout in layouts],
+        dim=1,
+    )  # (P, B, D)
+    widths = [
+        (_as_batch(layout.memories[0][0].features, 2).shape[0] if layout.memories else 0) for layout in layouts
+    ]
+    slots = torch.tensor(
+        [[slot for _, slot in layout.memories] for layout, width in zip(layouts, widths) for _ in range(width)],
+        dtype=torch.long,
+    )
+    offsets = torch.tensor(
+        [[offset for _, offset in layout.pointers] for layout, width in zip(layouts, widths) for _ in range(width)],
+        dtype=torch.long,
+    )
+    device = features.device
+    return MemoryCandidates(
+        features=features,
+        slots=slots.T.to(device, non_blocking=True),
+        protected=first.protected,
+        pointers=pointers,
+        pointer_offsets=offsets.T.to(device, non_blocking=True),
+    )
+
+
+def memory_tokens(
+    model: SAM2Model,
+    candidates: MemoryCandidates,
+    policy: MemoryPolicy,
+    spatial_pos: torch.Tensor,
+    max_pointers: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Memory tokens (L, B, C), their encodings (L, B, C) and the number of pointer tokens.
+
+    ``spatial_pos`` (T, C): the memory encoder's position encoding of one frame's tokens;
+    ``max_pointers``: the pointer window that scales pointer temporal encodings (SAM 2 uses
+    min(clip length, max_obj_ptrs_in_encoder)).
+    """
+    dtype = model.dtype
+    features, slots = candidates.features, candidates.slots
+    num_candidates, batch_size, num_tokens, channels = features.shape
+    capacity = model.num_maskmem
+    if policy.num_kept(candidates.protected, capacity) < num_candidates:
+        keep = policy.select(features, candidates.protected, capacity)  # (K, B)
+        features = torch.gather(features, 0, keep[:, :, None, None].expand(-1, -1, num_tokens, channels))
+        slots = torch.gather(slots, 0, keep)
+    num_kept = features.shape[0]
+    memory = features.to(dtype).permute(0, 2, 1, 3).reshape(num_kept * num_tokens, batch_size, channels)
+    temporal = model.maskmem_tpos_enc.view(capacity, channels)[slots]  # (K, B, C)
+    memory_pos = (spatial_pos[None, :, None, :] + temporal[:, None, :, :]).reshape(
+        num_kept * num_tokens, batch_size, channels
+    )
+
+    offsets = candidates.pointer_offsets
+    pointer_pos = model.pointer_position_encoding(offsets.flatten(), max_pointers)
+    pointer_pos = pointer_pos.view(offsets.shape[0], batch_size, -1)
+    pointer_tokens, pointer_token_pos = model.pointer_tokens(candidates.pointers.to(dtype), pointer_pos)
+    memory = torch.cat([memory, pointer_tokens], dim=0)
+    memory_pos = torch.cat([memory_pos, pointer_token_pos], dim=0)
+    return memory, memory_pos, pointer_tokens.shape[0]
+
+
+__all__ = ["MemoryCandidates", "gather_candidates", "memory_tokens"]
