@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from surgsam2.memory.assembly import gather_candidates, memory_tokens
 from surgsam2.memory.bank import BankConfig, MemoryBank, MemoryLayout
 from surgsam2.memory.policies import MemoryPolicy, make_policy
 from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
@@ -229,43 +230,11 @@ class Tracker:
 
     def _memory_inputs(self, layouts: list[MemoryLayout]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Memory tokens (L, B, C), their encodings, and the number of pointer tokens, after the
-        policy chose which memories each object keeps."""
-        model = self.model
-        dtype = model.dtype
-        first = layouts[0]
-        features = torch.stack(
-            [torch.stack([stored.features for stored, _ in layout.memories]) for layout in layouts], dim=1
-        )  # (N, B, T, C)
-        slots = torch.tensor([[slot for _, slot in layout.memories] for layout in layouts], dtype=torch.long)
-        slots = slots.T.to(features.device, non_blocking=True)  # (N, B)
-        num_candidates, batch_size, num_tokens, channels = features.shape
-        capacity = model.num_maskmem
-        if self.policy.num_kept(first.protected, capacity) < num_candidates:
-            keep = self.policy.select(features, first.protected, capacity)  # (K, B)
-            features = torch.gather(features, 0, keep[:, :, None, None].expand(-1, -1, num_tokens, channels))
-            slots = torch.gather(slots, 0, keep)
-        num_kept = features.shape[0]
-        memory = features.to(dtype).permute(0, 2, 1, 3).reshape(num_kept * num_tokens, batch_size, channels)
-        temporal = model.maskmem_tpos_enc.view(capacity, channels)[slots]  # (K, B, C)
-        spatial = self._memory_pos  # (T, C)
-        memory_pos = (spatial[None, :, None, :] + temporal[:, None, :, :]).reshape(
-            num_kept * num_tokens, batch_size, channels
-        )
-
-        pointers = torch.stack(
-            [torch.stack([stored.obj_ptr for stored, _ in layout.pointers]) for layout in layouts], dim=1
-        )  # (P, B, D)
-        offsets = torch.tensor([[offset for _, offset in layout.pointers] for layout in layouts], dtype=torch.long)
-        offsets = offsets.T.to(features.device, non_blocking=True)
-        max_pointers = model.config.max_obj_ptrs_in_encoder
+        policy chose which memories each object keeps (shared with training: memory.assembly)."""
+        max_pointers = self.model.config.max_obj_ptrs_in_encoder
         if self.num_frames is not None:
             max_pointers = min(self.num_frames, max_pointers)
-        pointer_pos = model.pointer_position_encoding(offsets.flatten(), max_pointers)
-        pointer_pos = pointer_pos.view(offsets.shape[0], batch_size, -1)
-        pointer_tokens, pointer_token_pos = model.pointer_tokens(pointers.to(dtype), pointer_pos)
-        memory = torch.cat([memory, pointer_tokens], dim=0)
-        memory_pos = torch.cat([memory_pos, pointer_token_pos], dim=0)
-        return memory, memory_pos, pointer_tokens.shape[0]
+        return memory_tokens(self.model, gather_candidates(layouts), self.policy, self._memory_pos, max_pointers)
 
     # ------------------------------------------------------------------------------------
     # Memory and results
