@@ -1,14 +1,80 @@
-"""Multi-head attention with optional down-projection (SAM decoder) and axial RoPE (memory)."""
+"""Multi-head attention with optional down-projection (SAM decoder) and axial RoPE (memory).
+
+Two kernels: float32 (and any training or GPU run) uses ``F.scaled_dot_product_attention``.
+bf16 inference on CPU uses plain matmuls instead (`matmul_attention`): the CPU flash-attention
+kernel runs bf16 at about its float32 rate, while matmuls reach the CPU's bf16 units (measured on
+the memory attention's cross-attention, 1024 queries x 5184 keys x 256: 29 ms -> 11 ms). When keys
+and values come from a narrower space than a head (memory attention: 64 -> 256 channels), the
+value projection is applied after the attention (see `Attention._attend_raw_values`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from surgsam2.model.position import apply_rope, axial_rope_tables
+
+# Largest block of attention scores (bytes) formed at once by `matmul_attention`; queries are
+# processed in chunks beyond it (1024 px inputs attend to 7 x 4096 memory tokens).
+SCORE_BLOCK_BYTES = 32 * 2**20
+
+# Whether the bf16 CPU path may be used in the current context (see `sdpa_only`).
+_MATMUL_ATTENTION_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "surgsam2_matmul_attention_allowed", default=True
+)
+
+
+@contextlib.contextmanager
+def sdpa_only() -> Iterator[None]:
+    """Within this context every attention uses SDPA (the bf16 CPU matmul path is off), e.g. to
+    measure what the matmul path gains (`surgsam2 bench --sdpa-baseline`)."""
+    token = _MATMUL_ATTENTION_ALLOWED.set(False)
+    try:
+        yield
+    finally:
+        _MATMUL_ATTENTION_ALLOWED.reset(token)
+
+
+def use_matmul_attention(q: torch.Tensor, training: bool) -> bool:
+    """Whether `matmul_attention` replaces SDPA: inference of a bf16 model on CPU only. float32
+    keeps the exact SDPA numerics the parity tests check, GPUs have fast bf16 SDPA kernels, and
+    under autocast the computation follows the official mixed-precision run op for op."""
+    return (
+        not training
+        and _MATMUL_ATTENTION_ALLOWED.get()
+        and q.dtype == torch.bfloat16
+        and q.device.type == "cpu"
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with plain matmuls; q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv).
+
+    Scores are rounded to q's dtype, the softmax accumulates in float32 inside the kernel.
+    Batch dims of v may broadcast (shared values). Queries go in chunks of at most
+    SCORE_BLOCK_BYTES of scores.
+    """
+    scale = q.shape[-1] ** -0.5
+    key_t = k.transpose(-2, -1)
+    batch_shape = torch.broadcast_shapes(q.shape[:-2], v.shape[:-2])
+    query_length, key_length = q.shape[-2], k.shape[-2]
+    rows_per_block = max(1, SCORE_BLOCK_BYTES // max(1, math.prod(batch_shape) * key_length * q.element_size()))
+    if rows_per_block >= query_length:
+        return torch.matmul(torch.softmax(torch.matmul(q * scale, key_t), dim=-1), v)
+    out = q.new_empty(*batch_shape, query_length, v.shape[-1])
+    for start in range(0, query_length, rows_per_block):
+        rows = slice(start, start + rows_per_block)
+        scores = torch.matmul(q[..., rows, :] * scale, key_t)
+        out[..., rows, :] = torch.matmul(torch.softmax(scores, dim=-1), v)
+    return out
 
 
 class Attention(nn.Module):
@@ -48,14 +114,39 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        dropout_p = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        """Heads of q, k, v (B, H, N, head_dim) -> output (B, Nq, C)."""
+        if use_matmul_attention(q, self.training):
+            out = matmul_attention(q, k, v)
+        else:
+            dropout_p = self.dropout_p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return self.out_proj(self._merge_heads(out))
+
+    def _values_after_attention(self, q: torch.Tensor) -> bool:
+        """Whether to mix the raw values and project after (bf16 CPU path, narrow values)."""
+        return use_matmul_attention(q, self.training) and self.kv_in_dim < self.internal_dim // self.num_heads
+
+    def _attend_raw_values(self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attention on the unprojected values (B, Nk, kv_in_dim), projected afterwards.
+
+        softmax(s) (V W^T + b) = (softmax(s) V) W^T + b, since every row of softmax(s) sums to 1:
+        the score-by-value product then runs over kv_in_dim channels instead of head_dim (4x
+        fewer FLOPs for the memory's 64-channel values and a 256-channel head).
+        """
+        mixed = matmul_attention(q, k, values.unsqueeze(1))  # (B, H, Nq, kv_in_dim)
+        head_dim = self.internal_dim // self.num_heads
+        weight = self.v_proj.weight.view(self.num_heads, head_dim, self.kv_in_dim).transpose(1, 2)
+        out = torch.matmul(mixed, weight)  # (B, H, Nq, head_dim)
+        if self.v_proj.bias is not None:
+            out = out + self.v_proj.bias.view(self.num_heads, 1, head_dim)
         return self.out_proj(self._merge_heads(out))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (B, Nq, C), k and v (B, Nk, kv_in_dim) -> (B, Nq, C)."""
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
+        if self._values_after_attention(q):
+            return self._attend_raw_values(q, k, v)
         v = self._split_heads(self.v_proj(v))
         return self._attend(q, k, v)
 
@@ -108,7 +199,9 @@ class RoPEAttention(Attention):
     ) -> torch.Tensor:
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
+        raw_values = self._values_after_attention(q)
+        if not raw_values:
+            v = self._split_heads(self.v_proj(v))
         cos, sin = self.rope_tables(q.shape[-2], q.device)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         if num_k_rope != q.shape[-2] and not self.rope_k_repeat:
@@ -117,4 +210,6 @@ class RoPEAttention(Attention):
         if num_k_rope > 0:
             k_rope = apply_rope(k[:, :, :num_k_rope], cos, sin)
             k = torch.cat([k_rope, k[:, :, num_k_rope:]], dim=2) if num_k_exclude_rope else k_rope
+        if raw_values:
+            return self._attend_raw_values(q, k, v)
         return self._attend(q, k, v)

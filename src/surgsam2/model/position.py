@@ -82,11 +82,21 @@ class PositionEmbeddingRandom(nn.Module):
         )
 
     def _encode(self, coords: torch.Tensor) -> torch.Tensor:
-        """Coordinates in [0, 1], shape (..., 2) -> (..., 2*num_pos_feats)."""
+        """Coordinates in [0, 1], shape (..., 2) -> (..., 2*num_pos_feats).
+
+        A model cast to bf16 holds a bf16 matrix: the angles are still computed in float32 (they
+        need the precision) and the codes returned in the model's dtype. A float32 model (also
+        under autocast) runs the original ops unchanged.
+        """
+        gaussian = self.positional_encoding_gaussian_matrix
         coords = 2 * coords - 1
-        coords = coords @ self.positional_encoding_gaussian_matrix
+        if gaussian.dtype == coords.dtype:
+            coords = coords @ gaussian
+            coords = 2 * math.pi * coords
+            return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        coords = coords.to(torch.float32) @ gaussian.to(torch.float32)
         coords = 2 * math.pi * coords
-        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1).to(gaussian.dtype)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
         """The (C, H, W) encoding of the centres of an H x W grid."""
@@ -134,17 +144,15 @@ def axial_rope_tables(
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (2i, 2i+1) of x (..., L, D) by the angles of (L', D/2) tables.
 
-    L must be a multiple of L' (keys of several memory frames share the grid's tables).
-    Computation is in float32, the result has x's dtype.
+    L must be a multiple of L' (keys of several memory frames share the grid's tables: the
+    tables broadcast over the frames, no repeated copy). Computation is in float32, the result
+    has x's dtype.
     """
-    length = x.shape[-2]
-    repeats = length // cos.shape[0]
-    if repeats * cos.shape[0] != length:
-        raise ValueError(f"{length} tokens is not a multiple of the RoPE grid {cos.shape[0]}")
-    if repeats > 1:
-        cos = cos.repeat(repeats, 1)
-        sin = sin.repeat(repeats, 1)
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    length, grid = x.shape[-2], cos.shape[0]
+    repeats = length // grid
+    if repeats * grid != length:
+        raise ValueError(f"{length} tokens is not a multiple of the RoPE grid {grid}")
+    pairs = x.float().reshape(*x.shape[:-2], repeats, grid, -1, 2)
     real, imag = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+    return rotated.reshape(x.shape).to(x.dtype)

@@ -144,7 +144,9 @@ class SAM2Model(nn.Module):
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Normalised (1, 3, S, S) images -> features for the decoder and memory attention."""
         backbone = self.image_encoder(images)
-        levels = backbone["backbone_fpn"]
+        # The neck fuses levels in float32 (as the official one does); a reduced-precision model
+        # continues in its own dtype (a no-op in float32).
+        levels = [level.to(self.dtype) for level in backbone["backbone_fpn"]]
         high_res: list[torch.Tensor] = []
         if self.config.use_high_res_features_in_sam:
             # Projected once per frame, not once per object or click.
@@ -153,7 +155,7 @@ class SAM2Model(nn.Module):
                 self.sam_mask_decoder.conv_s1(levels[1]),
             ]
         return ImageFeatures(
-            embedding=levels[-1], position=backbone["vision_pos_enc"][-1], high_res=high_res
+            embedding=levels[-1], position=backbone["vision_pos_enc"][-1].to(self.dtype), high_res=high_res
         )
 
     # ------------------------------------------------------------------------------------
@@ -242,9 +244,9 @@ class SAM2Model(nn.Module):
                     mode="bilinear",
                     align_corners=False,
                     antialias=True,
-                )
+                ).to(self.dtype)
             else:
-                dense_mask = mask_inputs
+                dense_mask = mask_inputs.to(self.dtype)
         sparse, dense = self.sam_prompt_encoder(
             points=(point_coords, point_labels), boxes=None, masks=dense_mask
         )
@@ -301,7 +303,7 @@ class SAM2Model(nn.Module):
             antialias=True,
         )
         ious = masks.new_ones(masks.shape[0], 1)
-        decoded = self.decode(pix_feat, high_res, mask_inputs=self.mask_downsample(masks))
+        decoded = self.decode(pix_feat, high_res, mask_inputs=self.mask_downsample(masks.to(self.dtype)))
         visible = torch.any(masks.flatten(1) > 0.0, dim=1, keepdim=True).to(masks.dtype)
         object_score_logits = MASK_LOGIT_SCALE * visible + MASK_LOGIT_BIAS
         obj_ptr = self._gate_pointer(decoded.obj_ptr, object_score_logits)
