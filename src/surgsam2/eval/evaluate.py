@@ -479,11 +479,16 @@ def evaluate(
     else:
         evaluations = [_evaluate_video_job(job) for job in jobs]
 
+    return combine_evaluations(evaluations, protocol, class_meta, where=f" in {gt_root}")
+
+
+def combine_evaluations(
+    evaluations: Sequence[VideoEvaluation], protocol: str, class_meta: ClassMeta | None, where: str = ""
+) -> EvaluationResult:
+    """The result over videos: per-object rows, the mean over (video, object) pairs, class IoUs."""
     per_object = [row for evaluation in evaluations for row in evaluation.objects]
     if not per_object:
-        raise ValueError(
-            f"nothing to score in {gt_root}: no object has a scored frame under the {protocol} protocol"
-        )
+        raise ValueError(f"nothing to score{where}: no object has a scored frame under the {protocol} protocol")
     summary = Summary(
         J=float(np.mean([row.J for row in per_object])),
         F=float(np.mean([row.F for row in per_object])),
@@ -500,7 +505,7 @@ def evaluate(
         class_based=class_based,
         class_names=dict(class_meta.class_names) if class_meta is not None else {},
         unscored=[(e.video, object_id) for e in evaluations for object_id in e.unscored],
-        videos=len(videos),
+        videos=len(evaluations),
     )
 
 

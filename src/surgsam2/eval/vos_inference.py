@@ -48,12 +48,12 @@ from surgsam2.data.masks import write_mask
 from surgsam2.data.vos import VOSVideo, list_frame_files, natural_key, new_object_prompt, staged_output_dir
 from surgsam2.eval.evaluate import (
     EvaluationResult,
-    Summary,
     VideoEvaluation,
+    combine_evaluations,
     evaluate_video,
     load_class_meta,
 )
-from surgsam2.eval.metrics import ENDOVIS_CLASS_IDS, class_based_metrics
+from surgsam2.eval.metrics import ENDOVIS_CLASS_IDS
 from surgsam2.tracking.prompts import Prompt
 
 PROMPT_TYPES: tuple[str, ...] = ("mask", "1-point", "5-point", "box")
@@ -523,27 +523,7 @@ def evaluate_vos_output(
             evaluations = list(pool.map(_evaluate_one_video, jobs))
     else:
         evaluations = [_evaluate_one_video(job) for job in jobs]
-    per_object = [row for evaluation in evaluations for row in evaluation.objects]
-    if not per_object:
-        raise ValueError(f"nothing to score: no object has a scored frame under the {protocol} protocol")
-    summary = Summary(
-        J=float(np.mean([row.J for row in per_object])),
-        F=float(np.mean([row.F for row in per_object])),
-        JF=float(np.mean([row.JF for row in per_object])),
-        Dice=float(np.mean([row.Dice for row in per_object])),
-    )
-    class_based = None
-    if class_meta is not None:
-        class_based = class_based_metrics(stats for e in evaluations for stats in e.class_images)
-    return EvaluationResult(
-        protocol=protocol,
-        per_object=per_object,
-        summary=summary,
-        class_based=class_based,
-        class_names=dict(class_meta.class_names) if class_meta is not None else {},
-        unscored=[(e.video, object_id) for e in evaluations for object_id in e.unscored],
-        videos=len(evaluations),
-    )
+    return combine_evaluations(evaluations, protocol, class_meta)
 
 
 # --------------------------------------------------------------------------------------------
