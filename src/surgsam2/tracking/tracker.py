@@ -163,9 +163,7 @@ class Tracker:
         tracked = [obj_id for obj_id in known if obj_id not in replaced]
 
         # 1. Track known objects with their memories (also those about to get corrective clicks).
-        tracked_outputs, tracked_features = self._track(features, tracked)
-        for obj_id, (decoded, pix_feat) in zip(tracked, zip(tracked_outputs, tracked_features)):
-            filled = fill_holes(decoded.low_res_masks, self.fill_hole_area)
+        for obj_id, (decoded, filled, pix_feat) in self._track(features, tracked).items():
             prompt = prompts.get(obj_id)
             if prompt is None:
                 outputs[obj_id] = _ObjectOutput(
@@ -210,23 +208,28 @@ class Tracker:
 
     def _track(
         self, features: ImageFeatures, obj_ids: list[int]
-    ) -> tuple[list[DecoderOutput], list[torch.Tensor]]:
-        """Memory attention + decoding of known objects, batched by memory shape."""
+    ) -> dict[int, tuple[DecoderOutput, torch.Tensor, torch.Tensor]]:
+        """Memory attention + decoding of known objects, batched by memory shape.
+
+        Per object: its decoder output, its hole-filled low-res masks, its memory-conditioned
+        features (reused by corrective clicks).
+        """
         if not obj_ids:
-            return [], []
+            return {}
         layouts = {obj_id: self.bank.layout(obj_id, self.frame_index, self.num_frames) for obj_id in obj_ids}
         groups: dict[tuple, list[int]] = {}
         for obj_id in obj_ids:
             groups.setdefault(layouts[obj_id].shape_key, []).append(obj_id)
-        decoded_by_id: dict[int, tuple[DecoderOutput, torch.Tensor]] = {}
+        tracked: dict[int, tuple[DecoderOutput, torch.Tensor, torch.Tensor]] = {}
         multimask = self.model.use_multimask(False, 0)
         for group in groups.values():
             memory, memory_pos, num_ptr_tokens = self._memory_inputs([layouts[i] for i in group])
             pix_feat = self.model.attend_to_memory(features, memory, memory_pos, num_ptr_tokens)
             decoded = self.model.decode(pix_feat, features.high_res, multimask_output=multimask)
+            filled = fill_holes(decoded.low_res_masks, self.fill_hole_area)  # one host trip per group
             for row, obj_id in enumerate(group):
-                decoded_by_id[obj_id] = (_rows(decoded, row), pix_feat[row : row + 1])
-        return [decoded_by_id[i][0] for i in obj_ids], [decoded_by_id[i][1] for i in obj_ids]
+                tracked[obj_id] = (_rows(decoded, row), filled[row : row + 1], pix_feat[row : row + 1])
+        return {obj_id: tracked[obj_id] for obj_id in obj_ids}
 
     def _memory_inputs(self, layouts: list[MemoryLayout]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Memory tokens (L, B, C), their encodings, and the number of pointer tokens, after the
