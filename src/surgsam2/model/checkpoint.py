@@ -45,8 +45,10 @@ METADATA_FORMAT_VERSION = 1
 _RESERVED_METADATA = ("format_version", "config", "image_size")
 
 # Packaged default weights: config name -> file name in the package's `weights/` folder.
-# Empty for now: no default checkpoint ships yet, so `load_model(name)` keeps the random init.
-PACKAGED_WEIGHTS: dict[str, str] = {}
+# `nano`: trained from scratch by `surgsam2 train --config configs/train/nano_synthetic.yaml` on
+# synthetic surgical video (see README, "The shipped model"). Other configs keep the random init
+# unless a checkpoint is given (official weights cannot ship here).
+PACKAGED_WEIGHTS: dict[str, str] = {"nano": "nano_synthetic.pt"}
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"
@@ -70,7 +72,7 @@ class Checkpoint:
 # Packaged defaults and config inference
 # ------------------------------------------------------------------------------------------
 def default_checkpoint(name: str) -> Path | None:
-    """The packaged default weights of config ``name``, or None when none ship (for now: always)."""
+    """The packaged default weights of config ``name`` (only ``nano`` has some), or None."""
     file_name = PACKAGED_WEIGHTS.get(name)
     if file_name is None:
         return None
@@ -362,7 +364,8 @@ def load_model(
 
     ``checkpoint``: an official SAM 2 / 2.1 ``.pt``, a Surgical SAM 2 ``.pth``, a ``.safetensors``
     or a file written by `save_checkpoint`. With None, the packaged default weights of ``name`` are
-    used (`default_checkpoint`); none ship yet, so the model then KEEPS ITS RANDOM INITIALISATION.
+    used (`default_checkpoint`: ``nano`` ships trained weights); other configs then KEEP THEIR
+    RANDOM INITIALISATION.
     ``image_size``: input side (a multiple of 32); None means the size stored by `save_checkpoint`
     in the file's metadata if any, else the config's default (1024 official, 256 nano). Official
     checkpoints hold no image size: the trunk's position embedding is interpolated to any size.
