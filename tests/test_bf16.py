@@ -4,7 +4,7 @@ The issue asks for IoU >= 0.98 per frame on the shipped model. No shipped model 
 this runs the nano architecture with seeded random weights (object-score head biased so objects
 are visible), where bf16 rounding moves the random-feature masks a little more than trained ones
 would. Tolerance here: mean IoU over (frame, object) >= 0.95 and the worst object of every frame
->= 0.90 (seen: mean 0.975, worst frame 0.955).
+>= 0.90 (seen at 256 px: mean 0.978, worst frame 0.966).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from surgsam2.model.sam2 import SAM2Model
 
 MEAN_IOU_MIN = 0.95
 FRAME_IOU_MIN = 0.90
-IMAGE_SIZE = 128
+IMAGE_SIZE = 256  # 16 x 16 tokens: memory attention takes the bf16 matmul path (>= 256 x 256 pairs)
 NUM_FRAMES = 10
 NUM_OBJECTS = 2
 
@@ -80,9 +80,16 @@ def test_bf16_model_runs_every_module_in_bf16(clip) -> None:
     assert all(t.dtype == torch.bfloat16 for t in tracker.bank.stored_tensors())
 
 
-def test_bf16_masks_match_fp32_masks(clip) -> None:
+def test_bf16_masks_match_fp32_masks(clip, monkeypatch) -> None:
+    from surgsam2.model import attention
+
+    calls = []
+    original = attention.matmul_attention
+    monkeypatch.setattr(attention, "matmul_attention", lambda *args: calls.append(1) or original(*args))
     fp32 = track(random_nano(torch.float32), clip.frames, clip.masks)
+    assert not calls, "float32 must keep SDPA"
     bf16 = track(random_nano(torch.bfloat16), clip.frames, clip.masks)
+    assert calls, "the bf16 run did not take the matmul attention path"
     per_frame = []
     nontrivial = 0
     for reference, candidate in zip(fp32, bf16):
@@ -111,12 +118,12 @@ def test_matmul_attention_equals_sdpa() -> None:
     generator = torch.Generator().manual_seed(1)
     q = torch.randn(2, 3, 40, 16, generator=generator, dtype=torch.float64)
     k = torch.randn(2, 3, 56, 16, generator=generator, dtype=torch.float64)
-    v = torch.randn(2, 3, 56, 8, generator=generator, dtype=torch.float64)
-    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    v = torch.randn(2, 1, 56, 8, generator=generator, dtype=torch.float64)  # shared by the heads
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v.expand(-1, 3, -1, -1))
     torch.testing.assert_close(attention.matmul_attention(q, k, v), reference, rtol=1e-10, atol=1e-10)
     original = attention.SCORE_BLOCK_BYTES
     try:
-        attention.SCORE_BLOCK_BYTES = 2 * 3 * 56 * 8 * 7  # 7 query rows per block
+        attention.SCORE_BLOCK_BYTES = 56 * 8 * 7  # one batch element and 7 query rows at a time
         torch.testing.assert_close(attention.matmul_attention(q, k, v), reference, rtol=1e-10, atol=1e-10)
     finally:
         attention.SCORE_BLOCK_BYTES = original
@@ -136,10 +143,17 @@ def test_values_projected_after_attention_is_exact() -> None:
     torch.testing.assert_close(layer._attend_raw_values(q, k, memory), layer._attend(q, k, v), rtol=1e-10, atol=1e-10)
 
 
-def test_bf16_memory_attention_close_to_fp32() -> None:
+def test_bf16_memory_attention_close_to_fp32(monkeypatch) -> None:
     """End to end, the bf16 memory attention (matmul kernel, values projected after) stays
     within bf16 rounding of float32, and closer than 5% of the output scale."""
+    from surgsam2.model import attention
     from surgsam2.model.attention import sdpa_only
+
+    raw_values = []
+    original = attention.Attention._attend_raw_values
+    monkeypatch.setattr(
+        attention.Attention, "_attend_raw_values", lambda self, *args: raw_values.append(1) or original(self, *args)
+    )
 
     model = random_nano(torch.float32)
     attention_fp32 = model.memory_attention
@@ -156,8 +170,12 @@ def test_bf16_memory_attention_close_to_fp32() -> None:
         fast = attention_bf16(*inputs, num_obj_ptr_tokens=8).float()
         with sdpa_only():
             sdpa = attention_bf16(*inputs, num_obj_ptr_tokens=8).float()
+    assert raw_values, "the bf16 cross-attention did not project the values after the attention"
     scale = reference.abs().max().item()
     fast_error = (fast - reference).abs().max().item() / scale
     sdpa_error = (sdpa - reference).abs().max().item() / scale
-    print(f"[bf16] memory attention max rel error vs fp32: matmul path {fast_error:.2e}, SDPA {sdpa_error:.2e} (allowed 5e-2)")
+    print(
+        f"[bf16] memory attention max rel error vs fp32: matmul path {fast_error:.2e},"
+        f" SDPA {sdpa_error:.2e} (allowed 5e-2)"
+    )
     assert fast_error <= 5e-2
