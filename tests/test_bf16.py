@@ -21,7 +21,7 @@ from surgsam2.model.sam2 import SAM2Model
 
 MEAN_IOU_MIN = 0.95
 FRAME_IOU_MIN = 0.90
-IMAGE_SIZE = 256  # 16 x 16 tokens: memory attention takes the bf16 matmul path (>= 256 x 256 pairs)
+IMAGE_SIZE = 256  # 16 x 16 tokens: memory attention takes the bf16 matmul path (>= 16 queries and keys)
 NUM_FRAMES = 10
 NUM_OBJECTS = 2
 
@@ -179,3 +179,31 @@ def test_bf16_memory_attention_close_to_fp32(monkeypatch) -> None:
         f" SDPA {sdpa_error:.2e} (allowed 5e-2)"
     )
     assert fast_error <= 5e-2
+
+
+def test_bf16_image_encoder_matmul_path_close_to_sdpa(monkeypatch) -> None:
+    """Hiera's window and global attentions take the bf16 matmul path, and the encoder's features
+    stay within bf16 rounding of the SDPA run (max error <= 5% of each level's scale)."""
+    from surgsam2.model import attention, hiera
+    from surgsam2.model.attention import sdpa_only
+
+    calls = []
+    original = attention.matmul_attention
+    monkeypatch.setattr(attention, "matmul_attention", lambda *args: calls.append(1) or original(*args))
+    model = random_nano(torch.bfloat16)
+    generator = torch.Generator().manual_seed(4)
+    image = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(torch.bfloat16)
+    with torch.inference_mode():
+        fast = model.image_encoder(image)
+        assert calls, "no Hiera attention took the bf16 matmul path"
+        assert hiera.attend is attention.attend
+        with sdpa_only():
+            reference = model.image_encoder(image)
+    pairs = enumerate(zip(fast["backbone_fpn"], reference["backbone_fpn"]))
+    levels = {f"backbone_fpn[{index}]": pair for index, pair in pairs}
+    levels["vision_features"] = (fast["vision_features"], reference["vision_features"])
+    for name, (candidate, expected) in levels.items():
+        error = (candidate.float() - expected.float()).abs().max().item()
+        scale = expected.float().abs().max().item()
+        print(f"[bf16] image encoder {name}: matmul vs SDPA max error {error / scale:.2e} of scale (allowed 5e-2)")
+        assert error <= 5e-2 * scale

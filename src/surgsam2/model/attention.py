@@ -26,10 +26,13 @@ from surgsam2.model.position import apply_rope, axial_rope_tables
 # cache between the two matmuls. Memory cross-attention at 512 px (1024 x 5184 scores per object),
 # 2 Zen 4 cores: one object 18 -> 12 ms, three objects 54 -> 37 ms (best of 1, 2, 4, 8, 12 MiB).
 SCORE_BLOCK_BYTES = 4 * 2**20
-# Attentions with fewer query x key pairs stay on SDPA's fused kernel, faster for them (the mask
-# decoder's 8 prompt tokens x 256-4096 image tokens: nano's bf16 decoder at 256 px takes 7.2 ms
-# with SDPA, 8.0 ms with matmuls); memory attention (from 256 x 256 on nano at 256 px) takes them.
-MATMUL_ATTENTION_MIN_PAIRS = 65536
+# Attentions with fewer queries or fewer keys than this stay on SDPA's fused kernel, faster for
+# them: the mask decoder's ~8 prompt tokens against 256-4096 image tokens (nano's bf16 decoder at
+# 256 px: 7.2 ms with SDPA, 8.0 ms with matmuls). Memory attention (>= 256 x 256 tokens) and
+# Hiera's windows (16-196 tokens, many windows per batch) take the matmul path: one thread,
+# Hiera-S at 512 px, SDPA vs matmuls per call: 8x8 windows 8.1 vs 5.1 ms, 14x14 windows 7.7 vs
+# 5.0 ms, global 32x32 19.0 vs 13.6 ms.
+MATMUL_ATTENTION_MIN_TOKENS = 16
 
 # Whether the bf16 CPU path may be used in the current context (see `sdpa_only`).
 _MATMUL_ATTENTION_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -50,13 +53,13 @@ def sdpa_only() -> Iterator[None]:
 
 def use_matmul_attention(q: torch.Tensor, key_length: int, training: bool) -> bool:
     """Whether `matmul_attention` replaces SDPA: inference of a bf16 model on CPU only, for
-    attentions of at least MATMUL_ATTENTION_MIN_PAIRS query x key pairs. float32 keeps the exact
+    attentions of at least MATMUL_ATTENTION_MIN_TOKENS queries and keys. float32 keeps the exact
     SDPA numerics the parity tests check, GPUs have fast bf16 SDPA kernels, and under autocast the
     computation follows the official mixed-precision run op for op."""
     return (
         not training
         and _MATMUL_ATTENTION_ALLOWED.get()
-        and q.shape[-2] * key_length >= MATMUL_ATTENTION_MIN_PAIRS
+        and min(q.shape[-2], key_length) >= MATMUL_ATTENTION_MIN_TOKENS
         and q.dtype == torch.bfloat16
         and q.device.type == "cpu"
         and not torch.is_autocast_enabled("cpu")
@@ -88,6 +91,16 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
             scores = torch.matmul(queries[element, rows] * scale, key_t)
             out[element, rows] = torch.matmul(torch.softmax(scores, dim=-1), values[element])
     return out.view(*batch_shape, query_length, v.shape[-1])
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool = False, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Scaled dot-product attention of heads (B, H, N, d): `matmul_attention` where
+    `use_matmul_attention` allows it, else SDPA (with dropout while training)."""
+    if use_matmul_attention(q, k.shape[-2], training):
+        return matmul_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p if training else 0.0)
 
 
 class Attention(nn.Module):
@@ -128,11 +141,7 @@ class Attention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Heads of q, k, v (B, H, N, head_dim) -> output (B, Nq, C)."""
-        if use_matmul_attention(q, k.shape[-2], self.training):
-            out = matmul_attention(q, k, v)
-        else:
-            dropout_p = self.dropout_p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        out = attend(q, k, v, self.training, self.dropout_p)
         return self.out_proj(self._merge_heads(out))
 
     def _values_after_attention(self, q: torch.Tensor, k: torch.Tensor) -> bool:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surgsam2.model.attention import attend
 from surgsam2.model.configs import HieraConfig
 from surgsam2.model.layers import MLP, DropPath
 
@@ -92,9 +93,7 @@ class MultiScaleAttention(nn.Module):
             grid = pool_tokens(grid, self.q_stride)
             height, width = grid.shape[1:3]
             query = grid.reshape(batch, height * width, self.num_heads, -1)
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-        )
+        out = attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.training)
         out = out.transpose(1, 2).reshape(batch, height, width, self.dim_out)
         return self.proj(out)
 
