@@ -32,16 +32,21 @@ def test_bench_runs_and_writes_json(tmp_path, capsys) -> None:
     assert set(ours["stage_ms"]) >= {"encode_image", "memory_attention", "decoder", "memory_encoder", "other"}
 
 
-def test_bench_bf16_with_sdpa_baseline() -> None:
-    """bf16 runs, and --sdpa-baseline adds ours with the matmul attention path off (same masks task)."""
+def test_bench_bf16_with_baselines() -> None:
+    """bf16 runs; --sdpa-baseline adds ours with the matmul attention path off and
+    --key-cache-baseline ours recomputing memory keys (the befores of those optimisations)."""
     config = BenchConfig(
         model="nano", image_size=64, frames=2, warmup=1, dtype="bf16", memory="fifo", sdpa_baseline=True,
-        profile=True, progress=False,
+        key_cache_baseline=True, profile=True, progress=False,
     )  # fmt: skip
     result = run_bench(config)
     assert result.ours.dtype == "bf16" and len(result.ours.frame_seconds) == 2
     assert result.ours_sdpa is not None and result.ours_sdpa.name == "ours-sdpa"
-    assert result.speedup_over_sdpa is not None and "ours-sdpa" in result.format_table()
+    assert result.ours_nocache is not None and result.ours_nocache.name == "ours-nocache"
+    assert result.ours_nocache.state_bytes < result.ours.state_bytes  # the cache is state
+    table = result.format_table()
+    assert result.speedup_over_sdpa is not None and "ours-sdpa" in table
+    assert result.speedup_over_nocache is not None and "ours-nocache" in table
 
 
 def test_flop_count_includes_attention() -> None:

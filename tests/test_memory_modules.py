@@ -265,6 +265,47 @@ def test_training_mode_dropout_and_gradients() -> None:
     assert curr.grad is not None
 
 
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_precomputed_keys_and_shared_frame_equal_the_plain_forward(num_heads: int) -> None:
+    """Keys cached per memory frame (spatial part) plus the rotated term of its temporal slot,
+    and one frame shared by B objects (batch-1 queries), give the plain forward's output
+    (float64 except the RoPE rotation, computed in float32: max |d| <= 1e-6, seen ~1e-8)."""
+    torch.manual_seed(0)
+    grid, channels, frames, batch, pointers = 16, 16, 3, 2, 4
+    attention = MemoryAttention(
+        d_model=64, num_layers=2, dim_feedforward=128, num_heads=num_heads, kv_in_dim=channels
+    ).eval().double()
+    perturb_(attention, 1)
+    features = torch.randn(frames, batch, grid, channels, dtype=torch.float64)
+    spatial = torch.randn(grid, channels, dtype=torch.float64)
+    temporal = torch.randn(7, channels, dtype=torch.float64)
+    slots = torch.tensor([[6, 6], [1, 2], [0, 5]])  # (frames, batch): per object, per frame
+    pointer_tokens = torch.randn(pointers, batch, channels, dtype=torch.float64)
+    pointer_pos = torch.randn(pointers, batch, channels, dtype=torch.float64)
+    memory = torch.cat([features.permute(0, 2, 1, 3).reshape(-1, batch, channels), pointer_tokens])
+    memory_pos = (spatial[None, :, None] + temporal[slots][:, None]).reshape(-1, batch, channels)
+    memory_pos = torch.cat([memory_pos, pointer_pos])
+    curr = torch.randn(grid, 1, 64, dtype=torch.float64)
+    curr_pos = torch.randn(grid, 1, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = attention(
+            curr.expand(-1, batch, -1), memory, curr_pos.expand(-1, batch, -1), memory_pos, pointers
+        )
+        spatial_keys = torch.stack([attention.rotated_spatial_keys(features[t], spatial) for t in range(frames)])
+        temporal_keys = attention.rotated_temporal_keys(temporal, grid)  # (layers, 7, grid, d)
+        keys = torch.empty(2, batch, frames * grid + pointers, 64, dtype=torch.float64)
+        for t in range(frames):
+            for b in range(batch):
+                keys[:, b, t * grid : (t + 1) * grid] = spatial_keys[t, b] + temporal_keys[:, slots[t, b]]
+        candidate = attention(curr, memory, curr_pos, memory_pos, pointers, rotated_keys=keys)
+    error = (candidate - expected).abs().max().item()
+    print(f"[key cache] memory attention, {num_heads} head(s): max |d| {error:.2e} (allowed 1e-6)")
+    assert candidate.shape == expected.shape
+    assert error <= 1e-6
+    with pytest.raises(ValueError, match="rotated_keys"):
+        attention(curr, memory, curr_pos, memory_pos, pointers, rotated_keys=keys[:, :1])
+
+
 def test_bad_inputs_raise() -> None:
     attention = MemoryAttention(d_model=32, num_layers=1, dim_feedforward=64, kv_in_dim=16).eval()
     with pytest.raises(ValueError, match="batch"):

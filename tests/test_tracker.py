@@ -97,6 +97,34 @@ def test_prompts_on_later_frames_add_and_correct_objects(model: SAM2Model) -> No
         assert 0.0 <= result.scores[obj_id] <= 1.0
 
 
+@pytest.mark.parametrize("memory", ["fifo", "efp"])
+def test_cached_memory_keys_give_the_recomputed_result(model: SAM2Model, memory: str) -> None:
+    """The key cache (keys of stored memories projected and rotated once) tracks exactly as
+    recomputing them every frame, through new objects and corrective clicks mid-stream
+    (float32; float reordering only: max |d| logits <= 1e-4)."""
+    frames, masks = moving_discs(12)
+    first = {obj_id: Prompt(mask=masks[obj_id]) for obj_id in (1, 2)}
+    later = {
+        4: {3: Prompt(points=[(60, 24)], labels=[1])},
+        7: {1: Prompt(points=[(37, 40), (10, 10)], labels=[1, 0])},
+    }
+    cached = Tracker(model, memory=memory, cache_memory_keys=True)
+    recomputed = Tracker(model, memory=memory, cache_memory_keys=False)
+    worst = 0.0
+    for index, frame in enumerate(frames):
+        prompts = first if index == 0 else later.get(index)
+        fast, slow = cached.step(frame, prompts), recomputed.step(frame, prompts)
+        assert fast.masks.keys() == slow.masks.keys()
+        for obj_id in slow.logits:
+            worst = max(worst, float(np.abs(fast.logits[obj_id] - slow.logits[obj_id]).max()))
+    print(f"[key cache] {memory}: max |d| logits cached vs recomputed {worst:.2e} (allowed 1e-4)")
+    assert worst <= 1e-4
+    stored = [m for o in cached.bank.objects.values() for m in [*o.conditioning.values(), *o.recent.values()]]
+    assert all((m.keys is None) == (m.features is None) for m in stored)
+    assert all(m.keys is None for o in recomputed.bank.objects.values() for m in o.recent.values())
+    assert cached.state_bytes() > recomputed.state_bytes()
+
+
 def test_remove_object_and_reset(model: SAM2Model) -> None:
     frames, masks = moving_discs(4)
     tracker = Tracker(model)
@@ -132,9 +160,9 @@ def test_state_stays_flat_over_a_long_stream() -> None:
     assert max(counts) == min(counts)
     assert max(sizes) == min(sizes)
     # Per object: the conditioning frame (features + pointer), the last 15 frames' pointers and
-    # the last 6 frames' features.
+    # the last 6 frames' features, and the cached attention keys of those 7 feature memories.
     assert len(tracker.object_ids) == 3
-    assert counts[-1] == 3 * ((1 + 1) + 15 + 6)
+    assert counts[-1] == 3 * ((1 + 1) + 15 + 6 + 7)
 
 
 @pytest.mark.parametrize(

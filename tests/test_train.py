@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from surgsam2.data.synthetic import write_synthetic_dataset
-from surgsam2.memory.assembly import gather_candidates, memory_tokens
+from surgsam2.memory.assembly import gather_candidates, memory_tokens, select_memories
 from surgsam2.memory.bank import BankConfig, MemoryBank
 from surgsam2.memory.policies import make_policy
 from surgsam2.model.configs import get_config
@@ -324,13 +324,14 @@ def test_batched_training_memory_equals_per_object_memory() -> None:
         for obj_id in range(3):
             separate.write(obj_id, frame, features[obj_id], pointers[obj_id], conditioning=frame == 0)
     spatial = torch.randn(tokens, channels, generator=generator)
+    def tokens_of(layouts: list, policy: str) -> tuple:
+        candidates = gather_candidates(layouts)
+        keep = select_memories(candidates, make_policy(policy), model.num_maskmem)
+        return memory_tokens(model, candidates, keep, spatial, 12)
+
     for policy in ("fifo", "efp"):
-        together = memory_tokens(
-            model, gather_candidates([batched.layout(0, 9, 12)]), make_policy(policy), spatial, 12
-        )
-        apart = memory_tokens(
-            model, gather_candidates([separate.layout(i, 9, 12) for i in range(3)]), make_policy(policy), spatial, 12
-        )
+        together = tokens_of([batched.layout(0, 9, 12)], policy)
+        apart = tokens_of([separate.layout(i, 9, 12) for i in range(3)], policy)
         assert together[2] == apart[2]
         assert torch.equal(together[0], apart[0]) and torch.equal(together[1], apart[1])
 

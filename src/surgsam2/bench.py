@@ -84,6 +84,7 @@ class BenchConfig:
     seed: int = 0
     profile: bool = False
     sdpa_baseline: bool = False  # also run ours with the bf16 matmul attention path off
+    key_cache_baseline: bool = False  # also run ours recomputing memory keys every frame
     stream_frames: int | None = None
     progress: bool = True
 
@@ -137,7 +138,7 @@ class MatmulPeak:
 class SideResult:
     """One implementation's numbers over the timed frames."""
 
-    name: str  # "ours", "ours-sdpa" (bf16 matmul attention off) or "official"
+    name: str  # "ours", "ours-sdpa" (bf16 matmul attention off), "ours-nocache" (no key cache), "official"
     dtype: str
     memory: str
     frame_seconds: list[float]
@@ -167,6 +168,8 @@ class BenchResult:
     ours_sdpa: SideResult | None  # --sdpa-baseline: ours before the bf16 matmul attention path
     speedup: float | None  # ours frames/s / official frames/s
     speedup_over_sdpa: float | None  # ours frames/s / ours-sdpa frames/s
+    ours_nocache: SideResult | None  # --key-cache-baseline: ours without the memory key cache
+    speedup_over_nocache: float | None  # ours frames/s / ours-nocache frames/s
     mask_agreement_iou: float | None  # mean IoU ours vs official masks (sanity: same task)
     peak_rss_bytes: int
     peak_rss_note: str
@@ -503,7 +506,9 @@ def build_our_model(config: BenchConfig, checkpoint: Path | None):
 class _OursRunner:
     """Our streaming tracker; `step(i)` tracks frame i (prompts on frame 0).
 
-    ``sdpa_only``: run with the bf16 CPU matmul attention path off (the "before" of that path).
+    ``sdpa_only``: run with the bf16 CPU matmul attention path off (the "before" of that path);
+    ``cache_memory_keys`` False: recompute the memory attention keys every frame (the "before" of
+    the key cache).
     """
 
     def __init__(
@@ -514,11 +519,12 @@ class _OursRunner:
         timer: StageTimer | None,
         like_official: bool = False,
         sdpa_only: bool = False,
+        cache_memory_keys: bool = True,
     ) -> None:
         from surgsam2.tracking.prompts import Prompt
         from surgsam2.tracking.tracker import Tracker
 
-        self.name = "ours-sdpa" if sdpa_only else "ours"
+        self.name = "ours-sdpa" if sdpa_only else "ours" if cache_memory_keys else "ours-nocache"
         self.sdpa_only = sdpa_only
         self.clip = clip
         # Next to the official predictor: its post-processing on CPU (no hole filling) and its
@@ -529,6 +535,7 @@ class _OursRunner:
             memory=memory,
             fill_hole_area=0 if like_official else None,
             num_frames=len(clip.frames) if like_official else None,
+            cache_memory_keys=cache_memory_keys,
         )
         self.prompts = {obj_id: Prompt(mask=mask) for obj_id, mask in clip.masks.items()}
         if timer is not None:
@@ -698,7 +705,12 @@ def run_bench(config: BenchConfig) -> BenchResult:
             torch.save({"model": official_predictor.state_dict()}, checkpoint)
         model = build_our_model(config, checkpoint)
 
-        names = ["ours"] + (["ours-sdpa"] if config.sdpa_baseline else []) + (["official"] if official_predictor else [])
+        names = (
+            ["ours"]
+            + (["ours-sdpa"] if config.sdpa_baseline else [])
+            + (["ours-nocache"] if config.key_cache_baseline else [])
+            + (["official"] if official_predictor else [])
+        )
         timers = {name: StageTimer() for name in names} if config.profile else {}
         runners: list[Any] = [
             _OursRunner(model, clip, config.memory, timers.get("ours"), like_official=config.against_official)
@@ -709,6 +721,13 @@ def run_bench(config: BenchConfig) -> BenchResult:
                 _OursRunner(
                     copy.deepcopy(model), clip, config.memory, timers.get("ours-sdpa"),
                     like_official=config.against_official, sdpa_only=True,
+                )
+            )  # fmt: skip
+        if config.key_cache_baseline:
+            runners.append(
+                _OursRunner(
+                    copy.deepcopy(model), clip, config.memory, timers.get("ours-nocache"),
+                    like_official=config.against_official, cache_memory_keys=False,
                 )
             )  # fmt: skip
         if official_predictor is not None:
@@ -766,6 +785,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         for runner in runners
     }
     ours, official, ours_sdpa = sides["ours"], sides.get("official"), sides.get("ours-sdpa")
+    ours_nocache = sides.get("ours-nocache")
     native = sdpa_counted_by_torch()
     notes = _notes(config, machine, ours, official, native)
     return BenchResult(
@@ -777,6 +797,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
         ours_sdpa=ours_sdpa,
         speedup=ours.frames_per_second / official.frames_per_second if official else None,
         speedup_over_sdpa=ours.frames_per_second / ours_sdpa.frames_per_second if ours_sdpa else None,
+        ours_nocache=ours_nocache,
+        speedup_over_nocache=ours.frames_per_second / ours_nocache.frames_per_second if ours_nocache else None,
         mask_agreement_iou=statistics.fmean(ious) if ious else None,
         peak_rss_bytes=peak_rss_bytes(),
         peak_rss_note="process peak RSS (getrusage), both implementations in one process",
@@ -878,7 +900,7 @@ def _mb(value: int) -> str:
 
 def _format_bench_table(result: BenchResult) -> str:
     config, machine, peak = result.config, result.machine, result.peak
-    sides = [s for s in (result.ours, result.ours_sdpa, result.official) if s is not None]
+    sides = [s for s in (result.ours, result.ours_sdpa, result.ours_nocache, result.official) if s is not None]
     header = (
         f"surgsam2 bench: {config.model} @ {config.image_size}px, {config.objects} object(s), "
         f"{config.frames} timed frames after {config.warmup} warm-up\n"
@@ -912,6 +934,8 @@ def _format_bench_table(result: BenchResult) -> str:
         footer.append(f"ours / official frames/s: {result.speedup:.2f}x")
     if result.speedup_over_sdpa is not None:
         footer.append(f"ours / ours-sdpa (bf16 matmul attention path off) frames/s: {result.speedup_over_sdpa:.2f}x")
+    if result.speedup_over_nocache is not None:
+        footer.append(f"ours / ours-nocache (memory keys recomputed every frame) frames/s: {result.speedup_over_nocache:.2f}x")
     if result.mask_agreement_iou is not None:
         footer.append(f"mask agreement ours vs official (mean IoU): {result.mask_agreement_iou:.3f}")
     footer.append(f"peak memory: {_mb(result.peak_rss_bytes)} ({result.peak_rss_note})")

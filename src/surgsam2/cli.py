@@ -225,6 +225,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         profile=args.profile,
         sdpa_baseline=args.sdpa_baseline,
+        key_cache_baseline=args.key_cache_baseline,
         stream_frames=args.stream_frames,
         progress=not args.quiet,
     )
@@ -336,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="also time the stages (encoder, memory attention, decoder, ...)")  # fmt: skip
     bench_parser.add_argument("--sdpa-baseline", action="store_true",
                               help="also run ours with the bf16 CPU matmul attention off (before/after)")  # fmt: skip
+    bench_parser.add_argument("--key-cache-baseline", action="store_true",
+                              help="also run ours recomputing memory keys every frame (before/after the key cache)")  # fmt: skip
     bench_parser.add_argument("--stream-frames", type=int, metavar="N",
                               help="instead: run our tracker N frames, report state MB along the way")  # fmt: skip
     bench_parser.add_argument("--json", help="also write the results to this JSON file (rewritten)")

@@ -7,9 +7,11 @@ memory of a frame the same way (DESIGN §4):
    memory is either one object's (T, C) features and (D,) pointer (the tracker: one layout per
    object) or a batch of objects' (b, T, C) / (b, D) (training: every object of a clip batch shares
    one layout, since prompts and corrections are planned per batch as SAM 2's training does).
-2. `memory_tokens` lets the policy choose the memories each object keeps (the gather keeps
-   gradients), adds the spatial and temporal-slot encodings, and appends the object pointers split
-   into tokens with their temporal encodings.
+2. `select_memories` lets the policy choose the memories each object keeps.
+3. `memory_tokens` gathers them (the gather keeps gradients), adds the spatial and temporal-slot
+   encodings, and appends the object pointers split into tokens with their temporal encodings.
+4. `cached_rotated_keys` (inference) assembles the kept memories' precomputed attention keys, so
+   that stored memories are not projected and rotated again every frame.
 
 Pure tensor code plus the few learned encodings it reads from the model (`maskmem_tpos_enc`,
 `pointer_position_encoding`, `pointer_tokens`).
@@ -84,25 +86,31 @@ def gather_candidates(layouts: Sequence[MemoryLayout]) -> MemoryCandidates:
     )
 
 
+def select_memories(candidates: MemoryCandidates, policy: MemoryPolicy, capacity: int) -> torch.Tensor | None:
+    """Indices (K, B) of the candidates each object keeps, or None when the policy keeps all."""
+    if policy.num_kept(candidates.protected, capacity) < candidates.features.shape[0]:
+        return policy.select(candidates.features, candidates.protected, capacity)
+    return None
+
+
 def memory_tokens(
     model: SAM2Model,
     candidates: MemoryCandidates,
-    policy: MemoryPolicy,
+    keep: torch.Tensor | None,
     spatial_pos: torch.Tensor,
     max_pointers: int,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Memory tokens (L, B, C), their encodings (L, B, C) and the number of pointer tokens.
 
-    ``spatial_pos`` (T, C): the memory encoder's position encoding of one frame's tokens;
-    ``max_pointers``: the pointer window that scales pointer temporal encodings (SAM 2 uses
-    min(clip length, max_obj_ptrs_in_encoder)).
+    ``keep``: `select_memories`' choice (None: every candidate); ``spatial_pos`` (T, C): the memory
+    encoder's position encoding of one frame's tokens; ``max_pointers``: the pointer window that
+    scales pointer temporal encodings (SAM 2 uses min(clip length, max_obj_ptrs_in_encoder)).
     """
     dtype = model.dtype
     features, slots = candidates.features, candidates.slots
     num_candidates, batch_size, num_tokens, channels = features.shape
     capacity = model.num_maskmem
-    if policy.num_kept(candidates.protected, capacity) < num_candidates:
-        keep = policy.select(features, candidates.protected, capacity)  # (K, B)
+    if keep is not None:
         features = torch.gather(features, 0, keep[:, :, None, None].expand(-1, -1, num_tokens, channels))
         slots = torch.gather(slots, 0, keep)
     num_kept = features.shape[0]
@@ -121,4 +129,33 @@ def memory_tokens(
     return memory, memory_pos, pointer_tokens.shape[0]
 
 
-__all__ = ["MemoryCandidates", "gather_candidates", "memory_tokens"]
+def cached_rotated_keys(
+    layouts: Sequence[MemoryLayout],
+    keep: torch.Tensor | None,
+    temporal_keys: torch.Tensor,
+    num_pointer_tokens: int,
+) -> torch.Tensor:
+    """The memory attention keys of the kept memories, from the keys cached in the bank.
+
+    One layout per object (each stored memory holding ``keys`` (num_layers, T, d)); ``keep``
+    (K, B) as from `select_memories`; ``temporal_keys`` (num_layers, S, T, d) the rotated key term
+    of each temporal slot. Returns (num_layers, B, K*T + num_pointer_tokens, d): every kept
+    memory's cached keys plus its slot's term, in the order `memory_tokens` lays the memories
+    out; the pointer rows are left for memory attention to fill. The kept indices are read on
+    the host (free on CPU; one small copy per frame on a GPU).
+    """
+    num_layers, _, num_tokens, channels = temporal_keys.shape
+    kept = keep.T.tolist() if keep is not None else [list(range(len(layout.memories))) for layout in layouts]
+    num_kept = len(kept[0])
+    out = temporal_keys.new_empty(num_layers, len(layouts), num_kept * num_tokens + num_pointer_tokens, channels)
+    for row, (layout, indices) in enumerate(zip(layouts, kept)):
+        for position, index in enumerate(indices):
+            stored, slot = layout.memories[index]
+            if stored.keys is None:
+                raise ValueError(f"stored memory of frame {stored.frame_index} has no cached keys")
+            rows = slice(position * num_tokens, (position + 1) * num_tokens)
+            torch.add(stored.keys, temporal_keys[:, slot], out=out[:, row, rows])
+    return out
+
+
+__all__ = ["MemoryCandidates", "gather_candidates", "select_memories", "memory_tokens", "cached_rotated_keys"]

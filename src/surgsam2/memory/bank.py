@@ -22,6 +22,9 @@ class StoredMemory:
     frame_index: int
     features: torch.Tensor | None  # (T, C) memory tokens; None once too old to be attended to
     obj_ptr: torch.Tensor  # (D,) object pointer
+    # (num_layers, T, d_model) memory-attention keys derived from the features (a cache the
+    # tracker fills so they are not recomputed every frame); dropped with the features.
+    keys: torch.Tensor | None = None
 
 
 @dataclass
@@ -97,10 +100,12 @@ class MemoryBank:
         features: torch.Tensor,
         obj_ptr: torch.Tensor,
         conditioning: bool,
+        keys: torch.Tensor | None = None,
     ) -> None:
-        """Store one object's memory of ``frame_index``: features (T, C), pointer (D,)."""
+        """Store one object's memory of ``frame_index``: features (T, C), pointer (D,), and
+        optionally the keys derived from them (kept as given)."""
         memory = self.objects[obj_id]
-        stored = StoredMemory(frame_index, features.to(self.config.storage_dtype), obj_ptr)
+        stored = StoredMemory(frame_index, features.to(self.config.storage_dtype), obj_ptr, keys)
         if conditioning:
             memory.conditioning[frame_index] = stored
             memory.recent.pop(frame_index, None)
@@ -125,6 +130,7 @@ class MemoryBank:
                 del memory.recent[frame_index]
             elif frame_index < oldest_feature:
                 memory.recent[frame_index].features = None
+                memory.recent[frame_index].keys = None
 
     # --- reading ----------------------------------------------------------------------------
     def has_memory(self, obj_id: int) -> bool:
@@ -208,6 +214,8 @@ class MemoryBank:
             for stored in list(memory.conditioning.values()) + list(memory.recent.values()):
                 if stored.features is not None:
                     tensors.append(stored.features)
+                if stored.keys is not None:
+                    tensors.append(stored.keys)
                 tensors.append(stored.obj_ptr)
         return tensors
 

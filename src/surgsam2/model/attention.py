@@ -217,9 +217,34 @@ class RoPEAttention(Attention):
             self._tables[key] = tables
         return tables
 
+    def rotated_keys(self, keys_in: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """Projected keys with the grid's rotations: (..., T, kv_in_dim) -> (..., T, internal_dim),
+        T one grid of tokens. Without ``bias``, the projection is linear (for encodings added to
+        keys: RoPE(W(a + b) + c) = RoPE(W a + c) + RoPE(W b), which lets stored memories keep
+        their rotated keys while their temporal encoding changes frame to frame)."""
+        projected = F.linear(keys_in, self.k_proj.weight, self.k_proj.bias if bias else None)
+        *batch, tokens, channels = projected.shape
+        heads = projected.reshape(-1, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
+        cos, sin = self.rope_tables(tokens, projected.device)
+        rotated = apply_rope(heads, cos, sin)
+        return rotated.transpose(1, 2).reshape(*batch, tokens, channels)
+
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_k_exclude_rope: int = 0,
+        rotated_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """q (B, Nq, C), k and v (B, Nk, kv_in_dim) -> (B, Nq, C).
+
+        ``rotated_keys`` (B, Nk, internal_dim): the keys already projected and rotated (cached
+        for stored memories) except the last ``num_k_exclude_rope`` rows, which are projected
+        here from the last rows of ``k`` (k may hold only those rows).
+        """
+        if rotated_keys is not None:
+            return self._forward_rotated_keys(q, k, v, num_k_exclude_rope, rotated_keys)
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         raw_values = self._values_after_attention(q, k)
@@ -236,3 +261,22 @@ class RoPEAttention(Attention):
         if raw_values:
             return self._attend_raw_values(q, k, v)
         return self._attend(q, k, v)
+
+    def _forward_rotated_keys(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        num_k_exclude_rope: int,
+        rotated_keys: torch.Tensor,
+    ) -> torch.Tensor:
+        """`forward` with precomputed rotated keys; the excluded (pointer) rows are filled in place."""
+        if num_k_exclude_rope:
+            rotated_keys[:, -num_k_exclude_rope:] = self.k_proj(k[:, -num_k_exclude_rope:])
+        q = self._split_heads(self.q_proj(q))
+        cos, sin = self.rope_tables(q.shape[-2], q.device)
+        q = apply_rope(q, cos, sin)
+        keys = self._split_heads(rotated_keys)
+        if self._values_after_attention(q, keys):
+            return self._attend_raw_values(q, keys, v)
+        return self._attend(q, keys, self._split_heads(self.v_proj(v)))

@@ -80,8 +80,10 @@ class MemoryAttentionLayer(nn.Module):
         memory_with_pos: torch.Tensor,
         query_pos: torch.Tensor | None,
         num_k_exclude_rope: int,
+        rotated_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tgt + CrossAttn(norm2(tgt) -> memory); keys carry the memory position encoding."""
+        """tgt + CrossAttn(norm2(tgt) -> memory); keys carry the memory position encoding
+        (``rotated_keys``: the keys precomputed, see `RoPEAttention.forward`)."""
         normed = self.norm2(tgt)
         queries = (
             normed + query_pos
@@ -90,7 +92,7 @@ class MemoryAttentionLayer(nn.Module):
         )
         keys = memory_with_pos if self.pos_enc_at_cross_attn_keys else memory
         attended = self.cross_attn_image(
-            queries, keys, memory, num_k_exclude_rope=num_k_exclude_rope
+            queries, keys, memory, num_k_exclude_rope=num_k_exclude_rope, rotated_keys=rotated_keys
         )
         return tgt + self._dropout(attended)
 
@@ -107,14 +109,20 @@ class MemoryAttentionLayer(nn.Module):
         query_pos: torch.Tensor | None = None,
         num_k_exclude_rope: int = 0,
         memory_with_pos: torch.Tensor | None = None,
+        rotated_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Batch-first block. ``memory_with_pos`` (= memory + pos) may be precomputed by a stack
         that shares it across layers; otherwise it is formed here from ``pos`` (None: no encoding).
+        ``tgt`` may have batch 1 for a memory batch of B objects that share the frame: the
+        self-attention then runs once and its result is broadcast to the B objects.
+        ``rotated_keys``: cross-attention keys precomputed (see `RoPEAttention.forward`).
         """
         if memory_with_pos is None:
             memory_with_pos = memory + pos if pos is not None else memory
         tgt = self._self_attention(tgt, query_pos)
-        tgt = self._cross_attention(tgt, memory, memory_with_pos, query_pos, num_k_exclude_rope)
+        if tgt.shape[0] != memory.shape[0]:
+            tgt = tgt.expand(memory.shape[0], -1, -1)
+        tgt = self._cross_attention(tgt, memory, memory_with_pos, query_pos, num_k_exclude_rope, rotated_keys)
         return self._feed_forward(tgt)
 
 
@@ -178,6 +186,20 @@ class MemoryAttention(nn.Module):
             activation=config.activation,
         )
 
+    def rotated_spatial_keys(self, features: torch.Tensor, spatial_pos: torch.Tensor) -> torch.Tensor:
+        """Every layer's cross-attention keys of stored memories, without their temporal
+        encoding: (B, T, kv_in_dim) features of one frame's grid, (T, kv_in_dim) spatial
+        encoding -> (B, num_layers, T, d_model). Cached per stored memory by the tracker."""
+        keys_in = features + spatial_pos
+        return torch.stack([layer.cross_attn_image.rotated_keys(keys_in) for layer in self.layers], dim=1)
+
+    def rotated_temporal_keys(self, temporal: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """The key term of each temporal encoding (S, kv_in_dim), rotated over a grid of
+        ``num_tokens``: (num_layers, S, num_tokens, d_model). A memory's keys in slot s are its
+        `rotated_spatial_keys` plus this table's entry s (the key projection is linear)."""
+        grid = temporal[:, None, :].expand(-1, num_tokens, -1)
+        return torch.stack([layer.cross_attn_image.rotated_keys(grid, bias=False) for layer in self.layers])
+
     def forward(
         self,
         curr: torch.Tensor | list[torch.Tensor],
@@ -185,10 +207,15 @@ class MemoryAttention(nn.Module):
         curr_pos: torch.Tensor | list[torch.Tensor] | None = None,
         memory_pos: torch.Tensor | None = None,
         num_obj_ptr_tokens: int = 0,
+        rotated_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend the current tokens to the memory; all tensors are sequence-first (L, B, C).
 
-        ``curr``/``curr_pos`` may also be one-element lists, as SAM 2's feature lists are.
+        ``curr``/``curr_pos`` may also be one-element lists, as SAM 2's feature lists are; they
+        may have batch 1 when B objects track on the same frame (the first self-attention then
+        runs once). ``rotated_keys`` (num_layers, B, L_memory, d_model): the spatial memory
+        tokens' keys precomputed (`rotated_spatial_keys` + `rotated_temporal_keys`); the
+        pointer rows at the end are filled here.
         """
         if isinstance(curr, (list, tuple)):
             if len(curr) != 1:
@@ -198,9 +225,14 @@ class MemoryAttention(nn.Module):
             if len(curr_pos) != 1:
                 raise ValueError(f"expected one position encoding, got {len(curr_pos)}")
             curr_pos = curr_pos[0]
-        if curr.shape[1] != memory.shape[1]:
+        if curr.shape[1] not in (1, memory.shape[1]):
             raise ValueError(
                 f"batch of curr ({curr.shape[1]}) and memory ({memory.shape[1]}) differ"
+            )
+        if rotated_keys is not None and rotated_keys.shape[:3] != (self.num_layers, memory.shape[1], memory.shape[0]):
+            raise ValueError(
+                f"rotated_keys {tuple(rotated_keys.shape)} do not match {self.num_layers} layers and"
+                f" memory {tuple(memory.shape[:2])}"
             )
         if not 0 <= num_obj_ptr_tokens <= memory.shape[0]:
             raise ValueError(
@@ -214,18 +246,23 @@ class MemoryAttention(nn.Module):
         output = output.transpose(0, 1).contiguous()
         query_pos = curr_pos.transpose(0, 1) if curr_pos is not None else None
         memory_bf = memory.transpose(0, 1).contiguous()
-        # memory + pos is the same for every layer: form it once (first operand sets the layout).
-        memory_with_pos = (
-            memory_bf + memory_pos.transpose(0, 1) if memory_pos is not None else memory_bf
-        )
+        # memory + pos is the same for every layer: form it once (first operand sets the layout);
+        # with precomputed keys only the pointer rows need it.
+        keys_from = memory_bf[:, memory_bf.shape[1] - num_obj_ptr_tokens :] if rotated_keys is not None else memory_bf
+        if memory_pos is not None:
+            pos_bf = memory_pos.transpose(0, 1)
+            memory_with_pos = keys_from + pos_bf[:, pos_bf.shape[1] - keys_from.shape[1] :]
+        else:
+            memory_with_pos = keys_from
 
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             output = layer(
                 output,
                 memory_bf,
                 query_pos=query_pos,
                 num_k_exclude_rope=num_obj_ptr_tokens,
                 memory_with_pos=memory_with_pos,
+                rotated_keys=None if rotated_keys is None else rotated_keys[index],
             )
         return self.norm(output).transpose(0, 1)
 

@@ -172,18 +172,25 @@ class SAM2Model(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int,
+        rotated_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Condition the frame on memory tokens (L, B, mem_dim) -> (B, C, h, w) features."""
+        """Condition the frame on memory tokens (L, B, mem_dim) -> (B, C, h, w) features.
+
+        Features of batch 1 are shared by the B objects (memory attention's first self-attention
+        runs once for them). ``rotated_keys``: the memory's keys precomputed per layer (see
+        `MemoryAttention.forward`).
+        """
         batch_size = memory.shape[1]
         _, channels, height, width = features.embedding.shape
-        current = features.embedding.flatten(2).permute(2, 0, 1).expand(-1, batch_size, -1)
-        current_pos = features.position.flatten(2).permute(2, 0, 1).expand(-1, batch_size, -1)
+        current = features.embedding.flatten(2).permute(2, 0, 1)
+        current_pos = features.position.flatten(2).permute(2, 0, 1)
         fused = self.memory_attention(
             curr=current,
             curr_pos=current_pos,
             memory=memory,
             memory_pos=memory_pos,
             num_obj_ptr_tokens=num_obj_ptr_tokens,
+            rotated_keys=rotated_keys,
         )
         return fused.permute(1, 2, 0).reshape(batch_size, channels, height, width)
 

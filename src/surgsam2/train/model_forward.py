@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from surgsam2.memory.assembly import gather_candidates, memory_tokens
+from surgsam2.memory.assembly import gather_candidates, memory_tokens, select_memories
 from surgsam2.memory.bank import BankConfig, MemoryBank
 from surgsam2.memory.policies import MemoryPolicy
 from surgsam2.model.sam2 import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, DecoderOutput, ImageFeatures, SAM2Model
@@ -206,8 +206,10 @@ class ClipForward(nn.Module):
             if spatial_pos is None:
                 raise RuntimeError(f"frame {t} has no earlier memory to attend to")
             layout = bank.layout(_BANK_ID, t, num_frames)
+            candidates = gather_candidates([layout])
+            keep = select_memories(candidates, self.policy, model.num_maskmem)
             memory, memory_pos, num_pointer_tokens = memory_tokens(
-                model, gather_candidates([layout]), self.policy, spatial_pos.to(model.dtype), max_pointers
+                model, candidates, keep, spatial_pos.to(model.dtype), max_pointers
             )
             pix_feat = model.attend_to_memory(frame_features, memory, memory_pos, num_pointer_tokens)
             output = model.decode(pix_feat, frame_features.high_res, multimask_output=model.use_multimask(False, 0))
