@@ -125,6 +125,26 @@ def test_cached_memory_keys_give_the_recomputed_result(model: SAM2Model, memory:
     assert cached.state_bytes() > recomputed.state_bytes()
 
 
+@pytest.mark.parametrize("memory", ["fifo", "efp"])
+def test_cached_keys_assembled_on_the_device_equal_the_host_path(model: SAM2Model, memory: str) -> None:
+    """GPUs assemble the cached keys by a device-side gather (no host sync); on CPU the kept
+    indices are read on the host. Both give the same tensor (checked here on CPU, exactly)."""
+    from surgsam2.memory.assembly import cached_rotated_keys, gather_candidates, select_memories
+
+    frames, masks = moving_discs(10)
+    tracker = Tracker(model, memory=memory)
+    for index, frame in enumerate(frames):
+        tracker.step(frame, {obj_id: Prompt(mask=mask) for obj_id, mask in masks.items()} if index == 0 else None)
+    layouts = [tracker.bank.layout(obj_id, tracker.frame_index) for obj_id in tracker.object_ids]
+    keep = select_memories(gather_candidates(layouts), tracker.policy, model.num_maskmem)
+    assert (keep is not None) == (memory == "efp")  # efp prunes 7 candidates to 5
+    temporal = tracker._rotated_temporal_keys()
+    host = cached_rotated_keys(layouts, keep, temporal, 8, host_indices=True)
+    device = cached_rotated_keys(layouts, keep, temporal, 8, host_indices=False)
+    spatial = host.shape[2] - 8
+    assert torch.equal(host[:, :, :spatial], device[:, :, :spatial])
+
+
 def test_remove_object_and_reset(model: SAM2Model) -> None:
     frames, masks = moving_discs(4)
     tracker = Tracker(model)

@@ -134,6 +134,7 @@ def cached_rotated_keys(
     keep: torch.Tensor | None,
     temporal_keys: torch.Tensor,
     num_pointer_tokens: int,
+    host_indices: bool | None = None,
 ) -> torch.Tensor:
     """The memory attention keys of the kept memories, from the keys cached in the bank.
 
@@ -141,20 +142,40 @@ def cached_rotated_keys(
     (K, B) as from `select_memories`; ``temporal_keys`` (num_layers, S, T, d) the rotated key term
     of each temporal slot. Returns (num_layers, B, K*T + num_pointer_tokens, d): every kept
     memory's cached keys plus its slot's term, in the order `memory_tokens` lays the memories
-    out; the pointer rows are left for memory attention to fill. The kept indices are read on
-    the host (free on CPU; one small copy per frame on a GPU).
+    out; the pointer rows are left for memory attention to fill.
+
+    ``host_indices`` (default: on CPU) reads the kept indices on the host and adds each kept
+    memory once, straight into the output; otherwise (GPUs) the candidates are stacked and
+    gathered on the device, so that the frame loop never waits for the device.
     """
-    num_layers, _, num_tokens, channels = temporal_keys.shape
-    kept = keep.T.tolist() if keep is not None else [list(range(len(layout.memories))) for layout in layouts]
-    num_kept = len(kept[0])
-    out = temporal_keys.new_empty(num_layers, len(layouts), num_kept * num_tokens + num_pointer_tokens, channels)
-    for row, (layout, indices) in enumerate(zip(layouts, kept)):
-        for position, index in enumerate(indices):
-            stored, slot = layout.memories[index]
+    for layout in layouts:
+        for stored, _ in layout.memories:
             if stored.keys is None:
                 raise ValueError(f"stored memory of frame {stored.frame_index} has no cached keys")
-            rows = slice(position * num_tokens, (position + 1) * num_tokens)
-            torch.add(stored.keys, temporal_keys[:, slot], out=out[:, row, rows])
+    num_layers, _, num_tokens, channels = temporal_keys.shape
+    num_kept = len(layouts[0].memories) if keep is None else keep.shape[0]
+    out = temporal_keys.new_empty(num_layers, len(layouts), num_kept * num_tokens + num_pointer_tokens, channels)
+    if host_indices is None:
+        host_indices = keep is None or keep.device.type == "cpu"
+    if host_indices:
+        kept = keep.T.tolist() if keep is not None else [list(range(num_kept))] * len(layouts)
+        for row, (layout, indices) in enumerate(zip(layouts, kept)):
+            for position, index in enumerate(indices):
+                stored, slot = layout.memories[index]
+                rows = slice(position * num_tokens, (position + 1) * num_tokens)
+                torch.add(stored.keys, temporal_keys[:, slot], out=out[:, row, rows])
+        return out
+    # (N, B, L, T, d) candidates and their slots, then the kept ones gathered on the device.
+    stacked = torch.stack([torch.stack([stored.keys for stored, _ in layout.memories]) for layout in layouts], dim=1)
+    slots = torch.tensor(
+        [[slot for _, slot in layout.memories] for layout in layouts], dtype=torch.long
+    ).T.to(stacked.device, non_blocking=True)
+    if keep is not None:
+        stacked = torch.gather(stacked, 0, keep[:, :, None, None, None].expand(-1, -1, *stacked.shape[2:]))
+        slots = torch.gather(slots, 0, keep)
+    terms = temporal_keys[:, slots]  # (L, K, B, T, d)
+    spatial_rows = out[:, :, : num_kept * num_tokens].view(num_layers, len(layouts), num_kept, num_tokens, channels)
+    torch.add(stacked.permute(2, 1, 0, 3, 4), terms.transpose(1, 2), out=spatial_rows)
     return out
 
 
