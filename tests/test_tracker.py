@@ -145,6 +145,30 @@ def test_cached_keys_assembled_on_the_device_equal_the_host_path(model: SAM2Mode
     assert torch.equal(host[:, :, :spatial], device[:, :, :spatial])
 
 
+def test_compiled_parts_track_as_the_eager_model() -> None:
+    """`compile_parts` (torch.compile in place; dynamo with the eager backend here, to keep the
+    test fast) tracks as the uncompiled model and keeps the state dict."""
+    eager = random_model(image_size=64)
+    compiled = random_model(image_size=64)
+    state = {key: value.clone() for key, value in compiled.state_dict().items()}
+    compiled.compile_parts(backend="eager")
+    assert compiled.state_dict().keys() == state.keys()
+    frames, masks = moving_discs(6)
+    prompts = {1: Prompt(mask=masks[1]), 2: Prompt(mask=masks[2])}
+    trackers = Tracker(eager, memory="efp"), Tracker(compiled, memory="efp")
+    worst = 0.0
+    for index, frame in enumerate(frames):
+        expected, candidate = (tracker.step(frame, prompts if index == 0 else None) for tracker in trackers)
+        for obj_id in expected.logits:
+            worst = max(worst, float(np.abs(expected.logits[obj_id] - candidate.logits[obj_id]).max()))
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    print(f"[compile] {graphs} graphs; max |d| logits compiled (eager backend) vs eager {worst:.2e} (allowed 1e-5)")
+    assert graphs > 0, "nothing was compiled"
+    assert worst <= 1e-5
+
+
 def test_remove_object_and_reset(model: SAM2Model) -> None:
     frames, masks = moving_discs(4)
     tracker = Tracker(model)

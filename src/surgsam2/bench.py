@@ -85,6 +85,7 @@ class BenchConfig:
     profile: bool = False
     sdpa_baseline: bool = False  # also run ours with the bf16 matmul attention path off
     key_cache_baseline: bool = False  # also run ours recomputing memory keys every frame
+    compile: bool = False  # torch.compile our model's parts (SAM2Model.compile_parts)
     stream_frames: int | None = None
     progress: bool = True
 
@@ -730,6 +731,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
                     like_official=config.against_official, cache_memory_keys=False,
                 )
             )  # fmt: skip
+        if config.compile:
+            for runner in runners:  # after the baselines' copies: compiled modules do not deep-copy
+                runner.tracker.model.compile_parts()
         if official_predictor is not None:
             runners.append(_OfficialRunner(official_predictor, clip, config.official_dtype, timers.get("official")))
         try:
@@ -811,6 +815,8 @@ def _notes(
     config: BenchConfig, machine: MachineInfo, ours: SideResult, official: SideResult | None, native: bool
 ) -> list[str]:
     notes = []
+    if config.compile:
+        notes.append("ours: torch.compile on the image encoder, memory attention, decoder and memory encoder")
     if not native:
         notes.append(
             "FlopCounterMode does not count CPU scaled_dot_product_attention on torch "
@@ -860,6 +866,8 @@ def run_stream(
     machine = machine_info()
     clip = make_clip(config.image_size, min(clip_frames, config.stream_frames), config.objects, config.seed, None)
     model = build_our_model(config, None)
+    if config.compile:
+        model.compile_parts()
     tracker = Tracker(model, memory=config.memory)
     prompts = {obj_id: Prompt(mask=mask) for obj_id, mask in clip.masks.items()}
     period = max(2 * len(clip.frames) - 2, 1)

@@ -226,6 +226,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         profile=args.profile,
         sdpa_baseline=args.sdpa_baseline,
         key_cache_baseline=args.key_cache_baseline,
+        compile=args.compile,
         stream_frames=args.stream_frames,
         progress=not args.quiet,
     )
@@ -339,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="also run ours with the bf16 CPU matmul attention off (before/after)")  # fmt: skip
     bench_parser.add_argument("--key-cache-baseline", action="store_true",
                               help="also run ours recomputing memory keys every frame (before/after the key cache)")  # fmt: skip
+    bench_parser.add_argument("--compile", action="store_true",
+                              help="torch.compile our model (compile time falls in the warm-up: use --warmup 20,"
+                                   " memory and pointer counts grow until frame 16)")  # fmt: skip
     bench_parser.add_argument("--stream-frames", type=int, metavar="N",
                               help="instead: run our tracker N frames, report state MB along the way")  # fmt: skip
     bench_parser.add_argument("--json", help="also write the results to this JSON file (rewritten)")

@@ -138,6 +138,18 @@ class SAM2Model(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.no_mem_embed.dtype
 
+    # Parts compiled by `compile_parts`: the image encoder (fixed shapes), memory attention (one
+    # shape per number of memories), and the prompt decoder and memory encoder.
+    COMPILED_PARTS = ("image_encoder", "memory_attention", "sam_mask_decoder", "memory_encoder")
+
+    def compile_parts(self, **compile_options: object) -> SAM2Model:
+        """`torch.compile` the network's parts in place (options as torch.compile's, e.g.
+        ``mode="max-autotune"``, ``backend="eager"``); weights and state dict are unchanged.
+        Worth it on GPUs; on CPU it did not pay here (see benchmarks/README.md)."""
+        for name in self.COMPILED_PARTS:
+            getattr(self, name).compile(**compile_options)
+        return self
+
     # ------------------------------------------------------------------------------------
     # Image
     # ------------------------------------------------------------------------------------
