@@ -265,6 +265,33 @@ def test_training_mode_dropout_and_gradients() -> None:
     assert curr.grad is not None
 
 
+def test_rope_complex_path_equals_the_official_rotation_and_the_real_formula() -> None:
+    """The complex-multiply RoPE (CPU/CUDA) is bit-identical to the official rotary encoding in
+    float32 (same table, same complex multiply), and the real cos/sin formula (other devices)
+    agrees within 1 ulp (<= 1e-6 here); both handle keys of several frames sharing one grid."""
+    require_official()
+    from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
+
+    from surgsam2.model.position import apply_rope, axial_rope_tables, rope_rotation
+
+    cos, sin = axial_rope_tables(64, 8, 8)
+    rotation = rope_rotation(cos, sin)
+    assert rotation is not None and rotation.is_complex()
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(2, 2, 64, 64, generator=generator)
+    keys = torch.randn(2, 2, 3 * 64, 64, generator=generator)  # 3 memory frames of the 8x8 grid
+    official_q, official_k = apply_rotary_enc(
+        queries, keys, freqs_cis=compute_axial_cis(dim=64, end_x=8, end_y=8), repeat_freqs_k=True
+    )
+    assert torch.equal(apply_rope(queries, cos, sin, rotation), official_q)
+    assert torch.equal(apply_rope(keys, cos, sin, rotation), official_k)
+    real_error = (apply_rope(keys, cos, sin) - official_k).abs().max().item()
+    print(f"[rope] real formula vs official: max |d| {real_error:.1e} (allowed 1e-6); complex path: bit-identical")
+    assert real_error <= 1e-6
+    bf16 = apply_rope(keys.to(torch.bfloat16), cos, sin, rotation)
+    assert bf16.dtype == torch.bfloat16 and bf16.shape == keys.shape
+
+
 @pytest.mark.parametrize("num_heads", [1, 2])
 def test_precomputed_keys_and_shared_frame_equal_the_plain_forward(num_heads: int) -> None:
     """Keys cached per memory frame (spatial part) plus the rotated term of its temporal slot,

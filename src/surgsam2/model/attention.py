@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgsam2.model.position import apply_rope, axial_rope_tables
+from surgsam2.model.position import apply_rope, axial_rope_tables, rope_rotation
 
 # Largest block of attention scores (bytes) formed at once by `matmul_attention`: beyond it the
 # batch elements (objects) go one at a time and queries in chunks, so that the scores stay in
@@ -197,10 +197,13 @@ class RoPEAttention(Attention):
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.feat_sizes = tuple(feat_sizes)
-        self._tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
-    def rope_tables(self, num_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables for a square grid of ``num_tokens`` tokens, cached per device."""
+    def rope_tables(
+        self, num_tokens: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """cos/sin tables for a square grid of ``num_tokens`` tokens and their complex form
+        (None where the device has no complex kernels), cached per device."""
         key = (num_tokens, str(device))
         tables = self._tables.get(key)
         if tables is None:
@@ -213,7 +216,8 @@ class RoPEAttention(Attention):
                 cos, sin = axial_rope_tables(
                     self.internal_dim // self.num_heads, side, side, self.rope_theta
                 )
-                tables = (cos.to(device), sin.to(device))
+                cos, sin = cos.to(device), sin.to(device)
+                tables = (cos, sin, rope_rotation(cos, sin))
             self._tables[key] = tables
         return tables
 
@@ -225,8 +229,7 @@ class RoPEAttention(Attention):
         projected = F.linear(keys_in, self.k_proj.weight, self.k_proj.bias if bias else None)
         *batch, tokens, channels = projected.shape
         heads = projected.reshape(-1, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
-        cos, sin = self.rope_tables(tokens, projected.device)
-        rotated = apply_rope(heads, cos, sin)
+        rotated = apply_rope(heads, *self.rope_tables(tokens, projected.device))
         return rotated.transpose(1, 2).reshape(*batch, tokens, channels)
 
     def forward(
@@ -250,13 +253,13 @@ class RoPEAttention(Attention):
         raw_values = self._values_after_attention(q, k)
         if not raw_values:
             v = self._split_heads(self.v_proj(v))
-        cos, sin = self.rope_tables(q.shape[-2], q.device)
+        tables = self.rope_tables(q.shape[-2], q.device)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         if num_k_rope != q.shape[-2] and not self.rope_k_repeat:
             raise ValueError("keys differ in length from queries but rope_k_repeat is off")
-        q = apply_rope(q, cos, sin)
+        q = apply_rope(q, *tables)
         if num_k_rope > 0:
-            k_rope = apply_rope(k[:, :, :num_k_rope], cos, sin)
+            k_rope = apply_rope(k[:, :, :num_k_rope], *tables)
             k = torch.cat([k_rope, k[:, :, num_k_rope:]], dim=2) if num_k_exclude_rope else k_rope
         if raw_values:
             return self._attend_raw_values(q, k, v)
@@ -274,8 +277,7 @@ class RoPEAttention(Attention):
         if num_k_exclude_rope:
             rotated_keys[:, -num_k_exclude_rope:] = self.k_proj(k[:, -num_k_exclude_rope:])
         q = self._split_heads(self.q_proj(q))
-        cos, sin = self.rope_tables(q.shape[-2], q.device)
-        q = apply_rope(q, cos, sin)
+        q = apply_rope(q, *self.rope_tables(q.shape[-2], q.device))
         keys = self._split_heads(rotated_keys)
         if self._values_after_attention(q, keys):
             return self._attend_raw_values(q, keys, v)

@@ -122,8 +122,9 @@ class PositionEmbeddingRandom(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Axial 2-D rotary position encoding (RoPE), used by memory attention.
 # The head dimension is split into pairs of channels; the first half of the pairs rotate with
-# the token's x index, the second half with its y index. Implemented with real cos/sin tables
-# (no complex tensors), so it runs in any dtype on any device.
+# the token's x index, the second half with its y index. Real cos/sin tables run in any dtype on
+# any device; where complex kernels exist (CPU, CUDA) the rotation is one complex multiply, as the
+# official implementation does (5x faster on CPU than the real formula's separate passes).
 # --------------------------------------------------------------------------------------------
 
 
@@ -138,20 +139,36 @@ def axial_rope_tables(
     t_x = index % width
     t_y = torch.div(index, width, rounding_mode="floor")
     angles = torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)
-    return torch.cos(angles), torch.sin(angles)
+    # cos/sin by torch.polar (built on the CPU), as the official tables are: torch.cos rounds a
+    # few entries differently (6e-8).
+    rotation = torch.polar(torch.ones_like(angles), angles)
+    return rotation.real.contiguous(), rotation.imag.contiguous()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope_rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
+    """The complex table cos + i sin for `apply_rope`'s fast path; None on devices without
+    complex kernels (the real formula is used there)."""
+    if cos.device.type not in ("cpu", "cuda"):
+        return None
+    return torch.complex(cos, sin)
+
+
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotation: torch.Tensor | None = None
+) -> torch.Tensor:
     """Rotate channel pairs (2i, 2i+1) of x (..., L, D) by the angles of (L', D/2) tables.
 
     L must be a multiple of L' (keys of several memory frames share the grid's tables: the
     tables broadcast over the frames, no repeated copy). Computation is in float32, the result
-    has x's dtype.
+    has x's dtype. ``rotation`` (`rope_rotation` of the tables): one complex multiply instead.
     """
     length, grid = x.shape[-2], cos.shape[0]
     repeats = length // grid
     if repeats * grid != length:
         raise ValueError(f"{length} tokens is not a multiple of the RoPE grid {grid}")
+    if rotation is not None:
+        pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-2], repeats, grid, -1, 2).contiguous())
+        return torch.view_as_real(pairs * rotation).reshape(x.shape).to(x.dtype)
     pairs = x.float().reshape(*x.shape[:-2], repeats, grid, -1, 2)
     real, imag = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
