@@ -35,9 +35,10 @@ run() {  # run NAME ARGS...: one bench, table to NAME.txt, numbers to NAME.json
 }
 
 # Hiera-S (SurgSAM2's model) at 512 px, one object: ours efp bf16 vs the official predictor in fp32
-# (its default), with the stage profile and ours with the matmul attention path off (before/after).
+# (its default), with the stage profile, and ours with the matmul attention path off and ours
+# without the memory key cache (before/after of each).
 run s512_1obj_bf16_vs_official_fp32 --model sam2.1_hiera_s --image-size 512 --objects 1 \
-    --dtype bf16 --against-official --official-dtype fp32 --profile --sdpa-baseline
+    --dtype bf16 --against-official --official-dtype fp32 --profile --sdpa-baseline --key-cache-baseline
 # Equal precision: both bf16 (the official under torch.autocast, as its users do).
 run s512_1obj_bf16_vs_official_bf16 --model sam2.1_hiera_s --image-size 512 --objects 1 \
     --dtype bf16 --against-official --official-dtype bf16 --profile
@@ -48,9 +49,10 @@ run s512_1obj_fp32efp_vs_official_fp32 --model sam2.1_hiera_s --image-size 512 -
     --dtype fp32 --memory efp --against-official --official-dtype fp32
 # Three objects: ours batches them, the official runs memory attention once per object.
 run s512_3obj_bf16_vs_official_fp32 --model sam2.1_hiera_s --image-size 512 --objects 3 \
-    --dtype bf16 --against-official --official-dtype fp32 --frames 20 --profile
+    --dtype bf16 --against-official --official-dtype fp32 --frames 20 --profile --key-cache-baseline
 # The small model at 256 px with three instruments (random weights: speed only).
-run nano256_3obj_bf16 --model nano --image-size 256 --objects 3 --dtype bf16 --frames 100 --profile
+run nano256_3obj_bf16 --model nano --image-size 256 --objects 3 --dtype bf16 --frames 100 --profile \
+    --sdpa-baseline --key-cache-baseline
 run nano256_3obj_fp32 --model nano --image-size 256 --objects 3 --dtype fp32 --frames 100 --profile
 # State over a long stream (flat memory): nano at 256 px, one object, 10,000 frames.
 run nano256_stream_10000 --model nano --image-size 256 --objects 1 --dtype bf16 --stream-frames 10000
