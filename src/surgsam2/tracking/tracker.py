@@ -63,8 +63,9 @@ class Tracker:
     ``fill_hole_area``: small background holes filled in the low-res masks (None: model config).
     ``cache_memory_keys``: keep each stored memory's projected, rotated memory-attention keys
     (num_layers x d_model per token, in the model's dtype) instead of recomputing them every
-    frame it is attended to: less compute per frame for more state (2 MB per memory and object
-    for Hiera-S at 512 px in bf16). Same result up to rounding.
+    frame it is attended to: less compute per frame for more state (Hiera-S at 512 px in bf16:
+    2 MB per memory and object, plus 14 MB for the temporal slots' key terms). Same result up to
+    rounding.
     """
 
     def __init__(
