@@ -243,6 +243,12 @@ def test_load_model_device_dtype_eval(nano_file: tuple[SAM2Model, Path]) -> None
     assert torch.equal(loaded.no_mem_embed.float(), model.no_mem_embed.to(torch.bfloat16).float())
     with pytest.raises(ValueError, match="floating"):
         load_model("nano", checkpoint=path, dtype=torch.int64)
+    mixed = load_model("nano", checkpoint=path, dtype="mixed")  # fp32, memory attention in bf16
+    assert {p.dtype for p in mixed.memory_attention.parameters()} == {torch.bfloat16}
+    others = [p for name, p in mixed.named_parameters() if not name.startswith("memory_attention.")]
+    assert {p.dtype for p in others} == {torch.float32} and mixed.dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        load_model("nano", checkpoint=path, dtype="fp16")
 
 
 def test_load_model_random_init_without_checkpoint() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import surgsam2
@@ -57,21 +58,25 @@ def test_shipped_model_segments_a_held_out_synthetic_clip(tmp_path) -> None:
     assert measured >= threshold
 
 
-def test_shipped_model_bf16_masks_match_fp32_masks() -> None:
-    """The shipped model in bf16 (the fast CPU path: matmul attention, cached keys) gives the
-    float32 masks: IoU >= 0.98 for every object on every frame of a held-out clip."""
+@pytest.mark.parametrize("precision", ["bf16", "mixed"])
+def test_shipped_model_bf16_masks_match_fp32_masks(precision: str) -> None:
+    """The shipped model in bf16 (the fast CPU path: matmul attention, cached keys), or in fp32
+    with bf16 memory attention ("mixed"), gives the float32 masks: IoU >= 0.98 for every object
+    on every frame of a held-out clip."""
     # The clip of the J&F test above (video 0 of the dataset seeded HELD_OUT_SEED).
     video = generate_synthetic_video(SyntheticVideoConfig(num_frames=24, seed=video_seed(HELD_OUT_SEED, 0)))
     first = video.id_maps[0]
     prompts = {int(obj_id): surgsam2.Prompt(mask=first == obj_id) for obj_id in np.unique(first) if obj_id}
     assert len(prompts) >= 2
     masks = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        tracker = surgsam2.Tracker(load_model("nano", dtype=dtype), memory="efp")
+    for name in ("fp32", precision):
+        model = load_model("nano", dtype=name)
+        assert model.memory_attention.dtype == (torch.float32 if name == "fp32" else torch.bfloat16)
+        tracker = surgsam2.Tracker(model, memory="efp")
         steps = [tracker.step(frame, prompts if index == 0 else None) for index, frame in enumerate(video.frames)]
-        masks[dtype] = [result.masks for result in steps]
+        masks[name] = [result.masks for result in steps]
     worst, worst_at, compared = 1.0, None, 0
-    for index, (reference, candidate) in enumerate(zip(masks[torch.float32], masks[torch.bfloat16])):
+    for index, (reference, candidate) in enumerate(zip(masks["fp32"], masks[precision])):
         for obj_id, expected in reference.items():
             union = np.logical_or(expected, candidate[obj_id]).sum()
             if union == 0:
@@ -81,7 +86,7 @@ def test_shipped_model_bf16_masks_match_fp32_masks() -> None:
             if iou < worst:
                 worst, worst_at = float(iou), (index, obj_id)
     print(
-        f"[shipped] bf16 vs fp32: worst IoU {worst:.4f} at (frame, object) {worst_at} over {compared} masks"
+        f"[shipped] {precision} vs fp32: worst IoU {worst:.4f} at (frame, object) {worst_at} over {compared} masks"
         f" (min {BF16_FRAME_IOU_MIN}, margin {worst - BF16_FRAME_IOU_MIN:+.4f})"
     )
     assert compared >= len(video.frames) * len(prompts) // 2

@@ -50,6 +50,8 @@ import numpy as np
 import torch
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Ours also runs "mixed": fp32 with memory attention in bf16 (SAM2Model.to_precision).
+OUR_PRECISIONS = ("fp32", "bf16", "mixed")
 OFFICIAL_INSTALL_HINT = (
     "SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation sam2==1.1.0 hydra-core iopath"
 )
@@ -101,9 +103,10 @@ class BenchConfig:
             raise ValueError(f"warmup must be >= 1 (frame 0 is the prompt frame), got {self.warmup}")
         if self.memory not in ("efp", "fifo"):
             raise ValueError(f"memory must be efp or fifo, got {self.memory!r}")
-        for name in ("dtype", "official_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
+        if self.dtype not in OUR_PRECISIONS:
+            raise ValueError(f"dtype must be one of {list(OUR_PRECISIONS)}, got {self.dtype!r}")
+        if self.official_dtype not in DTYPES:
+            raise ValueError(f"official_dtype must be one of {sorted(DTYPES)}, got {self.official_dtype!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.stream_frames is not None and self.stream_frames < 1:
@@ -493,7 +496,7 @@ def build_our_model(config: BenchConfig, checkpoint: Path | None):
 
     torch.manual_seed(config.seed)
     model = load_model(
-        config.model, checkpoint=checkpoint, image_size=config.image_size, dtype=DTYPES[config.dtype]
+        config.model, checkpoint=checkpoint, image_size=config.image_size, dtype=config.dtype
     )
     if checkpoint is None:
         with torch.no_grad():

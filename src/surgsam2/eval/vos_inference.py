@@ -58,7 +58,7 @@ from surgsam2.tracking.prompts import Prompt
 
 PROMPT_TYPES: tuple[str, ...] = ("mask", "1-point", "5-point", "box")
 MEMORY_TYPES: tuple[str, ...] = ("efp", "fifo")
-DTYPES: tuple[str, ...] = ("fp32", "bf16")
+DTYPES: tuple[str, ...] = ("fp32", "bf16", "mixed")
 ALL_OBJECTS_DIR = "all"
 FIVE_POINT_EXTRA = 4  # points sampled inside the mask besides the interior point
 DEFAULT_RESULTS_NAME = "results.json"
@@ -579,12 +579,11 @@ def run_vos_inference(
         device = resolve_device(config.device, group)
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
-        dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
         if config.checkpoint is None and default_checkpoint(config.model) is None:
             torch.manual_seed(config.seed)
             if group.rank == 0:
                 warn(f"no checkpoint for {config.model}: running with RANDOM weights (seed {config.seed})")
-        model = load_model(config.model, config.checkpoint, config.image_size, device=device, dtype=dtype)
+        model = load_model(config.model, config.checkpoint, config.image_size, device=device, dtype=config.dtype)
 
         reports: list[VideoReport] = []
         total_frames = sum(_count_frames(config, video) for video in mine)

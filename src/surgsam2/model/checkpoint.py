@@ -358,9 +358,12 @@ def load_model(
     checkpoint: str | Path | None = None,
     image_size: int | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
 ) -> SAM2Model:
     """Build the named SAM 2 model, load its weights, return it in eval mode on ``device``/``dtype``.
+
+    ``dtype``: a torch dtype, or a precision name of `SAM2Model.to_precision` ("fp32", "bf16",
+    "mixed": fp32 with memory attention in bf16).
 
     ``checkpoint``: an official SAM 2 / 2.1 ``.pt``, a Surgical SAM 2 ``.pth``, a ``.safetensors``
     or a file written by `save_checkpoint`. With None, the packaged default weights of ``name`` are
@@ -370,7 +373,10 @@ def load_model(
     in the file's metadata if any, else the config's default (1024 official, 256 nano). Official
     checkpoints hold no image size: the trunk's position embedding is interpolated to any size.
     """
-    if not dtype.is_floating_point:
+    if isinstance(dtype, str):
+        if dtype not in SAM2Model.PRECISIONS:
+            raise ValueError(f"unknown precision {dtype!r}; choose one of {', '.join(SAM2Model.PRECISIONS)}")
+    elif not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point type, got {dtype}")
     get_config(name)  # an unknown name fails before any file is read
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint(name)
@@ -383,7 +389,9 @@ def load_model(
         check_state_dict(loaded.state_dict, model, loaded.path)
         model.load_state_dict(loaded.state_dict, strict=True)
         del loaded
-    return model.to(device=torch.device(device), dtype=dtype).eval()
+    model = model.to(device=torch.device(device))
+    model = model.to_precision(dtype) if isinstance(dtype, str) else model.to(dtype=dtype)
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------

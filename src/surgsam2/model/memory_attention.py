@@ -186,18 +186,22 @@ class MemoryAttention(nn.Module):
             activation=config.activation,
         )
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.norm.weight.dtype
+
     def rotated_spatial_keys(self, features: torch.Tensor, spatial_pos: torch.Tensor) -> torch.Tensor:
         """Every layer's cross-attention keys of stored memories, without their temporal
         encoding: (B, T, kv_in_dim) features of one frame's grid, (T, kv_in_dim) spatial
         encoding -> (B, num_layers, T, d_model). Cached per stored memory by the tracker."""
-        keys_in = features + spatial_pos
+        keys_in = features.to(self.dtype) + spatial_pos.to(self.dtype)
         return torch.stack([layer.cross_attn_image.rotated_keys(keys_in) for layer in self.layers], dim=1)
 
     def rotated_temporal_keys(self, temporal: torch.Tensor, num_tokens: int) -> torch.Tensor:
         """The key term of each temporal encoding (S, kv_in_dim), rotated over a grid of
         ``num_tokens``: (num_layers, S, num_tokens, d_model). A memory's keys in slot s are its
         `rotated_spatial_keys` plus this table's entry s (the key projection is linear)."""
-        grid = temporal[:, None, :].expand(-1, num_tokens, -1)
+        grid = temporal.to(self.dtype)[:, None, :].expand(-1, num_tokens, -1)
         return torch.stack([layer.cross_attn_image.rotated_keys(grid, bias=False) for layer in self.layers])
 
     def forward(

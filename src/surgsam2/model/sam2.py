@@ -138,6 +138,19 @@ class SAM2Model(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.no_mem_embed.dtype
 
+    PRECISIONS = ("fp32", "bf16", "mixed")
+
+    def to_precision(self, precision: str) -> SAM2Model:
+        """Cast in place: ``fp32``; ``bf16`` (every module); ``mixed`` = fp32 with memory attention
+        in bf16, the fastest for small models on CPU, where bf16 pays only on memory attention's
+        large matmuls (nano at 256 px: see benchmarks/README.md)."""
+        if precision not in self.PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(self.PRECISIONS)}")
+        self.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+        if precision == "mixed":
+            self.memory_attention.to(torch.bfloat16)
+        return self
+
     # Parts compiled by `compile_parts`: the image encoder (fixed shapes), memory attention (one
     # shape per number of memories), and the prompt decoder and memory encoder.
     COMPILED_PARTS = ("image_encoder", "memory_attention", "sam_mask_decoder", "memory_encoder")
@@ -194,16 +207,17 @@ class SAM2Model(nn.Module):
         """
         batch_size = memory.shape[1]
         _, channels, height, width = features.embedding.shape
-        current = features.embedding.flatten(2).permute(2, 0, 1)
-        current_pos = features.position.flatten(2).permute(2, 0, 1)
+        dtype = self.memory_attention.dtype  # may differ from the model's (precision "mixed")
+        current = features.embedding.flatten(2).permute(2, 0, 1).to(dtype)
+        current_pos = features.position.flatten(2).permute(2, 0, 1).to(dtype)
         fused = self.memory_attention(
             curr=current,
             curr_pos=current_pos,
-            memory=memory,
-            memory_pos=memory_pos,
+            memory=memory.to(dtype),
+            memory_pos=memory_pos.to(dtype),
             num_obj_ptr_tokens=num_obj_ptr_tokens,
             rotated_keys=rotated_keys,
-        )
+        ).to(self.dtype)
         return fused.permute(1, 2, 0).reshape(batch_size, channels, height, width)
 
     def pointer_position_encoding(self, relative_positions: torch.Tensor, max_pointers: int) -> torch.Tensor:
