@@ -142,8 +142,8 @@ class SAM2Model(nn.Module):
 
     def to_precision(self, precision: str) -> SAM2Model:
         """Cast in place: ``fp32``; ``bf16`` (every module); ``mixed`` = fp32 with memory attention
-        in bf16 (its large matmuls are where bf16 pays most; for CPUs whose bf16 convolutions are
-        slow; on the benchmark machine plain bf16 was faster, see benchmarks/README.md)."""
+        in bf16, for CPUs whose bf16 convolutions are slow (bf16 pays most on memory attention's
+        large matmuls; on the benchmark machine plain bf16 was faster, see benchmarks/README.md)."""
         if precision not in self.PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(self.PRECISIONS)}")
         self.to(torch.bfloat16 if precision == "bf16" else torch.float32)
