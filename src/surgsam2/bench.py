@@ -719,21 +719,17 @@ def run_bench(config: BenchConfig) -> BenchResult:
         runners: list[Any] = [
             _OursRunner(model, clip, config.memory, timers.get("ours"), like_official=config.against_official)
         ]
-        if config.sdpa_baseline:
-            # Its own copy of the model, so that the stage timers of the two do not mix.
-            runners.append(
-                _OursRunner(
-                    copy.deepcopy(model), clip, config.memory, timers.get("ours-sdpa"),
-                    like_official=config.against_official, sdpa_only=True,
-                )
-            )  # fmt: skip
-        if config.key_cache_baseline:
-            runners.append(
-                _OursRunner(
-                    copy.deepcopy(model), clip, config.memory, timers.get("ours-nocache"),
-                    like_official=config.against_official, cache_memory_keys=False,
-                )
-            )  # fmt: skip
+        baselines = {  # ours before one optimisation: wanted?, runner options
+            "ours-sdpa": (config.sdpa_baseline, {"sdpa_only": True}),
+            "ours-nocache": (config.key_cache_baseline, {"cache_memory_keys": False}),
+        }
+        for name, (wanted, options) in baselines.items():
+            if wanted:  # its own copy of the model, so that the stage timers of the sides do not mix
+                runner = _OursRunner(
+                    copy.deepcopy(model), clip, config.memory, timers.get(name),
+                    like_official=config.against_official, **options,
+                )  # fmt: skip
+                runners.append(runner)
         if config.compile:
             for runner in runners:  # after the baselines' copies: compiled modules do not deep-copy
                 runner.tracker.model.compile_parts()
