@@ -183,7 +183,7 @@ def test_bf16_memory_attention_close_to_fp32(monkeypatch) -> None:
 
 def test_bf16_image_encoder_matmul_path_close_to_sdpa(monkeypatch) -> None:
     """Hiera's window and global attentions take the bf16 matmul path, and the encoder's features
-    stay within bf16 rounding of the SDPA run (max error <= 5% of each level's scale)."""
+    stay within bf16 rounding of the SDPA run (max error <= 3% of each level's scale, seen 1.1%)."""
     from surgsam2.model import attention, hiera
     from surgsam2.model.attention import sdpa_only
 
@@ -205,5 +205,5 @@ def test_bf16_image_encoder_matmul_path_close_to_sdpa(monkeypatch) -> None:
     for name, (candidate, expected) in levels.items():
         error = (candidate.float() - expected.float()).abs().max().item()
         scale = expected.float().abs().max().item()
-        print(f"[bf16] image encoder {name}: matmul vs SDPA max error {error / scale:.2e} of scale (allowed 5e-2)")
-        assert error <= 5e-2 * scale
+        print(f"[bf16] image encoder {name}: matmul vs SDPA max error {error / scale:.2e} of scale (allowed 3e-2)")
+        assert error <= 3e-2 * scale

@@ -249,6 +249,10 @@ def test_load_model_device_dtype_eval(nano_file: tuple[SAM2Model, Path]) -> None
     assert {p.dtype for p in others} == {torch.float32} and mixed.dtype == torch.float32
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         load_model("nano", checkpoint=path, dtype="fp16")
+    from surgsam2 import cli
+    from surgsam2.model.sam2 import PRECISIONS
+
+    assert cli._PRECISIONS == PRECISIONS  # the commands' --dtype choices
 
 
 def test_load_model_random_init_without_checkpoint() -> None:

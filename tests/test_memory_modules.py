@@ -296,7 +296,7 @@ def test_rope_complex_path_equals_the_official_rotation_and_the_real_formula() -
 def test_precomputed_keys_and_shared_frame_equal_the_plain_forward(num_heads: int) -> None:
     """Keys cached per memory frame (spatial part) plus the rotated term of its temporal slot,
     and one frame shared by B objects (batch-1 queries), give the plain forward's output
-    (float64 except the RoPE rotation, computed in float32: max |d| <= 1e-6, seen ~1e-8)."""
+    (float64 except the RoPE rotation, computed in float32: max |d| <= 1e-7, seen ~1.2e-8)."""
     torch.manual_seed(0)
     grid, channels, frames, batch, pointers = 16, 16, 3, 2, 4
     attention = MemoryAttention(
@@ -326,9 +326,9 @@ def test_precomputed_keys_and_shared_frame_equal_the_plain_forward(num_heads: in
                 keys[:, b, t * grid : (t + 1) * grid] = spatial_keys[t, b] + temporal_keys[:, slots[t, b]]
         candidate = attention(curr, memory, curr_pos, memory_pos, pointers, rotated_keys=keys)
     error = (candidate - expected).abs().max().item()
-    print(f"[key cache] memory attention, {num_heads} head(s): max |d| {error:.2e} (allowed 1e-6)")
+    print(f"[key cache] memory attention, {num_heads} head(s): max |d| {error:.2e} (allowed 1e-7)")
     assert candidate.shape == expected.shape
-    assert error <= 1e-6
+    assert error <= 1e-7
     with pytest.raises(ValueError, match="rotated_keys"):
         attention(curr, memory, curr_pos, memory_pos, pointers, rotated_keys=keys[:, :1])
 

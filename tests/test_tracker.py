@@ -101,7 +101,7 @@ def test_prompts_on_later_frames_add_and_correct_objects(model: SAM2Model) -> No
 def test_cached_memory_keys_give_the_recomputed_result(model: SAM2Model, memory: str) -> None:
     """The key cache (keys of stored memories projected and rotated once) tracks exactly as
     recomputing them every frame, through new objects and corrective clicks mid-stream
-    (float32; float reordering only: max |d| logits <= 1e-4)."""
+    (float32; float reordering only: max |d| logits <= 1e-5, seen ~2e-7)."""
     frames, masks = moving_discs(12)
     first = {obj_id: Prompt(mask=masks[obj_id]) for obj_id in (1, 2)}
     later = {
@@ -117,8 +117,8 @@ def test_cached_memory_keys_give_the_recomputed_result(model: SAM2Model, memory:
         assert fast.masks.keys() == slow.masks.keys()
         for obj_id in slow.logits:
             worst = max(worst, float(np.abs(fast.logits[obj_id] - slow.logits[obj_id]).max()))
-    print(f"[key cache] {memory}: max |d| logits cached vs recomputed {worst:.2e} (allowed 1e-4)")
-    assert worst <= 1e-4
+    print(f"[key cache] {memory}: max |d| logits cached vs recomputed {worst:.2e} (allowed 1e-5)")
+    assert worst <= 1e-5
     stored = [m for o in cached.bank.objects.values() for m in [*o.conditioning.values(), *o.recent.values()]]
     assert all((m.keys is None) == (m.features is None) for m in stored)
     assert all(m.keys is None for o in recomputed.bank.objects.values() for m in o.recent.values())

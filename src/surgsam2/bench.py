@@ -49,9 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from surgsam2.model.sam2 import PRECISIONS
+
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Ours also runs "mixed": fp32 with memory attention in bf16 (SAM2Model.to_precision).
-OUR_PRECISIONS = ("fp32", "bf16", "mixed")
+OUR_PRECISIONS = PRECISIONS
 OFFICIAL_INSTALL_HINT = (
     "SAM2_BUILD_CUDA=0 pip install --no-deps --no-build-isolation sam2==1.1.0 hydra-core iopath"
 )

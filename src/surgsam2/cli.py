@@ -60,13 +60,18 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# surgsam2.model.sam2.PRECISIONS, repeated here so that parsing arguments imports no torch
+# (tests/test_checkpoint.py keeps the two equal).
+_PRECISIONS = ("fp32", "bf16", "mixed")
+
+
 def _add_model_arguments(parser: argparse.ArgumentParser, default_model: str = "nano") -> None:
     """--model/--checkpoint/--image-size/--device/--dtype, shared by commands that run a model."""
     parser.add_argument("--model", default=default_model, help=f"model config name (default {default_model})")
     parser.add_argument("--checkpoint", help="checkpoint file (.pt/.pth/.safetensors); default: the packaged one")
     parser.add_argument("--image-size", type=int, help="model input size (default: the config's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "mixed"), default="fp32",
+    parser.add_argument("--dtype", choices=_PRECISIONS, default="fp32",
                         help="model precision; mixed = fp32 with bf16 memory attention (default fp32)")  # fmt: skip
 
 
@@ -327,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--frames", type=int, default=40, help="timed frames (default 40)")
     bench_parser.add_argument("--warmup", type=int, default=5, help="untimed frames first, incl. the prompt (default 5)")
     bench_parser.add_argument("--memory", choices=("efp", "fifo"), default="efp", help="our memory policy (default efp)")
-    bench_parser.add_argument("--dtype", choices=("fp32", "bf16", "mixed"), default="fp32",
+    bench_parser.add_argument("--dtype", choices=_PRECISIONS, default="fp32",
                               help="our precision; mixed = fp32 with bf16 memory attention (default fp32)")  # fmt: skip
     bench_parser.add_argument("--against-official", action="store_true",
                               help="also run the official sam2 predictor (test-only dependency)")  # fmt: skip
@@ -476,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="fill mask holes up to this many low-res pixels (default: model's, 8;"
                             " the official scripts use 0)")  # fmt: skip
     vos_parser.add_argument("--device", help="torch device (default: cuda, this rank's GPU, if available, else cpu)")
-    vos_parser.add_argument("--dtype", choices=("fp32", "bf16", "mixed"), default="fp32",
+    vos_parser.add_argument("--dtype", choices=_PRECISIONS, default="fp32",
                             help="model precision; mixed = fp32 with bf16 memory attention (default fp32)")  # fmt: skip
     vos_parser.add_argument("--prompt-type", "--prompt_type", choices=("mask", "1-point", "5-point", "box"),
                             default="mask", help="prompt made from the first-appearance mask")  # fmt: skip

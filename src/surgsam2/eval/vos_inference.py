@@ -54,11 +54,12 @@ from surgsam2.eval.evaluate import (
     load_class_meta,
 )
 from surgsam2.eval.metrics import ENDOVIS_CLASS_IDS
+from surgsam2.model.sam2 import PRECISIONS
 from surgsam2.tracking.prompts import Prompt
 
 PROMPT_TYPES: tuple[str, ...] = ("mask", "1-point", "5-point", "box")
 MEMORY_TYPES: tuple[str, ...] = ("efp", "fifo")
-DTYPES: tuple[str, ...] = ("fp32", "bf16", "mixed")
+DTYPES: tuple[str, ...] = PRECISIONS
 ALL_OBJECTS_DIR = "all"
 FIVE_POINT_EXTRA = 4  # points sampled inside the mask besides the interior point
 DEFAULT_RESULTS_NAME = "results.json"

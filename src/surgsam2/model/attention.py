@@ -228,9 +228,9 @@ class RoPEAttention(Attention):
         their rotated keys while their temporal encoding changes frame to frame)."""
         projected = F.linear(keys_in, self.k_proj.weight, self.k_proj.bias if bias else None)
         *batch, tokens, channels = projected.shape
-        heads = projected.reshape(-1, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
+        heads = self._split_heads(projected.reshape(-1, tokens, channels))
         rotated = apply_rope(heads, *self.rope_tables(tokens, projected.device))
-        return rotated.transpose(1, 2).reshape(*batch, tokens, channels)
+        return self._merge_heads(rotated).reshape(*batch, tokens, channels)
 
     def forward(
         self,

@@ -48,6 +48,11 @@ class DecoderOutput:
     object_score_logits: torch.Tensor  # (B, 1) > 0 means the object is visible
 
 
+# Precisions a model can be loaded in (`SAM2Model.to_precision`, `load_model(dtype=...)`, the
+# commands' --dtype): "mixed" is fp32 with memory attention in bf16.
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "mixed")
+
+
 def sine_encoding_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Transformer-style sine/cosine encoding of scalar positions: (N,) -> (N, dim)."""
     half = dim // 2
@@ -138,7 +143,7 @@ class SAM2Model(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.no_mem_embed.dtype
 
-    PRECISIONS = ("fp32", "bf16", "mixed")
+    PRECISIONS = PRECISIONS
 
     def to_precision(self, precision: str) -> SAM2Model:
         """Cast in place: ``fp32``; ``bf16`` (every module); ``mixed`` = fp32 with memory attention
@@ -158,7 +163,7 @@ class SAM2Model(nn.Module):
     def compile_parts(self, **compile_options: object) -> SAM2Model:
         """`torch.compile` the network's parts in place (options as torch.compile's, e.g.
         ``mode="max-autotune"``, ``backend="eager"``); weights and state dict are unchanged.
-        Worth it on GPUs; on CPU it did not pay here (see benchmarks/README.md)."""
+        Not measured on a GPU yet; on the benchmark CPU it did not pay (see benchmarks/README.md)."""
         for name in self.COMPILED_PARTS:
             getattr(self, name).compile(**compile_options)
         return self
