@@ -467,7 +467,9 @@ def test_gradients_match_official() -> None:
 
 @pytest.mark.parametrize("kind", ["points_box", "points_mask"])
 def test_bf16_autocast_matches_official(kind: str) -> None:
-    """Under bf16 autocast (how the official video predictor runs on GPU) the dtypes agree too."""
+    """Under bf16 autocast (how the official video predictor runs on GPU) the dtypes agree too,
+    except the IoU predictions: ours take the sigmoid in float32 (bf16 rounds every probability
+    above ~0.998 to 1, hiding the ranking of confident candidates)."""
     pair = _pair("small@256")
     features = _features(pair.spec, BATCH, seed=24)
     prompts = _prompts(pair.spec, kind, BATCH, seed=25)
@@ -476,5 +478,10 @@ def test_bf16_autocast_matches_official(kind: str) -> None:
         reference = _decode(
             pair.official_prompt, pair.official_decoder, pair.spec, features, prompts, True
         )
-    assert [t.dtype for t in ours] == [t.dtype for t in reference]
+    iou_index = OUTPUT_NAMES.index("iou")
+    expected = [t.dtype for t in reference]
+    expected[iou_index] = torch.float32
+    assert [t.dtype for t in ours] == expected
+    # Rounded to bf16, our IoUs are the official ones.
+    ours = tuple(t.to(torch.bfloat16) if i == iou_index else t for i, t in enumerate(ours))
     _assert_outputs_close(ours, reference, f"bf16 autocast {kind}")

@@ -117,6 +117,46 @@ def test_multimask_loss_is_taken_on_the_best_candidate_and_iou_on_all() -> None:
     assert multi.iou.item() == pytest.approx((0.5 + 0.0 + abs(0.5 - shifted_iou)) / 3, abs=1e-6)
 
 
+def test_bce_iou_loss_is_minimal_at_the_actual_iou_and_keeps_its_gradient_when_saturated() -> None:
+    target = _square_target()
+    shifted = torch.roll(torch.where(target, 30.0, -30.0), shifts=6, dims=-1)[:, None]
+    actual = (16 * 10) / (16 * 16 + 16 * 6)
+    bce = LossSection(iou_loss="bce")
+    candidates = torch.linspace(0.05, 0.95, 19)
+    values = [prediction_losses(shifted, p.view(1, 1), torch.ones(1, 1), target, bce).iou.item() for p in candidates]
+    best = candidates[int(np.argmin(values))].item()
+    print(f"actual IoU {actual:.3f}, BCE minimum on the grid at {best:.2f}")
+    assert abs(best - actual) <= 0.025  # the grid step is 0.05
+
+    # A saturated IoU head (logit -9, predicts ~1e-4) on a mask whose IoU is 0.44: L1's gradient
+    # on the logit is ~sigmoid'(-9) = 1e-4; BCE's is predicted - actual.
+    gradients = {}
+    for name in ("l1", "bce"):
+        logit = torch.full((1, 1), -9.0, requires_grad=True)
+        loss = prediction_losses(shifted, torch.sigmoid(logit), torch.ones(1, 1), target, LossSection(iou_loss=name))
+        loss.iou.backward()
+        gradients[name] = logit.grad.item()
+    print(f"gradient on a saturated IoU logit: l1 {gradients['l1']:.2e}, bce {gradients['bce']:.3f}")
+    assert abs(gradients["l1"]) < 2e-4
+    assert gradients["bce"] == pytest.approx(torch.sigmoid(torch.tensor(-9.0)).item() - actual, abs=1e-5)
+
+    from surgsam2.train.config import config_from_dict
+
+    with pytest.raises(ValueError, match="loss.iou_loss must be l1 or bce"):
+        config_from_dict({"loss": {"iou_loss": "mse"}}).validate()
+
+
+def test_iou_prediction_sigmoid_is_float32_under_bf16() -> None:
+    from surgsam2.model.layers import MLP
+
+    head = MLP(8, 16, 3, 3, sigmoid_output=True).to(torch.bfloat16)
+    with torch.no_grad():
+        head.layers[-1].bias.fill_(7.0)  # sigmoid(7) = 0.99909 rounds to 1.0 in bf16
+    ious = head(torch.zeros(2, 8, dtype=torch.bfloat16))
+    assert ious.dtype == torch.float32
+    assert (ious < 1.0).all()
+
+
 def test_absent_object_has_no_mask_loss_only_an_object_score_loss() -> None:
     target = torch.zeros(1, 32, 32, dtype=torch.bool)
     wrong_mask = torch.full((1, 3, 32, 32), 5.0)  # predicts the whole image

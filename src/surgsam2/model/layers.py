@@ -31,7 +31,9 @@ class MLP(nn.Module):
             x = layer(x)
             if index < last:
                 x = self.act(x)
-        return torch.sigmoid(x) if self.sigmoid_output else x
+        # The sigmoid in float32: in bf16 every probability above ~0.998 rounds to 1, which hides
+        # the ranking of confident IoU predictions and stalls their training gradient.
+        return torch.sigmoid(x.float()) if self.sigmoid_output else x
 
 
 class LayerNorm2d(nn.Module):

@@ -99,6 +99,10 @@ class LossSection:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     supervise_all_iou: bool = True
+    # "l1": SAM 2's |predicted - actual| on the sigmoid IoU; "bce": cross-entropy of the IoU
+    # logit against the actual IoU (same optimum, but its gradient does not vanish when the
+    # sigmoid saturates, which stalls the IoU head of a model trained from scratch).
+    iou_loss: str = "l1"
 
 
 @dataclass
@@ -167,6 +171,7 @@ class TrainConfig:
             (len(self.augment.scale) == 2 and 0 < self.augment.scale[0] <= self.augment.scale[1],
              "augment.scale must be [min, max] with 0 < min <= max"),
             (self.augment.affine_tries >= 1, "augment.affine_tries must be >= 1"),
+            (self.loss.iou_loss in ("l1", "bce"), "loss.iou_loss must be l1 or bce"),
             (self.prompts.click_method in ("uniform", "center"), "prompts.click_method must be uniform or center"),
             (self.prompts.max_initial_points >= 1, "prompts.max_initial_points must be >= 1"),
             (self.prompts.num_init_cond_frames >= 1, "prompts.num_init_cond_frames must be >= 1"),

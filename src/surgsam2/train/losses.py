@@ -5,7 +5,12 @@ Per prediction step (a frame's first decode and each corrective-click decode) an
   multimask outputs taken on the candidate with the lowest ``focal_weight * focal + dice_weight *
   dice`` (the candidate that best explains the ground truth; the others are free to differ);
 - IoU loss: L1 between each candidate's predicted IoU and its actual IoU with the ground truth
-  (all candidates with ``supervise_all_iou``, else the chosen one);
+  (all candidates with ``supervise_all_iou``, else the chosen one); or, with ``iou_loss: bce``,
+  binary cross-entropy of the predicted IoU against the actual IoU as a soft label. Both are
+  minimal at predicted = actual, but L1 through a saturated sigmoid has almost no gradient: a
+  model trained from scratch whose IoU head first learns "IoU ~ 0" stays there, and then picks
+  its multimask candidate at random at inference. BCE's gradient on the logit is
+  (predicted - actual), whatever the saturation;
 - object-score loss: binary cross-entropy of the object-score logit against "the object is visible".
 Mask, dice and IoU losses count only where the object is present (an absent object has no mask to
 learn). Losses are summed over objects, prediction steps and frames; the caller divides by the
@@ -62,6 +67,19 @@ def iou_l1_loss(logits: torch.Tensor, targets: torch.Tensor, predicted_ious: tor
     return F.l1_loss(predicted_ious.float(), actual_ious(logits, targets), reduction="none")
 
 
+def iou_bce_loss(logits: torch.Tensor, targets: torch.Tensor, predicted_ious: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the predicted IoU (a probability) against the actual IoU per mask: (N, M).
+
+    Written out (not F.binary_cross_entropy, which autocast refuses) with the logs clamped at
+    -100 as PyTorch's BCE does.
+    """
+    predicted = predicted_ious.float()
+    actual = actual_ious(logits, targets)
+    log_p = torch.log(predicted).clamp(min=-100.0)
+    log_not_p = torch.log1p(-predicted).clamp(min=-100.0)
+    return -(actual * log_p + (1.0 - actual) * log_not_p)
+
+
 def object_score_loss(object_score_logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of (N, 1) object-score logits against presence (N, 1) -> (N,)."""
     return F.binary_cross_entropy_with_logits(
@@ -98,7 +116,8 @@ def prediction_losses(
     target_masks = targets[:, None].to(torch.float32)
     focal = sigmoid_focal_loss(mask_logits, target_masks, config.focal_alpha, config.focal_gamma)
     dice = dice_loss(mask_logits, target_masks)
-    iou = iou_l1_loss(mask_logits, target_masks, predicted_ious)
+    iou_loss = iou_bce_loss if config.iou_loss == "bce" else iou_l1_loss
+    iou = iou_loss(mask_logits, target_masks, predicted_ious)
     present = targets.flatten(1).any(dim=1, keepdim=True)
     if mask_logits.shape[1] > 1:
         combined = focal * config.focal_weight + dice * config.dice_weight
@@ -132,6 +151,7 @@ __all__ = [
     "StepLosses",
     "actual_ious",
     "dice_loss",
+    "iou_bce_loss",
     "iou_l1_loss",
     "object_score_loss",
     "prediction_losses",
