@@ -35,6 +35,10 @@ class ModelSection:
     drop_path_rate: float = 0.0  # stochastic depth in the Hiera trunk during training
     train_memory_policy: str = "fifo"  # fifo (the published recipe) | efp (prune while training)
     num_frame_to_prune: int = 2  # EFP's P when train_memory_policy is efp
+    # Probability, per object and tracked frame, that the decoder gets no high-resolution skip
+    # features, so its mask must come from the memory-conditioned embedding (not in SAM 2: for
+    # training from scratch, where the skip features let the decoder ignore the memory).
+    high_res_dropout: float = 0.0
 
 
 @dataclass
@@ -163,6 +167,7 @@ class TrainConfig:
             (self.model.train_memory_policy in ("fifo", "efp"), "model.train_memory_policy must be fifo or efp"),
             (self.model.num_frame_to_prune >= 0, "model.num_frame_to_prune must be >= 0"),
             (0.0 <= self.model.drop_path_rate < 1.0, "model.drop_path_rate must be in [0, 1)"),
+            (0.0 <= self.model.high_res_dropout < 1.0, "model.high_res_dropout must be in [0, 1)"),
             (self.data.num_frames >= 1, "data.num_frames must be >= 1"),
             (self.data.frame_stride >= 1, "data.frame_stride must be >= 1"),
             (self.data.max_objects >= 1, "data.max_objects must be >= 1"),

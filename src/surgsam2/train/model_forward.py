@@ -9,6 +9,9 @@
      does (`MemoryBank.layout` + `surgsam2.memory.assembly`: conditioning frames, the last
      num_maskmem-1 frames, object pointers with temporal encodings, the training memory policy),
      then is decoded with multimask output;
+   - with ``high_res_dropout`` p, each object of a tracked frame has its decoder's high-resolution
+     skip features zeroed with probability p (a training-only option, not SAM 2's), so that the
+     mask has to come from the memory-conditioned embedding;
    - on correction frames, ``num_correction_points`` corrective clicks are sampled one by one
      from the error of the current prediction and decoded again with all clicks so far and the
      previous mask logits as mask input; the frame then becomes a conditioning frame (SAM 2's
@@ -83,12 +86,14 @@ class ClipForward(nn.Module):
         prompts: PromptSection,
         loss: LossSection,
         policy: MemoryPolicy,
+        high_res_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.prompt_config = prompts
         self.loss_config = loss
         self.policy = policy
+        self.high_res_dropout = high_res_dropout
 
     def forward(
         self, frames: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, seed: int
@@ -168,6 +173,15 @@ class ClipForward(nn.Module):
             high_res=[level[image_index] for level in features.high_res],
         )
 
+    def _drop_high_res(self, high_res: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+        """The high-resolution features with each object's zeroed with probability high_res_dropout."""
+        if self.high_res_dropout <= 0.0 or not self.model.training:
+            return high_res
+        num_objects = high_res[0].shape[0]
+        draw = torch.rand(num_objects, generator=generator, device=high_res[0].device)
+        keep = (draw >= self.high_res_dropout).to(high_res[0].dtype).view(num_objects, 1, 1, 1)
+        return [level * keep for level in high_res]
+
     def _predict_frame(
         self,
         t: int,
@@ -192,6 +206,7 @@ class ClipForward(nn.Module):
             return FramePrediction(scored=[], final=output, high_res_masks=high_res)
 
         point_coords = point_labels = None
+        high_res = frame_features.high_res
         if is_init:
             pix_feat = model.features_without_memory(frame_features, num_objects)
             point_coords, point_labels = initial_prompt(plan, target, self.prompt_config, generator)
@@ -212,7 +227,8 @@ class ClipForward(nn.Module):
                 model, candidates, keep, spatial_pos.to(model.dtype), max_pointers
             )
             pix_feat = model.attend_to_memory(frame_features, memory, memory_pos, num_pointer_tokens)
-            output = model.decode(pix_feat, frame_features.high_res, multimask_output=model.use_multimask(False, 0))
+            high_res = self._drop_high_res(frame_features.high_res, generator)
+            output = model.decode(pix_feat, high_res, multimask_output=model.use_multimask(False, 0))
         outputs = [output]
 
         if t in plan.correction_frames:
@@ -230,7 +246,7 @@ class ClipForward(nn.Module):
                     point_labels = torch.cat([point_labels, new_labels], dim=1)
                 output = model.decode(
                     pix_feat,
-                    frame_features.high_res,
+                    high_res,
                     point_coords=point_coords,
                     point_labels=point_labels,
                     mask_inputs=output.low_res_masks.clamp(-PREVIOUS_LOGITS_CLAMP, PREVIOUS_LOGITS_CLAMP),

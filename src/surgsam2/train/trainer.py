@@ -274,7 +274,9 @@ class _Trainer:
             load_weights(self.model, checkpoint_files(self.out_dir, self.resume_step)[0])
         self.model.train()
         policy = make_policy(config.model.train_memory_policy, config.model.num_frame_to_prune)
-        self.clip_forward = ClipForward(self.model, config.prompts, config.loss, policy)
+        self.clip_forward = ClipForward(
+            self.model, config.prompts, config.loss, policy, high_res_dropout=config.model.high_res_dropout
+        )
         self.forward_module: torch.nn.Module = self.clip_forward
         if context.is_distributed:
             self.forward_module = DistributedDataParallel(
