@@ -8,7 +8,7 @@
    - any other frame attends to the memory of earlier frames, assembled exactly as the tracker
      does (`MemoryBank.layout` + `surgsam2.memory.assembly`: conditioning frames, the last
      num_maskmem-1 frames, object pointers with temporal encodings, the training memory policy),
-     then is decoded with multimask output;
+     then is decoded (three candidates, or one where the model config tracks with one mask);
    - with ``high_res_dropout`` p, each object of a tracked frame has its decoder's high-resolution
      skip features zeroed with probability p (a training-only option, not SAM 2's), so that the
      mask has to come from the memory-conditioned embedding;
