@@ -88,7 +88,7 @@ def test_shipped_model_bf16_masks_match_fp32_masks(precision: str) -> None:
        stability score is >= 0.98, else takes the best of the three candidates. Near that
        threshold bf16 rounding can flip the choice (seen: 2 of 48 masks, stability 0.9776 in fp32
        vs 0.9813 in bf16, IoU 0.92 between them on that frame). So: the masks' mean IoU with the
-       ground truth equal within 0.01, and at most 10 % of the masks below IoU 0.98.
+       ground truth equal within 0.005 (seen: 0.0022), and at most 10 % of the masks below IoU 0.98.
     """
     worst, worst_at, compared = 1.0, None, 0
     exact = {name: _track_clip(name, stability_fallback=False)[0] for name in ("fp32", precision)}
@@ -124,8 +124,8 @@ def test_shipped_model_bf16_masks_match_fp32_masks(precision: str) -> None:
     below = sum(iou < BF16_FRAME_IOU_MIN for iou in agreement)
     print(
         f"[shipped] as shipped: mean IoU with ground truth fp32 {quality['fp32']:.4f}, {precision} "
-        f"{quality[precision]:.4f} (allowed difference 0.01); {below} of {len(agreement)} masks below IoU "
+        f"{quality[precision]:.4f} (allowed difference 0.005); {below} of {len(agreement)} masks below IoU "
         f"{BF16_FRAME_IOU_MIN} with fp32 (allowed 10 %), worst {min(agreement):.4f}"
     )
-    assert abs(quality["fp32"] - quality[precision]) <= 0.01
+    assert abs(quality["fp32"] - quality[precision]) <= 0.005
     assert below <= 0.1 * len(agreement)
