@@ -1,9 +1,10 @@
 """Multi-head attention with optional down-projection (SAM decoder) and axial RoPE (memory).
 
-Two kernels: float32 (and any training or GPU run) uses ``F.scaled_dot_product_attention``.
-bf16 inference on CPU uses plain matmuls instead (`matmul_attention`): the CPU flash-attention
-kernel runs bf16 at about its float32 rate, while matmuls reach the CPU's bf16 units (measured on
-the memory attention's cross-attention, 1024 queries x 5184 keys x 256: 29 ms -> 11 ms). When keys
+Two kernels: float32 and any GPU run use ``F.scaled_dot_product_attention``. bf16 on CPU uses
+plain matmuls instead (`matmul_attention`): in inference the CPU flash-attention kernel runs bf16
+at about its float32 rate, while matmuls reach the CPU's bf16 units (measured on the memory
+attention's cross-attention, 1024 queries x 5184 keys x 256: 29 ms -> 11 ms); in training its
+backward is slow on short sequences (see TRAINING_MATMUL_MAX_KEYS). When keys
 and values come from a narrower space than a head (memory attention: 64 -> 256 channels), the
 value projection is applied after the attention (see `Attention._attend_raw_values`).
 """
@@ -34,6 +35,14 @@ SCORE_BLOCK_BYTES = 4 * 2**20
 # 5.0 ms, global 32x32 19.0 vs 13.6 ms.
 MATMUL_ATTENTION_MIN_TOKENS = 16
 
+# bf16 training on CPU (autocast) takes the matmul path for attentions without dropout of at most
+# this many keys: SDPA's CPU backward is slow on many short sequences. Forward + backward, one
+# thread, autocast bf16, SDPA vs matmuls: nano's Hiera windows (512 windows x 2 heads, 16 pooled
+# queries x 64 keys) 141 vs 14 ms, 12 heads x 64 x 64 15.4 vs 2.6 ms, the decoder's 8 tokens x
+# 256 image tokens 2.0 vs 0.8 ms, 256 x 1024 keys 54 vs 26 ms; but 8 heads x 256 x 1820 keys 97 vs
+# 159 ms, hence the bound.
+TRAINING_MATMUL_MAX_KEYS = 1024
+
 # Whether the bf16 CPU path may be used in the current context (see `sdpa_only`).
 _MATMUL_ATTENTION_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "surgsam2_matmul_attention_allowed", default=True
@@ -63,6 +72,18 @@ def use_matmul_attention(q: torch.Tensor, key_length: int, training: bool) -> bo
         and q.dtype == torch.bfloat16
         and q.device.type == "cpu"
         and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def use_training_matmul_attention(q: torch.Tensor, key_length: int, dropout_p: float) -> bool:
+    """Whether a training-mode attention takes `matmul_attention` (differentiable like SDPA):
+    bf16 on CPU, no dropout, at most TRAINING_MATMUL_MAX_KEYS keys."""
+    return (
+        _MATMUL_ATTENTION_ALLOWED.get()
+        and dropout_p == 0.0
+        and key_length <= TRAINING_MATMUL_MAX_KEYS
+        and q.dtype == torch.bfloat16
+        and q.device.type == "cpu"
     )
 
 
@@ -97,10 +118,15 @@ def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool = False, dropout_p: float = 0.0
 ) -> torch.Tensor:
     """Scaled dot-product attention of heads (B, H, N, d): `matmul_attention` where
-    `use_matmul_attention` allows it, else SDPA (with dropout while training)."""
+    `use_matmul_attention` (inference) or `use_training_matmul_attention` allows it, else SDPA
+    (with dropout while training)."""
+    if training:
+        if use_training_matmul_attention(q, k.shape[-2], dropout_p):
+            return matmul_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     if use_matmul_attention(q, k.shape[-2], training):
         return matmul_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p if training else 0.0)
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class Attention(nn.Module):
