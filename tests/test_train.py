@@ -380,7 +380,16 @@ def test_batched_training_memory_equals_per_object_memory() -> None:
 # ------------------------------------------------------------------------------------------
 # Clip forward and training runs
 # ------------------------------------------------------------------------------------------
-def test_training_steps_overfit_a_fixed_batch(synthetic_root: Path) -> None:
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_training_steps_overfit_a_fixed_batch(synthetic_root: Path, amp: str, monkeypatch) -> None:
+    """The loss falls on a fixed batch, in float32 and under bf16 autocast (where the short
+    attentions take the matmul kernel: its gradients train the model too)."""
+    from surgsam2.model import attention
+
+    matmul_calls = []
+    original = attention.matmul_attention
+    monkeypatch.setattr(attention, "matmul_attention", lambda *args: matmul_calls.append(1) or original(*args))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16")
     spec = ClipSpec(num_frames=3, image_size=IMAGE_SIZE, max_objects=2)
     dataset = ClipDataset([synthetic_root], spec, augment=None, seed=0)
     batch = collate_clips([dataset[(0, 0)], dataset[(0, 12)]])
@@ -392,8 +401,9 @@ def test_training_steps_overfit_a_fixed_batch(synthetic_root: Path) -> None:
     losses, dice = [], []
     for step in range(25):
         torch.manual_seed(step)
-        outputs = forward(batch["frames"], batch["masks"], batch["valid"], seed=0)
-        per_object = {name: outputs[name] / outputs["num_objects"] for name in LOSS_NAMES}
+        with autocast:
+            outputs = forward(batch["frames"], batch["masks"], batch["valid"], seed=0)
+        per_object = {name: outputs[name].float() / outputs["num_objects"] for name in LOSS_NAMES}
         loss = weighted_total(per_object, loss_config)
         optimizer.zero_grad()
         loss.backward()
@@ -401,6 +411,9 @@ def test_training_steps_overfit_a_fixed_batch(synthetic_root: Path) -> None:
         optimizer.step()
         losses.append(loss.item())
         dice.append(per_object["dice"].item())
+    assert bool(matmul_calls) == (amp == "bf16"), f"matmul attention calls: {len(matmul_calls)}"
+    print(f"[train overfit, amp {amp}] loss step 1 {losses[1]:.3f} -> last 3 {np.mean(losses[-3:]):.3f},"
+          f" dice {dice[0]:.3f} -> {np.mean(dice[-3:]):.3f}")
     # Step 0 is dominated by "object absent" logits (a gradient-free term until the object-score
     # head turns positive); compare with step 1 onwards.
     assert np.mean(losses[-3:]) < 0.7 * losses[1], losses
