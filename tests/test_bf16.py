@@ -219,8 +219,8 @@ def test_bf16_training_attention_takes_matmul_path_with_sdpa_gradients(monkeypat
     from surgsam2.model import attention
 
     calls = []
-    original = attention.matmul_attention
-    monkeypatch.setattr(attention, "matmul_attention", lambda *args: calls.append(1) or original(*args))
+    original = attention.dense_attention
+    monkeypatch.setattr(attention, "dense_attention", lambda *args: calls.append(1) or original(*args))
     generator = torch.Generator().manual_seed(5)
     # nano's first Hiera stage change: 8 windows x 2 heads, 16 pooled queries x 64 keys.
     leaves = [torch.randn(8, 2, length, 32, generator=generator).requires_grad_() for length in (16, 64, 64)]

@@ -387,8 +387,8 @@ def test_training_steps_overfit_a_fixed_batch(synthetic_root: Path, amp: str, mo
     from surgsam2.model import attention
 
     matmul_calls = []
-    original = attention.matmul_attention
-    monkeypatch.setattr(attention, "matmul_attention", lambda *args: matmul_calls.append(1) or original(*args))
+    original = attention.dense_attention
+    monkeypatch.setattr(attention, "dense_attention", lambda *args: matmul_calls.append(1) or original(*args))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16")
     spec = ClipSpec(num_frames=3, image_size=IMAGE_SIZE, max_objects=2)
     dataset = ClipDataset([synthetic_root], spec, augment=None, seed=0)

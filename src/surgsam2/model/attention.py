@@ -76,8 +76,8 @@ def use_matmul_attention(q: torch.Tensor, key_length: int, training: bool) -> bo
 
 
 def use_training_matmul_attention(q: torch.Tensor, key_length: int, dropout_p: float) -> bool:
-    """Whether a training-mode attention takes `matmul_attention` (differentiable like SDPA):
-    bf16 on CPU, no dropout, at most TRAINING_MATMUL_MAX_KEYS keys."""
+    """Whether a training-mode attention takes `dense_attention` (matmuls, differentiable like
+    SDPA): bf16 on CPU, no dropout, at most TRAINING_MATMUL_MAX_KEYS keys."""
     return (
         _MATMUL_ATTENTION_ALLOWED.get()
         and dropout_p == 0.0
@@ -85,6 +85,13 @@ def use_training_matmul_attention(q: torch.Tensor, key_length: int, dropout_p: f
         and q.dtype == torch.bfloat16
         and q.device.type == "cpu"
     )
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v with all scores formed at once: `matmul_attention`'s form for
+    small score blocks, and the training path's (one graph node per matmul, any size)."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -99,7 +106,7 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     query_length, key_length = q.shape[-2], k.shape[-2]
     row_bytes = key_length * q.element_size()
     if math.prod(batch_shape) * query_length * row_bytes <= SCORE_BLOCK_BYTES:
-        return torch.matmul(torch.softmax(torch.matmul(q * scale, k.transpose(-2, -1)), dim=-1), v)
+        return dense_attention(q, k, v)
     rows_per_block = max(1, SCORE_BLOCK_BYTES // row_bytes)
     queries = q.expand(*batch_shape, *q.shape[-2:]).reshape(-1, *q.shape[-2:])
     keys = k.expand(*batch_shape, *k.shape[-2:]).reshape(-1, *k.shape[-2:])
@@ -122,7 +129,7 @@ def attend(
     (with dropout while training)."""
     if training:
         if use_training_matmul_attention(q, k.shape[-2], dropout_p):
-            return matmul_attention(q, k, v)
+            return dense_attention(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     if use_matmul_attention(q, k.shape[-2], training):
         return matmul_attention(q, k, v)
