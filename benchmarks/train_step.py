@@ -106,7 +106,10 @@ def main() -> None:
         variant: {phase: statistics.median(step[phase] for step in steps) for phase in PHASES}
         for variant, steps in times.items()
     }
-    totals = {variant: statistics.median(sum(step[p] for p in PHASES) for step in steps) for variant, steps in times.items()}
+    totals = {
+        variant: statistics.median(sum(step[phase] for phase in PHASES) for step in steps)
+        for variant, steps in times.items()
+    }
     print(f"{'variant':<8}" + "".join(f"{phase:>11}" for phase in PHASES) + f"{'step':>9}")
     for variant in VARIANTS:
         print(f"{variant:<8}" + "".join(f"{medians[variant][p]:>11.3f}" for p in PHASES) + f"{totals[variant]:>9.3f}")

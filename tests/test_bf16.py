@@ -214,8 +214,8 @@ def test_bf16_image_encoder_matmul_path_close_to_sdpa(monkeypatch) -> None:
 def test_bf16_training_attention_takes_matmul_path_with_sdpa_gradients(monkeypatch) -> None:
     """Training under CPU autocast: short dropout-free attentions (Hiera windows) take the matmul
     path, whose output and gradients stay within bf16 rounding of SDPA's (max error <= 1.5% of
-    each tensor's scale, seen 0.8%); attentions with dropout, more than TRAINING_MATMUL_MAX_KEYS keys or float32
-    stay on SDPA."""
+    each tensor's scale, seen 0.8%); attentions with dropout, more than TRAINING_MATMUL_MAX_KEYS
+    keys, or in float32 stay on SDPA."""
     from surgsam2.model import attention
 
     calls = []
@@ -243,7 +243,8 @@ def test_bf16_training_attention_takes_matmul_path_with_sdpa_gradients(monkeypat
     for name, candidate, expected in zip(("output", "grad q", "grad k", "grad v"), fast, reference):
         error = (candidate - expected).abs().max().item()
         scale = expected.abs().max().item()
-        print(f"[bf16 training] attention {name}: matmul vs SDPA max error {error / scale:.2e} of scale (allowed 1.5e-2)")
+        print(f"[bf16 training] attention {name}: matmul vs SDPA max error {error / scale:.2e} of scale"
+              " (allowed 1.5e-2)")
         assert scale > 0 and error <= 1.5e-2 * scale
 
     q, k, v = (leaf.detach().bfloat16() for leaf in leaves)
