@@ -124,9 +124,9 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, training: bool = False, dropout_p: float = 0.0
 ) -> torch.Tensor:
-    """Scaled dot-product attention of heads (B, H, N, d): `matmul_attention` where
-    `use_matmul_attention` (inference) or `use_training_matmul_attention` allows it, else SDPA
-    (with dropout while training)."""
+    """Scaled dot-product attention of heads (B, H, N, d): in training `dense_attention` where
+    `use_training_matmul_attention` allows it, in inference `matmul_attention` where
+    `use_matmul_attention` does, else SDPA (with dropout while training)."""
     if training:
         if use_training_matmul_attention(q, k.shape[-2], dropout_p):
             return dense_attention(q, k, v)
