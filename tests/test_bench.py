@@ -96,3 +96,14 @@ def test_bad_config_is_a_value_error() -> None:
         BenchConfig(objects=0).validate()
     with pytest.raises(ValueError, match="official config"):
         bench._official_config_file("nano")
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N"):
+        BenchConfig(device="tpu").validate()
+
+
+def test_device_option_on_a_machine_without_cuda_is_one_clear_line(monkeypatch, capsys) -> None:
+    """--device cuda where torch sees no GPU: exit 2 and one line naming the device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["bench", "--model", "nano", "--image-size", "64", "--frames", "1", "--quiet", "--device", "cuda"])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "device 'cuda'" in error and "CUDA is not available" in error

@@ -21,6 +21,12 @@ peaks (a big square matmul timed in the same run), state held between frames, an
 ours/official. Peak memory is the process's peak RSS (getrusage): both sides live in one
 process, so it is not split per side; the state bytes are.
 
+``device="cuda"``: models, frames and state on the GPU; each frame is timed between two
+``torch.cuda.synchronize()`` calls (the masks come back to the host anyway, as users need them),
+the matmul peak is the GPU's, bf16 of the official predictor is ``torch.autocast("cuda")``, and
+memory is ``torch.cuda.max_memory_allocated`` (process peak) plus each side's working memory:
+the most a frame of that side allocated above what was allocated when it started.
+
 A benchmark, never a test: nothing here asserts on time. Absolute numbers mean little on a shared
 machine: the load average before and after is recorded with the results.
 """
@@ -90,6 +96,7 @@ class BenchConfig:
     sdpa_baseline: bool = False  # also run ours with the bf16 matmul attention path off
     key_cache_baseline: bool = False  # also run ours recomputing memory keys every frame
     compile: bool = False  # torch.compile our model's parts (SAM2Model.compile_parts)
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where both sides run
     stream_frames: int | None = None
     progress: bool = True
 
@@ -113,6 +120,14 @@ class BenchConfig:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.stream_frames is not None and self.stream_frames < 1:
             raise ValueError(f"stream frames must be >= 1, got {self.stream_frames}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available to this torch ({torch.__version__})")
         return self
 
 
@@ -126,6 +141,7 @@ class MachineInfo:
     torch_version: str
     torch_threads: int
     python_version: str
+    accelerator: str | None  # the GPU's name when the run is on one
     date_utc: str
     load_before: tuple[float, float, float]  # other work on the machine when the run started
     load_after: tuple[float, float, float] | None = None  # includes the run's own threads
@@ -159,6 +175,7 @@ class SideResult:
     fraction_of_bf16_peak: float
     state_bytes: int  # tensors held between frames (official: without its preloaded frames)
     frame_buffer_bytes: int = 0  # official: the whole video it loads up front
+    device_working_bytes: int | None = None  # GPU: most a frame allocated above its start
     stage_ms: dict[str, float] | None = None  # median per-frame milliseconds per stage (--profile)
 
 
@@ -181,6 +198,7 @@ class BenchResult:
     peak_rss_note: str
     sdpa_counted_by_torch: bool
     notes: list[str] = field(default_factory=list)
+    peak_device_bytes: int | None = None  # GPU: torch.cuda.max_memory_allocated over the run
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,6 +214,7 @@ class StreamPoint:
     frame: int
     state_bytes: int
     rss_bytes: int
+    device_bytes: int | None = None  # GPU: torch.cuda.memory_allocated after the frame
 
 
 @dataclass
@@ -245,8 +264,9 @@ def load_average() -> tuple[float, float, float]:
     return (round(one, 2), round(five, 2), round(fifteen, 2))
 
 
-def machine_info() -> MachineInfo:
+def machine_info(device: torch.device | str = "cpu") -> MachineInfo:
     cpu_model, flags = _cpu_model_and_flags()
+    device = torch.device(device)
     return MachineInfo(
         cpu_model=cpu_model,
         logical_cpus=os.cpu_count() or 0,
@@ -254,26 +274,39 @@ def machine_info() -> MachineInfo:
         torch_version=torch.__version__,
         torch_threads=torch.get_num_threads(),
         python_version=platform.python_version(),
+        accelerator=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         date_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         load_before=load_average(),
     )
 
 
-def measure_matmul_peak(size: int = 2048, repeats: int = 8) -> MatmulPeak:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so that a host clock reads its end."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(size: int | None = None, repeats: int = 8, device: torch.device | str = "cpu") -> MatmulPeak:
     """The machine's matmul rate per dtype: best of ``repeats`` timed size^3 products (after a
-    warm-up one). The best, not the median, since the peak is what a kernel could reach."""
+    warm-up one) on random data. The best, not the median, since the peak is what a kernel could
+    reach. Default size 2048 on CPU, 8192 on a GPU (smaller products do not fill one)."""
+    device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 2048)
     rates: dict[str, float] = {}
     generator = torch.Generator().manual_seed(0)
     for name, dtype in DTYPES.items():
-        a = torch.randn(size, size, generator=generator).to(dtype)
-        b = torch.randn(size, size, generator=generator).to(dtype)
+        a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+        b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
         torch.mm(a, b)
         best = math.inf
         for _ in range(repeats):
+            synchronize(device)
             start = time.perf_counter()
             torch.mm(a, b)
+            synchronize(device)
             best = min(best, time.perf_counter() - start)
         rates[name] = 2.0 * size**3 / best / 1e9
+        del a, b
     return MatmulPeak(size=size, fp32_gflops=rates["fp32"], bf16_gflops=rates["bf16"])
 
 
@@ -307,12 +340,12 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * math.prod(batch) * query_length * key_length * (head_dim + value_dim)
 
 
-def sdpa_counted_by_torch() -> bool:
-    """Whether FlopCounterMode alone counts a CPU scaled_dot_product_attention (torch-version
-    dependent; it does not on 2.13)."""
+def sdpa_counted_by_torch(device: torch.device | str = "cpu") -> bool:
+    """Whether FlopCounterMode alone counts a scaled_dot_product_attention on ``device`` (torch-
+    version and kernel dependent; on CPU it does not on 2.13)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    q = torch.zeros(1, 1, 8, 4)
+    q = torch.zeros(1, 1, 8, 4, device=device)
     with FlopCounterMode(display=False) as counter:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     return counter.get_total_flops() > 0
@@ -325,11 +358,11 @@ class FlopCount:
 
 
 @contextlib.contextmanager
-def count_flops() -> Iterator[FlopCount]:
+def count_flops(device: torch.device | str = "cpu") -> Iterator[FlopCount]:
     """Count FLOPs of the enclosed code: FlopCounterMode plus the CPU attention kernels it misses."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    native = sdpa_counted_by_torch()
+    native = sdpa_counted_by_torch(device)
     custom: dict[Any, Callable[..., int]] = {}
     if not native:
         for name in _SDPA_OPS:
@@ -352,9 +385,12 @@ class StageTimer:
 
     Nested stages (e.g. memory attention inside the official memory preparation) count only in
     the innermost stage. Only the objects of this benchmark are wrapped (instance attributes).
+    On a GPU each stage is bracketed by synchronisations (``device``), which costs some overlap:
+    the per-stage split is a profile, the frame times without --profile are the measurement.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self._device = torch.device(device)
         self._stack: list[float] = []
         self._current: dict[str, float] = defaultdict(float)
         self._wrapped: list[tuple[Any, str]] = []
@@ -365,10 +401,12 @@ class StageTimer:
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
             self._stack.append(0.0)
+            synchronize(self._device)
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
+                synchronize(self._device)
                 elapsed = time.perf_counter() - start
                 children = self._stack.pop()
                 self._current[stage] += elapsed - children
@@ -465,10 +503,11 @@ def _official_config_file(name: str) -> str:
     return f"configs/{family}/{name}.yaml"
 
 
-def build_official_predictor(name: str, image_size: int, seed: int):
+def build_official_predictor(name: str, image_size: int, seed: int, device: torch.device | str = "cpu"):
     """The official SAM2VideoPredictor with seeded random weights (perturbed so no part is
-    trivially zero), on CPU in fp32, holes not filled (the official code needs its CUDA extension
-    for that). Raises OfficialUnavailableError with the install command when sam2 is missing."""
+    trivially zero), in fp32 on ``device``, holes not filled (the official code needs its CUDA
+    extension for that). The weights are drawn on CPU, so they are the same on every device.
+    Raises OfficialUnavailableError with the install command when sam2 is missing."""
     config_file = _official_config_file(name)
     try:
         from sam2.build_sam import build_sam2_video_predictor
@@ -489,7 +528,7 @@ def build_official_predictor(name: str, image_size: int, seed: int):
         for parameter in predictor.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
         predictor.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(RANDOM_OBJECT_SCORE_BIAS)
-    return predictor.eval()
+    return predictor.to(device).eval()
 
 
 def build_our_model(config: BenchConfig, checkpoint: Path | None):
@@ -498,7 +537,7 @@ def build_our_model(config: BenchConfig, checkpoint: Path | None):
 
     torch.manual_seed(config.seed)
     model = load_model(
-        config.model, checkpoint=checkpoint, image_size=config.image_size, dtype=config.dtype
+        config.model, checkpoint=checkpoint, image_size=config.image_size, dtype=config.dtype, device=config.device
     )
     if checkpoint is None:
         with torch.no_grad():
@@ -582,7 +621,7 @@ def _tensor_bytes(container: Any, seen: set[int]) -> int:
 class _OfficialRunner:
     """The official video predictor, as its users drive it: init_state on the JPEG folder,
     add_new_mask per object on frame 0, then propagate_in_video advanced one frame per step.
-    bf16 runs under ``torch.autocast("cpu", dtype=torch.bfloat16)``, as users do."""
+    bf16 runs under ``torch.autocast(<device type>, dtype=torch.bfloat16)``, as users do."""
 
     name = "official"
 
@@ -592,6 +631,7 @@ class _OfficialRunner:
 
         self.predictor = predictor
         self.dtype = dtype
+        self.device_type = predictor.device.type
         # Its tqdm bars (frame loading, propagation) would interleave with our output: silenced
         # for this run only, restored by close().
         self._saved_tqdm = [(module, module.tqdm) for module in (video_module, loader_module)]
@@ -614,7 +654,7 @@ class _OfficialRunner:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         if self.dtype == "bf16":
-            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+            stack.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
         return stack
 
     def step(self, index: int) -> dict[int, np.ndarray]:
@@ -660,6 +700,7 @@ def _side_result(
     peak: MatmulPeak,
     state: tuple[int, int],
     stage_frames: list[dict[str, float]] | None,
+    device_working_bytes: int | None = None,
 ) -> SideResult:
     median = statistics.median(seconds)
     achieved = flops.total / median / 1e9
@@ -680,6 +721,7 @@ def _side_result(
         state_bytes=state[0],
         frame_buffer_bytes=state[1],
         stage_ms=_median_stages(stage_frames, seconds) if stage_frames is not None else None,
+        device_working_bytes=device_working_bytes,
     )
 
 
@@ -688,9 +730,13 @@ def run_bench(config: BenchConfig) -> BenchResult:
     config.validate()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    machine = machine_info()
-    _log(config, f"load average {machine.load_before}; measuring the matmul peak")
-    peak = measure_matmul_peak()
+    device = torch.device(config.device)
+    on_gpu = device.type == "cuda"
+    machine = machine_info(device)
+    _log(config, f"load average {machine.load_before}; measuring the matmul peak on {device}")
+    peak = measure_matmul_peak(device=device)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
     total_frames = config.warmup + config.frames + 1  # + 1 steady-state frame for the FLOP count
 
     with tempfile.TemporaryDirectory(prefix="surgsam2-bench-") as scratch:
@@ -706,9 +752,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
         checkpoint = None
         if config.against_official:
             _log(config, "building the official predictor with random weights")
-            official_predictor = build_official_predictor(config.model, config.image_size, config.seed)
+            official_predictor = build_official_predictor(config.model, config.image_size, config.seed, device)
             checkpoint = scratch_dir / "shared.pt"
-            torch.save({"model": official_predictor.state_dict()}, checkpoint)
+            torch.save({"model": {k: v.cpu() for k, v in official_predictor.state_dict().items()}}, checkpoint)
         model = build_our_model(config, checkpoint)
 
         names = (
@@ -717,7 +763,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
             + (["ours-nocache"] if config.key_cache_baseline else [])
             + (["official"] if official_predictor else [])
         )
-        timers = {name: StageTimer() for name in names} if config.profile else {}
+        timers = {name: StageTimer(device) for name in names} if config.profile else {}
         runners: list[Any] = [
             _OursRunner(model, clip, config.memory, timers.get("ours"), like_official=config.against_official)
         ]
@@ -740,8 +786,11 @@ def run_bench(config: BenchConfig) -> BenchResult:
         try:
             seconds: dict[str, list[float]] = {runner.name: [] for runner in runners}
             stages: dict[str, list[dict[str, float]]] = {runner.name: [] for runner in runners}
+            # The per-frame peak resets clear the run's peak: kept here as the max of all peaks.
+            peak_device = torch.cuda.max_memory_allocated(device) if on_gpu else 0
             ious: list[float] = []
             flops: dict[str, FlopCount] = {}
+            working: dict[str, int] = {runner.name: 0 for runner in runners}
             for index in range(total_frames):
                 # Each frame another side goes first (two sides: the order flips every frame).
                 shift = index % len(runners)
@@ -752,13 +801,22 @@ def run_bench(config: BenchConfig) -> BenchResult:
                     if timer is not None:
                         timer.take()
                     if index == total_frames - 1:
-                        with count_flops() as counted:
+                        with count_flops(device) as counted:
                             masks[runner.name] = runner.step(index)
                         flops[runner.name] = counted
                         continue
+                    if on_gpu:
+                        allocated_before = torch.cuda.memory_allocated(device)
+                        torch.cuda.reset_peak_memory_stats(device)
+                    synchronize(device)
                     start = time.perf_counter()
                     masks[runner.name] = runner.step(index)
+                    synchronize(device)
                     elapsed = time.perf_counter() - start
+                    if on_gpu:
+                        above = torch.cuda.max_memory_allocated(device) - allocated_before
+                        working[runner.name] = max(working[runner.name], above)
+                        peak_device = max(peak_device, torch.cuda.max_memory_allocated(device))
                     if index >= config.warmup:
                         seconds[runner.name].append(elapsed)
                         if timer is not None:
@@ -786,12 +844,13 @@ def run_bench(config: BenchConfig) -> BenchResult:
             peak,
             states[runner.name],
             stages[runner.name] if config.profile else None,
+            working[runner.name] if on_gpu else None,
         )
         for runner in runners
     }
     ours, official, ours_sdpa = sides["ours"], sides.get("official"), sides.get("ours-sdpa")
     ours_nocache = sides.get("ours-nocache")
-    native = sdpa_counted_by_torch()
+    native = sdpa_counted_by_torch(device)
     notes = _notes(config, machine, ours, official, native)
     return BenchResult(
         config=config,
@@ -809,6 +868,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         peak_rss_note="process peak RSS (getrusage), both implementations in one process",
         sdpa_counted_by_torch=native,
         notes=notes,
+        peak_device_bytes=max(peak_device, torch.cuda.max_memory_allocated(device)) if on_gpu else None,
     )
 
 
@@ -816,11 +876,18 @@ def _notes(
     config: BenchConfig, machine: MachineInfo, ours: SideResult, official: SideResult | None, native: bool
 ) -> list[str]:
     notes = []
+    if config.device != "cpu":
+        notes.append(
+            f"on {config.device} ({machine.accelerator}): each frame timed between torch.cuda.synchronize()"
+            f" calls; fp32 matmuls {'with' if torch.backends.cuda.matmul.allow_tf32 else 'without'} TF32,"
+            f" fp32 convolutions {'with' if torch.backends.cudnn.allow_tf32 else 'without'} TF32 (torch's"
+            " defaults, both sides and the matmul peak alike)"
+        )
     if config.compile:
         notes.append("ours: torch.compile on the image encoder, memory attention, decoder and memory encoder")
     if not native:
         notes.append(
-            "FlopCounterMode does not count CPU scaled_dot_product_attention on torch "
+            f"FlopCounterMode does not count {config.device} scaled_dot_product_attention on torch "
             f"{torch.__version__}: 4*Lq*Lk*d per call added by hand"
         )
     # Only the load before the run tells of other work: the run's own threads raise it afterwards.
@@ -831,7 +898,7 @@ def _notes(
         )
     if official is not None:
         notes.append("official: SAM 2 memory (fifo, 7 memories), each object through memory attention alone")
-        notes.append("ours as the official runs on CPU here: no hole filling (fill_hole_area=0)")
+        notes.append("ours as the official runs without its CUDA extension: no hole filling (fill_hole_area=0)")
     if config.memory == "efp":
         notes.append("ours efp: at most 5 memories attended (num_frame_to_prune=2) of the 7 SAM 2 keeps")
     return notes
@@ -864,7 +931,8 @@ def run_stream(
         raise ValueError("run_stream needs stream_frames")
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    machine = machine_info()
+    device = torch.device(config.device)
+    machine = machine_info(device)
     clip = make_clip(config.image_size, min(clip_frames, config.stream_frames), config.objects, config.seed, None)
     model = build_our_model(config, None)
     if config.compile:
@@ -879,12 +947,15 @@ def run_stream(
     for index in range(config.stream_frames):
         phase = index % period
         frame = clip.frames[phase if phase < len(clip.frames) else period - phase]
+        synchronize(device)
         start = time.perf_counter()
         tracker.step(frame, prompts if index == 0 else None)
+        synchronize(device)
         if index >= config.warmup:
             seconds.append(time.perf_counter() - start)
         if index + 1 in wanted:
-            points.append(StreamPoint(index + 1, tracker.state_bytes(), current_rss_bytes()))
+            allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+            points.append(StreamPoint(index + 1, tracker.state_bytes(), current_rss_bytes(), allocated))
             _log(config, f"frame {index + 1}: state {points[-1].state_bytes / 2**20:.3f} MB")
     machine.load_after = load_average()
     reference = next((p for p in points if p.frame == 100), points[0])
@@ -915,7 +986,8 @@ def _format_bench_table(result: BenchResult) -> str:
         f"{config.frames} timed frames after {config.warmup} warm-up\n"
         f"machine: {machine.cpu_model}, {machine.logical_cpus} CPUs, {machine.torch_threads} torch threads, "
         f"flags {' '.join(machine.cpu_flags) or '-'}, torch {machine.torch_version}, {machine.date_utc}\n"
-        f"load average before {machine.load_before}, after {machine.load_after}\n"
+        + (f"device: {config.device} ({machine.accelerator})\n" if machine.accelerator else "")
+        + f"load average before {machine.load_before}, after {machine.load_after}\n"
         f"matmul peak ({peak.size}^3): fp32 {peak.fp32_gflops:.0f} GFLOP/s, bf16 {peak.bf16_gflops:.0f} GFLOP/s\n"
     )
     names = [f"{s.name} ({s.memory}, {s.dtype})" for s in sides]
@@ -931,6 +1003,8 @@ def _format_bench_table(result: BenchResult) -> str:
         ("state held", [_mb(s.state_bytes) for s in sides]),
         ("preloaded frames", [_mb(s.frame_buffer_bytes) if s.name == "official" else "-" for s in sides]),
     ]
+    if result.peak_device_bytes is not None:
+        rows.append(("GPU working memory per frame", [_mb(s.device_working_bytes or 0) for s in sides]))
     if all(s.stage_ms for s in sides):
         for stage in (*STAGES, "other"):
             rows.append((f"  {stage} (median ms)", [f"{s.stage_ms[stage]:.1f}" for s in sides]))  # type: ignore[index]
@@ -948,6 +1022,8 @@ def _format_bench_table(result: BenchResult) -> str:
     if result.mask_agreement_iou is not None:
         footer.append(f"mask agreement ours vs official (mean IoU): {result.mask_agreement_iou:.3f}")
     footer.append(f"peak memory: {_mb(result.peak_rss_bytes)} ({result.peak_rss_note})")
+    if result.peak_device_bytes is not None:
+        footer.append(f"peak GPU memory: {_mb(result.peak_device_bytes)} (torch.cuda.max_memory_allocated, both sides)")
     footer += [f"note: {note}" for note in result.notes]
     return header + "\n".join(lines) + "\n" + "\n".join(footer)
 
@@ -956,12 +1032,17 @@ def _format_stream_table(result: StreamResult) -> str:
     config, machine = result.config, result.machine
     lines = [
         f"surgsam2 bench --stream-frames {result.frames}: {config.model} @ {config.image_size}px, "
-        f"{config.objects} object(s), {config.memory}, {config.dtype}",
+        f"{config.objects} object(s), {config.memory}, {config.dtype}, {config.device}"
+        + (f" ({machine.accelerator})" if machine.accelerator else ""),
         f"machine: {machine.cpu_model}, {machine.logical_cpus} CPUs, torch {machine.torch_version}, "
         f"{machine.date_utc}; load before {machine.load_before}, after {machine.load_after}",
-        f"{'frame':>8}  {'state':>12}  {'RSS':>12}",
+        f"{'frame':>8}  {'state':>12}  {'RSS':>12}" + (f"  {'GPU allocated':>14}" if machine.accelerator else ""),
     ]
-    lines += [f"{p.frame:>8}  {_mb(p.state_bytes):>12}  {_mb(p.rss_bytes):>12}" for p in result.points]
+    lines += [
+        f"{p.frame:>8}  {_mb(p.state_bytes):>12}  {_mb(p.rss_bytes):>12}"
+        + (f"  {_mb(p.device_bytes):>14}" if p.device_bytes is not None else "")
+        for p in result.points
+    ]
     lines.append(
         f"frames/s {result.frames_per_second:.2f} (median {1e3 * result.median_s:.1f} ms/frame); "
         f"state flat: {'yes' if result.flat else 'NO'}"

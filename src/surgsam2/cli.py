@@ -232,6 +232,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         sdpa_baseline=args.sdpa_baseline,
         key_cache_baseline=args.key_cache_baseline,
         compile=args.compile,
+        device=args.device,
         stream_frames=args.stream_frames,
         progress=not args.quiet,
     )
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--compile", action="store_true",
                               help="torch.compile our model (compile time falls in the warm-up: use --warmup 20,"
                                    " memory and pointer counts grow until frame 16)")  # fmt: skip
+    bench_parser.add_argument("--device", default="cpu",
+                              help="where both sides run: cpu, cuda or cuda:N (default cpu)")  # fmt: skip
     bench_parser.add_argument("--stream-frames", type=int, metavar="N",
                               help="instead: run our tracker N frames, report state MB along the way")  # fmt: skip
     bench_parser.add_argument("--json", help="also write the results to this JSON file (rewritten)")

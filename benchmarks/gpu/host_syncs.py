@@ -1,0 +1,63 @@
+"""Where one steady-state frame of our tracker waits for the GPU: torch's sync debug mode set to
+"warn" around `Tracker.step`, each synchronising call counted by its Python source line.
+
+    python benchmarks/gpu/host_syncs.py --model sam2.1_hiera_s --image-size 512 --objects 3
+
+Random weights (nothing is downloaded); needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import warnings
+
+import torch
+
+from surgsam2.bench import BenchConfig, build_our_model, make_clip
+from surgsam2.tracking.prompts import Prompt
+from surgsam2.tracking.tracker import Tracker
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sam2.1_hiera_s")
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--objects", type=int, default=1)
+    parser.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "mixed"))
+    parser.add_argument("--frames", type=int, default=20, help="frames tracked before the inspected one")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("host_syncs.py: needs a CUDA GPU")
+    config = BenchConfig(
+        model=args.model, image_size=args.image_size, objects=args.objects, dtype=args.dtype, device="cuda"
+    ).validate()
+    model = build_our_model(config, None)
+    clip = make_clip(args.image_size, args.frames + 1, args.objects, seed=0, jpeg_dir=None)
+    tracker = Tracker(model, memory="efp")
+    prompts = {obj_id: Prompt(mask=mask) for obj_id, mask in clip.masks.items()}
+    for index in range(args.frames):
+        tracker.step(clip.frames[index], prompts if index == 0 else None)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tracker.step(clip.frames[args.frames])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    where = collections.Counter(
+        f"{w.filename.split('site-packages/')[-1].split('src/')[-1]}:{w.lineno}"
+        for w in caught
+        if "synchroniz" in str(w.message)
+    )
+    print(
+        f"host syncs in one steady-state frame ({args.model} @ {args.image_size}, {args.objects} object(s),"
+        f" {args.dtype}): {sum(where.values())}"
+    )
+    for line, count in where.most_common():
+        print(f"  {count:3d}  {line}")
+
+
+if __name__ == "__main__":
+    main()
