@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -113,10 +114,14 @@ class PositionEmbeddingRandom(nn.Module):
         self, coords: torch.Tensor, image_size: tuple[int, int]
     ) -> torch.Tensor:
         """Encode (B, N, 2) pixel coordinates (x, y) of an image of size (H, W)."""
-        size_xy = torch.tensor(
-            [image_size[1], image_size[0]], dtype=torch.float32, device=coords.device
-        )
-        return self._encode(coords.to(torch.float32) / size_xy)
+        return self._encode(coords.to(torch.float32) / _size_xy(image_size[1], image_size[0], coords.device))
+
+
+@lru_cache(maxsize=16)
+def _size_xy(width: int, height: int, device: torch.device) -> torch.Tensor:
+    """(2,) float32 (width, height) on ``device``, made once: a copy from the host each call would
+    make the host wait for the GPU in the middle of a frame."""
+    return torch.tensor([width, height], dtype=torch.float32).to(device)
 
 
 # --------------------------------------------------------------------------------------------

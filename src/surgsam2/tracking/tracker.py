@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -52,6 +53,13 @@ def _rows(output: DecoderOutput, index: int) -> DecoderOutput:
         output.obj_ptr[pick],
         output.object_score_logits[pick],
     )
+
+
+@lru_cache(maxsize=64)
+def _flags_on(flags: tuple[bool, ...], device: torch.device) -> torch.Tensor:
+    """A bool tensor of ``flags`` on ``device``, made once per pattern (read-only): a copy from the
+    host each frame would make the host wait for the GPU in the middle of the frame."""
+    return torch.tensor(flags, dtype=torch.bool).to(device)
 
 
 class Tracker:
@@ -286,7 +294,7 @@ class Tracker:
         model = self.model
         memory_masks = torch.cat([outputs[i].memory_masks for i in obj_ids])
         high_res_masks = model.upscale_masks(memory_masks).to(model.dtype)
-        binarize = torch.tensor([outputs[i].conditioning for i in obj_ids], device=model.device)
+        binarize = _flags_on(tuple(outputs[i].conditioning for i in obj_ids), model.device)
         object_scores = torch.cat([outputs[i].object_score_logits for i in obj_ids])
         memory_features, memory_pos = model.encode_memory(features, high_res_masks, object_scores, binarize)
         if self._memory_pos is None:
@@ -317,13 +325,13 @@ class Tracker:
         obj_ids = list(outputs)
         low_res = torch.cat([outputs[i].low_res_masks for i in obj_ids]).float()
         logits = F.interpolate(low_res, size=self.frame_size, mode="bilinear", align_corners=False)[:, 0]
-        logits_host = logits.cpu().numpy()
         scores = torch.cat([outputs[i].object_score_logits for i in obj_ids]).float().sigmoid().flatten()
         ious = torch.stack(
             [outputs[i].ious.float().max(dim=-1).values[0] for i in obj_ids]
         )
-        scores_host = scores.cpu().tolist()
-        ious_host = ious.cpu().tolist()
+        summary = torch.stack([scores, ious]).cpu()  # one transfer for both
+        logits_host = logits.cpu().numpy()
+        scores_host, ious_host = summary.tolist()
         for row, obj_id in enumerate(obj_ids):
             result.masks[obj_id] = logits_host[row] > 0
             if self.output_logits:
