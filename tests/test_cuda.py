@@ -17,6 +17,8 @@ import surgsam2
 from surgsam2.bench import BenchConfig, run_bench, run_stream
 from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video, video_seed
 from surgsam2.model.checkpoint import load_model
+from surgsam2.model.cuda_graphs import CudaGraphed
+from surgsam2.model.sam2 import SAM2Model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu/run.sh)")
 
@@ -24,19 +26,22 @@ FRAME_IOU_MIN = 0.98
 CLIP_SEED = video_seed(900_124, 0)  # dataset seeds >= 900000 are never used for training
 
 
-def _track(device: str, precision: str) -> list[dict[int, np.ndarray]]:
+def _track(
+    device: str, precision: str, cuda_graphs: bool = False, num_frames: int = 16
+) -> tuple[list[dict[int, np.ndarray]], dict[str, CudaGraphed]]:
     """The shipped model's masks on a held-out clip, SAM 2.1's stability fallback off (near its
-    threshold rounding may flip the choice of candidate; tests/test_shipped_model.py covers it)."""
-    video = generate_synthetic_video(SyntheticVideoConfig(num_frames=16, seed=CLIP_SEED))
+    threshold rounding may flip the choice of candidate; tests/test_shipped_model.py covers it),
+    and the parts wrapped by `use_cuda_graphs` when asked for."""
+    video = generate_synthetic_video(SyntheticVideoConfig(num_frames=num_frames, seed=CLIP_SEED))
     first = video.id_maps[0]
     prompts = {int(obj_id): surgsam2.Prompt(mask=first == obj_id) for obj_id in np.unique(first) if obj_id}
     assert len(prompts) >= 2
     model = load_model("nano", dtype=precision, device=device)
     model.sam_mask_decoder.dynamic_multimask_via_stability = False
+    graphed = model.use_cuda_graphs() if cuda_graphs else {}
     tracker = surgsam2.Tracker(model, memory="efp")
-    return [
-        tracker.step(frame, prompts if index == 0 else None).masks for index, frame in enumerate(video.frames)
-    ]
+    masks = [tracker.step(frame, prompts if index == 0 else None).masks for index, frame in enumerate(video.frames)]
+    return masks, graphed
 
 
 def _worst_iou(reference: list[dict[int, np.ndarray]], candidate: list[dict[int, np.ndarray]]) -> tuple[float, int]:
@@ -53,8 +58,8 @@ def _worst_iou(reference: list[dict[int, np.ndarray]], candidate: list[dict[int,
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_tracker_on_cuda_matches_cpu_fp32(precision: str) -> None:
     """The same tracking on the GPU (fp32 or bf16) as in fp32 on the CPU."""
-    reference = _track("cpu", "fp32")
-    candidate = _track("cuda", precision)
+    reference, _ = _track("cpu", "fp32")
+    candidate, _ = _track("cuda", precision)
     worst, compared = _worst_iou(reference, candidate)
     print(
         f"[cuda] {precision} on cuda vs fp32 on cpu: worst IoU {worst:.4f} over {compared} masks "
@@ -62,6 +67,21 @@ def test_tracker_on_cuda_matches_cpu_fp32(precision: str) -> None:
     )
     assert compared >= len(reference)
     assert worst >= FRAME_IOU_MIN
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graphs_replay_the_eager_tracking(precision: str) -> None:
+    """Parts replayed as CUDA graphs give the eager masks; every part was captured and replayed.
+    24 frames: memory attention's input grows with the object pointers until frame 16 (SAM 2 keeps
+    16), so its shape first repeats, and is captured, after that."""
+    reference, _ = _track("cuda", precision, num_frames=24)
+    candidate, graphed = _track("cuda", precision, cuda_graphs=True, num_frames=24)
+    worst, compared = _worst_iou(reference, candidate)
+    stats = {name: part.stats for name, part in graphed.items()}
+    print(f"[cuda] graphs ({precision}) vs eager: worst IoU {worst:.4f} over {compared} masks; {stats}")
+    assert worst >= FRAME_IOU_MIN
+    for name, part_stats in stats.items():
+        assert part_stats.failed == 0 and part_stats.captured >= 1 and part_stats.replayed >= 1, name
 
 
 def test_bench_on_cuda_against_official() -> None:
@@ -78,6 +98,23 @@ def test_bench_on_cuda_against_official() -> None:
     assert result.peak.bf16_gflops > result.peak.fp32_gflops > 0
     assert "device: cuda" in result.format_table()
     print(f"[cuda] ours/official frames/s at 128 px: {result.speedup:.2f}, masks IoU {result.mask_agreement_iou:.4f}")
+
+
+def test_bench_with_cuda_graphs_reports_them() -> None:
+    """--cuda-graphs: every part captured and replayed, none failed; FLOPs still counted (on an
+    eager frame: replays are invisible to the counter), equal to an eager run's."""
+    config = BenchConfig(
+        model="nano", image_size=64, frames=4, warmup=20, memory="efp", progress=False, device="cuda",
+        cuda_graphs=True, profile=True,
+    )  # fmt: skip
+    result = run_bench(config)
+    eager = run_bench(BenchConfig(**{**vars(config), "cuda_graphs": False}))
+    print(f"[cuda] {result.cuda_graphs}; GFLOP/frame graphed {result.ours.flops_per_frame / 1e9:.4f},"
+          f" eager {eager.ours.flops_per_frame / 1e9:.4f}")  # fmt: skip
+    assert result.cuda_graphs is not None and set(result.cuda_graphs) == set(SAM2Model.COMPILED_PARTS)
+    for name, stats in result.cuda_graphs.items():
+        assert stats.failed == 0 and stats.captured >= 1 and stats.replayed >= 1, name
+    assert result.ours.flops_per_frame == eager.ours.flops_per_frame > 0
 
 
 def test_stream_on_cuda_keeps_state_and_device_memory_flat() -> None:

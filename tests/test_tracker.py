@@ -169,6 +169,24 @@ def test_compiled_parts_track_as_the_eager_model() -> None:
     assert worst <= 1e-5
 
 
+def test_cuda_graphs_on_cpu_tensors_run_eagerly_and_exactly() -> None:
+    """`use_cuda_graphs` keeps CPU tracking exact: every call of a wrapped part runs eagerly (CUDA
+    graphs only replay CUDA work; tests/test_cuda.py checks the replay on a GPU). Idempotent."""
+    eager = random_model(image_size=64)
+    graphed = random_model(image_size=64)
+    parts = graphed.use_cuda_graphs()
+    assert graphed.use_cuda_graphs() == parts  # a second call wraps nothing twice
+    assert set(parts) == set(SAM2Model.COMPILED_PARTS)
+    frames, masks = moving_discs(4)
+    prompts = {1: Prompt(mask=masks[1])}
+    trackers = Tracker(eager, memory="efp"), Tracker(graphed, memory="efp")
+    for index, frame in enumerate(frames):
+        expected, candidate = (tracker.step(frame, prompts if index == 0 else None) for tracker in trackers)
+        assert np.array_equal(expected.logits[1], candidate.logits[1])
+    for name, part in parts.items():
+        assert part.stats.eager > 0 and part.stats.replayed == part.stats.captured == 0, name
+
+
 def test_remove_object_and_reset(model: SAM2Model) -> None:
     frames, masks = moving_discs(4)
     tracker = Tracker(model)

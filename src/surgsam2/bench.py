@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from surgsam2.model.cuda_graphs import GraphStats
 from surgsam2.model.sam2 import PRECISIONS
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -97,6 +98,7 @@ class BenchConfig:
     key_cache_baseline: bool = False  # also run ours recomputing memory keys every frame
     compile: bool = False  # torch.compile our model's parts (SAM2Model.compile_parts)
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where both sides run
+    cuda_graphs: bool = False  # ours: parts replayed as CUDA graphs (SAM2Model.use_cuda_graphs)
     stream_frames: int | None = None
     progress: bool = True
 
@@ -128,6 +130,8 @@ class BenchConfig:
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r}: CUDA is not available to this torch ({torch.__version__})")
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda graphs need a CUDA device, got device {self.device!r}")
         return self
 
 
@@ -199,6 +203,7 @@ class BenchResult:
     sdpa_counted_by_torch: bool
     notes: list[str] = field(default_factory=list)
     peak_device_bytes: int | None = None  # GPU: torch.cuda.max_memory_allocated over the run
+    cuda_graphs: dict[str, GraphStats] | None = None  # --cuda-graphs: what each part of ours did
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -764,20 +769,23 @@ def run_bench(config: BenchConfig) -> BenchResult:
             + (["official"] if official_predictor else [])
         )
         timers = {name: StageTimer(device) for name in names} if config.profile else {}
-        runners: list[Any] = [
-            _OursRunner(model, clip, config.memory, timers.get("ours"), like_official=config.against_official)
-        ]
         baselines = {  # ours before one optimisation: wanted?, runner options
             "ours-sdpa": (config.sdpa_baseline, {"sdpa_only": True}),
             "ours-nocache": (config.key_cache_baseline, {"cache_memory_keys": False}),
         }
-        for name, (wanted, options) in baselines.items():
-            if wanted:  # its own copy of the model, so that the stage timers of the sides do not mix
-                runner = _OursRunner(
-                    copy.deepcopy(model), clip, config.memory, timers.get(name),
-                    like_official=config.against_official, **options,
-                )  # fmt: skip
-                runners.append(runner)
+        # Each baseline runs its own copy of the model, copied before anything wraps the model's
+        # methods (stage timers, CUDA graphs), so that the sides' stage timers do not mix.
+        baseline_models = {name: copy.deepcopy(model) for name, (wanted, _) in baselines.items() if wanted}
+        graphed = model.use_cuda_graphs() if config.cuda_graphs else {}
+        runners: list[Any] = [
+            _OursRunner(model, clip, config.memory, timers.get("ours"), like_official=config.against_official)
+        ]
+        for name, baseline_model in baseline_models.items():
+            runner = _OursRunner(
+                baseline_model, clip, config.memory, timers.get(name),
+                like_official=config.against_official, **baselines[name][1],
+            )  # fmt: skip
+            runners.append(runner)
         if config.compile:
             for runner in runners:  # after the baselines' copies: compiled modules do not deep-copy
                 runner.tracker.model.compile_parts()
@@ -801,9 +809,14 @@ def run_bench(config: BenchConfig) -> BenchResult:
                     if timer is not None:
                         timer.take()
                     if index == total_frames - 1:
+                        # Graph replays are invisible to the counter: this untimed frame runs eagerly.
+                        for part in graphed.values():
+                            part.enabled = False
                         with count_flops(device) as counted:
                             masks[runner.name] = runner.step(index)
                         flops[runner.name] = counted
+                        for part in graphed.values():
+                            part.enabled = True
                         continue
                     if on_gpu:
                         allocated_before = torch.cuda.memory_allocated(device)
@@ -852,6 +865,12 @@ def run_bench(config: BenchConfig) -> BenchResult:
     ours_nocache = sides.get("ours-nocache")
     native = sdpa_counted_by_torch(device)
     notes = _notes(config, machine, ours, official, native)
+    for name, part in graphed.items():
+        stats = part.stats
+        notes.append(
+            f"ours: CUDA graphs of {name}: {stats.captured} captured, {stats.failed} failed to capture;"
+            f" calls replayed {stats.replayed}, eager {stats.eager} (the FLOP-count frame included)"
+        )
     return BenchResult(
         config=config,
         machine=machine,
@@ -869,6 +888,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         sdpa_counted_by_torch=native,
         notes=notes,
         peak_device_bytes=max(peak_device, torch.cuda.max_memory_allocated(device)) if on_gpu else None,
+        cuda_graphs={name: part.stats for name, part in graphed.items()} if graphed else None,
     )
 
 
@@ -937,6 +957,8 @@ def run_stream(
     model = build_our_model(config, None)
     if config.compile:
         model.compile_parts()
+    if config.cuda_graphs:
+        model.use_cuda_graphs()
     tracker = Tracker(model, memory=config.memory)
     prompts = {obj_id: Prompt(mask=mask) for obj_id, mask in clip.masks.items()}
     period = max(2 * len(clip.frames) - 2, 1)

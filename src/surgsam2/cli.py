@@ -155,6 +155,7 @@ def _cmd_vos_inference(args: argparse.Namespace) -> int:
         num_frame_to_prune=args.num_frame_to_prune,
         fill_hole_area=args.fill_hole_area,
         device=args.device,
+        cuda_graphs=args.cuda_graphs,
         dtype=args.dtype,
         prompt_type=args.prompt_type,
         meta=args.meta,
@@ -233,6 +234,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         key_cache_baseline=args.key_cache_baseline,
         compile=args.compile,
         device=args.device,
+        cuda_graphs=args.cuda_graphs,
         stream_frames=args.stream_frames,
         progress=not args.quiet,
     )
@@ -352,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    " memory and pointer counts grow until frame 16)")  # fmt: skip
     bench_parser.add_argument("--device", default="cpu",
                               help="where both sides run: cpu, cuda or cuda:N (default cpu)")  # fmt: skip
+    bench_parser.add_argument("--cuda-graphs", action="store_true",
+                              help="with --device cuda: replay our model's parts as CUDA graphs")  # fmt: skip
     bench_parser.add_argument("--stream-frames", type=int, metavar="N",
                               help="instead: run our tracker N frames, report state MB along the way")  # fmt: skip
     bench_parser.add_argument("--json", help="also write the results to this JSON file (rewritten)")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgsam2.model.configs import SAM2Config
+from surgsam2.model.cuda_graphs import CudaGraphed
 from surgsam2.model.layers import MLP
 from surgsam2.model.mask_decoder import MaskDecoder
 from surgsam2.model.memory_attention import MemoryAttention
@@ -167,6 +168,18 @@ class SAM2Model(nn.Module):
         for name in self.COMPILED_PARTS:
             getattr(self, name).compile(**compile_options)
         return self
+
+    def use_cuda_graphs(self, warmup_calls: int = 1, max_graphs: int = 8) -> dict[str, CudaGraphed]:
+        """Run the parts of `COMPILED_PARTS` through CUDA graphs at inference on a GPU (one graph
+        per input shape, see `surgsam2.model.cuda_graphs`); a no-op for CPU tensors and training.
+        Returns the wrappers by part name (their ``stats`` say what was replayed). Idempotent."""
+        graphed: dict[str, CudaGraphed] = {}
+        for name in self.COMPILED_PARTS:
+            module = getattr(self, name)
+            if not isinstance(module.forward, CudaGraphed):
+                module.forward = CudaGraphed(module.forward, name, warmup_calls, max_graphs)
+            graphed[name] = module.forward
+        return graphed
 
     # ------------------------------------------------------------------------------------
     # Image
