@@ -911,7 +911,7 @@ def _notes(
             f"{torch.__version__}: 4*Lq*Lk*d per call added by hand"
         )
     # Only the load before the run tells of other work: the run's own threads raise it afterwards.
-    if machine.load_before[0] >= 1.5:
+    if machine.load_before[0] >= max(1.5, 0.25 * machine.logical_cpus):
         notes.append(
             f"load average {machine.load_before[0]:.2f} on {machine.logical_cpus} CPUs before the run: the"
             " machine was shared, absolute numbers are pessimistic (the alternation keeps the ratio fair)"
