@@ -230,6 +230,17 @@ def test_dashed_and_underscored_flags_are_the_same() -> None:
     assert dashed.memory == "efp" and dashed.num_frame_to_prune == 2 and dashed.dtype == "fp32"
 
 
+def test_cuda_graphs_on_a_cpu_device_is_one_clear_line(dataset: Path, tmp_path: Path, capsys) -> None:
+    code = main(
+        ["vos-inference", "--base_video_dir", str(dataset / "JPEGImages"), "--input_mask_dir",
+         str(dataset / "VOS" / "Annotations_vos_instrument"), "--output_mask_dir", str(tmp_path / "out"),
+         "--device", "cpu", "--cuda-graphs", "--quiet"]
+    )  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and "--cuda-graphs needs a CUDA device, got device 'cpu'" in error, error
+    assert "\n" not in error and not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------------------------
 # Round trip: synth -> vos-inference -> evaluate
 # --------------------------------------------------------------------------------------------

@@ -167,6 +167,7 @@ class VOSInferenceConfig:
     num_frame_to_prune: int = 2
     fill_hole_area: int | None = None  # None: the model config's (8); 0 as the official scripts
     device: str | None = None  # None: cuda (this rank's GPU) if available, else cpu
+    cuda_graphs: bool = False  # replay the model's parts as CUDA graphs (SAM2Model.use_cuda_graphs)
     dtype: str = "fp32"
     prompt_type: str = "mask"
     meta: Path | None = None
@@ -584,7 +585,11 @@ def run_vos_inference(
             torch.manual_seed(config.seed)
             if group.rank == 0:
                 warn(f"no checkpoint for {config.model}: running with RANDOM weights (seed {config.seed})")
+        if config.cuda_graphs and not device.startswith("cuda"):
+            raise ValueError(f"--cuda-graphs needs a CUDA device, got device {device!r}")
         model = load_model(config.model, config.checkpoint, config.image_size, device=device, dtype=config.dtype)
+        if config.cuda_graphs:  # graphs are kept across videos: same shapes, captured once
+            model.use_cuda_graphs()
 
         reports: list[VideoReport] = []
         total_frames = sum(_count_frames(config, video) for video in mine)
