@@ -28,6 +28,7 @@ from surgsam2.eval.vos_inference import (
     mask_box,
     prompt_from_mask,
     prompt_seed,
+    resolve_device,
     shard,
 )
 
@@ -214,6 +215,20 @@ def test_shard_and_process_group_from_env() -> None:
     assert ProcessGroup.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).distributed
     with pytest.raises(ValueError, match="RANK"):
         ProcessGroup.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def test_resolve_device_gives_cuda_an_index(monkeypatch) -> None:
+    """torch.cuda.set_device refuses a plain "cuda" (seen on an H200, torch 2.11): every cuda
+    device resolved here carries its index (one process: the current GPU; under torchrun: the
+    rank's). Checked with a stand-in for torch.cuda, since CI has no GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_device(None, ProcessGroup(0, 1, 0)) == "cuda:1"
+    assert resolve_device("cuda", ProcessGroup(0, 1, 0)) == "cuda:1"
+    assert resolve_device("cuda", ProcessGroup(3, 4, 3)) == "cuda:1"  # local rank 3 on 2 GPUs
+    assert resolve_device("cuda:0", ProcessGroup(0, 1, 0)) == "cuda:0"
+    assert resolve_device("cpu", ProcessGroup(0, 1, 0)) == "cpu"
 
 
 def test_dashed_and_underscored_flags_are_the_same() -> None:

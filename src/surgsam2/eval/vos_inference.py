@@ -350,13 +350,15 @@ class ProcessGroup:
 
 
 def resolve_device(device: str | None, group: ProcessGroup) -> str:
-    """The torch device of this rank: cuda (this rank's GPU under torchrun) if available, else cpu."""
+    """The torch device of this rank: cuda (this rank's GPU under torchrun) if available, else cpu.
+    A plain "cuda" gets its index (``torch.cuda.set_device`` refuses a device without one)."""
     import torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and group.distributed:
-        device = f"cuda:{group.local_rank % max(torch.cuda.device_count(), 1)}"
+    if device == "cuda":
+        index = group.local_rank % max(torch.cuda.device_count(), 1) if group.distributed else torch.cuda.current_device()
+        device = f"cuda:{index}"
     return device
 
 
