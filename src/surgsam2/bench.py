@@ -25,7 +25,8 @@ process, so it is not split per side; the state bytes are.
 ``torch.cuda.synchronize()`` calls (the masks come back to the host anyway, as users need them),
 the matmul peak is the GPU's, bf16 of the official predictor is ``torch.autocast("cuda")``, and
 memory is ``torch.cuda.max_memory_allocated`` (process peak) plus each side's working memory:
-the most a frame of that side allocated above what was allocated when it started.
+the most any frame of that side, warm-up included (CUDA graphs are captured there, their memory
+pools stay), allocated above what was allocated when the frame started.
 
 A benchmark, never a test: nothing here asserts on time. Absolute numbers mean little on a shared
 machine: the load average before and after is recorded with the results.
@@ -179,7 +180,7 @@ class SideResult:
     fraction_of_bf16_peak: float
     state_bytes: int  # tensors held between frames (official: without its preloaded frames)
     frame_buffer_bytes: int = 0  # official: the whole video it loads up front
-    device_working_bytes: int | None = None  # GPU: most a frame allocated above its start
+    device_working_bytes: int | None = None  # GPU: most any frame (warm-up too) allocated above its start
     stage_ms: dict[str, float] | None = None  # median per-frame milliseconds per stage (--profile)
 
 
