@@ -357,7 +357,8 @@ def resolve_device(device: str | None, group: ProcessGroup) -> str:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
-        index = group.local_rank % max(torch.cuda.device_count(), 1) if group.distributed else torch.cuda.current_device()
+        count = max(torch.cuda.device_count(), 1)
+        index = group.local_rank % count if group.distributed else torch.cuda.current_device()
         device = f"cuda:{index}"
     return device
 

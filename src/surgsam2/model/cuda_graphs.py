@@ -13,8 +13,8 @@ parts' caches, e.g. position encodings), the next one captures a graph, later on
 inputs into the graph's input buffers, replay it and return clones of its outputs (the caller
 owns them; the graph's buffers are overwritten by the next replay). Calls without CUDA tensors,
 with autograd on, with ``enabled`` False (a replay is invisible to FLOP counters and profilers)
-or whose capture failed (a part that synchronises with the host cannot be captured) run eagerly. At most ``max_graphs`` graphs per part are kept (each holds its own
-memory pool).
+or whose capture failed (a part that synchronises with the host cannot be captured) run eagerly.
+At most ``max_graphs`` graphs per part are kept (each holds its own memory pool).
 """
 
 from __future__ import annotations
