@@ -109,8 +109,8 @@ def test_vos_inference_on_cuda_with_and_without_graphs(tmp_path) -> None:
         report = run_vos_inference(config, info=lambda message: None)
         assert not report.failed and report.evaluation is not None
         scores[cuda_graphs] = report.evaluation.summary.JF
-    print(f"[cuda] vos-inference J&F eager {scores[False]:.4f}, CUDA graphs {scores[True]:.4f} (allowed 0.01)")
-    assert abs(scores[True] - scores[False]) <= 0.01
+    print(f"[cuda] vos-inference J&F eager {scores[False]:.5f}, CUDA graphs {scores[True]:.5f} (allowed 0.001)")
+    assert abs(scores[True] - scores[False]) <= 0.001  # seen: 1.2e-5 (fp32 replays the same kernels)
 
 
 def test_bench_on_cuda_against_official() -> None:
@@ -152,5 +152,5 @@ def test_stream_on_cuda_keeps_state_and_device_memory_flat() -> None:
     assert [p.frame for p in result.points] == [20, 40]
     assert result.points[0].state_bytes == result.points[1].state_bytes
     growth = result.points[1].device_bytes - result.points[0].device_bytes
-    print(f"[cuda] GPU memory allocated after frame 20 -> 40: {growth:+d} bytes (allowed 1 MiB)")
-    assert abs(growth) <= 2**20
+    print(f"[cuda] GPU memory allocated after frame 20 -> 40: {growth:+d} bytes (allowed 0)")
+    assert growth == 0  # seen: +0 on an H200 (the same live tensors after every steady-state frame)
