@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,16 +43,9 @@ from surgsam2.memory.policies import make_policy
 from surgsam2.model.checkpoint import load_weights, save_checkpoint
 from surgsam2.model.configs import get_config
 from surgsam2.model.sam2 import SAM2Model
+from surgsam2.runtime.distributed import ProcessGroup
 from surgsam2.train.config import TrainConfig
 from surgsam2.train.dataset import ClipDataset, ClipSpec, StepBatchSampler, make_loader
-from surgsam2.train.distributed import (
-    DistributedContext,
-    all_reduce_mean,
-    barrier,
-    check_in_sync,
-    init_distributed,
-    shutdown,
-)
 from surgsam2.train.losses import LOSS_NAMES, weighted_total
 from surgsam2.train.metrics import MetricsLog, plot_loss_curves
 from surgsam2.train.model_forward import ClipForward
@@ -63,6 +57,8 @@ STATE_FILE = "trainer_step{step:07d}.pt"
 FINAL_MODEL_FILE = "model_final.pt"
 STATE_FORMAT = "surgsam2-trainer-state"
 STATE_VERSION = 1
+# A rank waits at most this long for the others (a checkpoint save, a slow step).
+TRAINING_TIMEOUT = timedelta(minutes=30)
 _STATE_PATTERN = re.compile(r"trainer_step(\d+)\.pt$")
 # Keys that may change between a run and its resumption without changing the result.
 # (train.num_threads is not one: another thread count may change the last bits of reductions.)
@@ -244,7 +240,7 @@ def bf16_supported(device: torch.device) -> bool:
 class _Trainer:
     """State of one run; `run_training` is the entry point."""
 
-    def __init__(self, config: TrainConfig, context: DistributedContext) -> None:
+    def __init__(self, config: TrainConfig, context: ProcessGroup) -> None:
         self.config = config
         self.context = context
         self.device = context.device
@@ -333,7 +329,7 @@ class _Trainer:
         with self._autocast():
             outputs = self.forward_module(frames, masks, valid, prompt_seed)
         # SAM 2 normalises by the objects per process, averaged over processes.
-        num_objects = all_reduce_mean(outputs["num_objects"].detach().float(), context).clamp(min=1.0)
+        num_objects = context.all_reduce_mean(outputs["num_objects"].detach().float()).clamp(min=1.0)
         per_object = {name: outputs[name].float() / num_objects for name in LOSS_NAMES}
         loss = weighted_total(per_object, config.loss)
         self.optimizer.zero_grad(set_to_none=True)
@@ -350,7 +346,7 @@ class _Trainer:
             [loss.detach(), *(per_object[name].detach() for name in LOSS_NAMES),
              outputs["num_predictions"].detach().float(), outputs["num_objects"].detach().float()]
         )  # fmt: skip
-        logged = all_reduce_mean(logged, context).tolist()
+        logged = context.all_reduce_mean(logged).tolist()
         record = {"loss": logged[0]}
         record.update({name: value for name, value in zip(LOSS_NAMES, logged[1:])})
         record["predictions"] = logged[-2]
@@ -361,7 +357,7 @@ class _Trainer:
 
     def save(self, step: int) -> None:
         """Write the model and trainer state of ``step`` (rank 0), prune old checkpoints."""
-        check_in_sync(self.model, self.context)
+        self.context.check_in_sync(self.model)
         if self.context.is_main:
             model_path, state_path = checkpoint_files(self.out_dir, step)
             save_checkpoint(self.model, model_path, extra={"train_step": step, "train_config": self.config.to_dict()})
@@ -387,7 +383,7 @@ class _Trainer:
                         path.unlink(missing_ok=True)
             if self.metrics is not None:
                 plot_loss_curves(self.metrics.records(), self.out_dir / "loss.png")
-        barrier(self.context)
+        self.context.barrier()
 
     def run(self, stop_after: int | None) -> TrainSummary:
         config, context = self.config, self.context
@@ -447,13 +443,13 @@ class _Trainer:
                 progress.close()
         summary.seconds = time.perf_counter() - started
         if summary.end_step == self.total_steps:
-            check_in_sync(self.model, context)
+            context.check_in_sync(self.model)
             if context.is_main:
                 final = self.out_dir / CHECKPOINT_DIR / FINAL_MODEL_FILE
                 save_checkpoint(self.model, final, extra={"train_step": self.total_steps,
                                                           "train_config": config.to_dict()})  # fmt: skip
                 summary.final_checkpoint = final
-            barrier(context)
+            context.barrier()
         if self.metrics is not None:
             plot_loss_curves(self.metrics.records(), self.out_dir / "loss.png")
         done = summary.end_step - summary.start_step
@@ -473,7 +469,7 @@ def run_training(config: TrainConfig, resume: bool = False, stop_after: int | No
     the configured number of steps). Under torchrun, every process calls this.
     """
     config.validate()
-    context = init_distributed(config.train.device)
+    context = ProcessGroup.join(config.train.device, timeout=TRAINING_TIMEOUT)
     threads_before = torch.get_num_threads()
     if config.train.num_threads > 0:
         torch.set_num_threads(config.train.num_threads)
@@ -487,7 +483,7 @@ def run_training(config: TrainConfig, resume: bool = False, stop_after: int | No
             return trainer.run(stop_after)
     finally:
         torch.set_num_threads(threads_before)
-        shutdown(context)
+        context.leave()
 
 
 __all__ = [
