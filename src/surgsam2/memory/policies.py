@@ -7,22 +7,42 @@ tensors only, work on the device and never synchronise with the host.
 - ``fifo``: SAM 2 — keep every candidate.
 - ``efp``: Surgical SAM 2's Efficient Frame Pruning — drop the recent memories most similar to the
   newest one, so attention looks at fewer frames.
+
+Policies are looked up by name in one registry (the command line, the Python API and the training
+switch all read it): a new policy is one class decorated with ``@register_policy("name")``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+
+
+DEFAULT_POLICY = "efp"
+DEFAULT_NUM_FRAME_TO_PRUNE = 2
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """The knobs a policy may read when it is made from its name."""
+
+    num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE
 
 
 class MemoryPolicy(ABC):
     """Chooses, per object, which candidate memories to attend to."""
 
     name: str = "policy"
+
+    @classmethod
+    def from_options(cls, options: PolicyOptions) -> MemoryPolicy:
+        """The policy made from its name and the shared options (policies without knobs ignore them)."""
+        return cls()
 
     @abstractmethod
     def num_kept(self, protected: Sequence[bool], capacity: int) -> int:
@@ -38,6 +58,28 @@ class MemoryPolicy(ABC):
         """
 
 
+_REGISTRY: dict[str, type[MemoryPolicy]] = {}
+PolicyClass = TypeVar("PolicyClass", bound=type[MemoryPolicy])
+
+
+def register_policy(name: str) -> Callable[[PolicyClass], PolicyClass]:
+    """Class decorator: make a policy available under ``name`` everywhere a policy is chosen."""
+
+    def register(cls: PolicyClass) -> PolicyClass:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"memory policy {name!r} is already registered by {_REGISTRY[name].__name__}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def policy_names() -> tuple[str, ...]:
+    """The registered policy names, in registration order (``fifo``, ``efp``, ...)."""
+    return tuple(_REGISTRY)
+
+
+@register_policy("fifo")
 class FifoPolicy(MemoryPolicy):
     """SAM 2: attend to every candidate (conditioning frames plus the last num_maskmem-1 frames)."""
 
@@ -52,6 +94,7 @@ class FifoPolicy(MemoryPolicy):
         return indices[:, None].expand(num_candidates, batch_size)
 
 
+@register_policy("efp")
 @dataclass
 class EfpPolicy(MemoryPolicy):
     """Surgical SAM 2's Efficient Frame Pruning.
@@ -69,6 +112,10 @@ class EfpPolicy(MemoryPolicy):
     def __post_init__(self) -> None:
         if self.num_frame_to_prune < 0:
             raise ValueError(f"num_frame_to_prune must be >= 0, got {self.num_frame_to_prune}")
+
+    @classmethod
+    def from_options(cls, options: PolicyOptions) -> EfpPolicy:
+        return cls(num_frame_to_prune=options.num_frame_to_prune)
 
     def num_dropped(self, protected: Sequence[bool], capacity: int) -> int:
         """k: how many memories are dropped (never more than there are prunable ones)."""
@@ -108,12 +155,11 @@ class EfpPolicy(MemoryPolicy):
         return torch.sort(ranked, dim=0).values[:kept_count]
 
 
-def make_policy(policy: str | MemoryPolicy, num_frame_to_prune: int = 2) -> MemoryPolicy:
-    """A policy from its name (``fifo`` or ``efp``) or a policy object, passed through."""
+def make_policy(policy: str | MemoryPolicy, num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE) -> MemoryPolicy:
+    """A policy from its registered name (``fifo``, ``efp``, ...) or a policy object, passed through."""
     if isinstance(policy, MemoryPolicy):
         return policy
-    if policy == "fifo":
-        return FifoPolicy()
-    if policy == "efp":
-        return EfpPolicy(num_frame_to_prune=num_frame_to_prune)
-    raise ValueError(f"unknown memory policy {policy!r}; expected 'fifo', 'efp' or a MemoryPolicy")
+    cls = _REGISTRY.get(policy) if isinstance(policy, str) else None
+    if cls is None:
+        raise ValueError(f"unknown memory policy {policy!r}; choose one of {', '.join(policy_names())}")
+    return cls.from_options(PolicyOptions(num_frame_to_prune=num_frame_to_prune))

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from surgsam2.memory.policies import policy_names
+
 
 class ConfigError(ValueError):
     """A training config that cannot be used; the message names the offending key."""
@@ -164,7 +166,8 @@ class TrainConfig:
         checks: list[tuple[bool, str]] = [
             (self.model.image_size > 0 and self.model.image_size % 32 == 0,
              "model.image_size must be a positive multiple of 32"),
-            (self.model.train_memory_policy in ("fifo", "efp"), "model.train_memory_policy must be fifo or efp"),
+            (self.model.train_memory_policy in policy_names(),
+             "model.train_memory_policy must be one of " + ", ".join(policy_names())),
             (self.model.num_frame_to_prune >= 0, "model.num_frame_to_prune must be >= 0"),
             (0.0 <= self.model.drop_path_rate < 1.0, "model.drop_path_rate must be in [0, 1)"),
             (0.0 <= self.model.high_res_dropout < 1.0, "model.high_res_dropout must be in [0, 1)"),
