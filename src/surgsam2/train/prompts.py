@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
+from surgsam2.data.mask_geometry import distance_to_boundary
 from surgsam2.tracking.prompts import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL
 from surgsam2.train.config import PromptSection
 
@@ -184,8 +184,7 @@ def _farthest_from_boundary(region: np.ndarray) -> tuple[float, tuple[int, int]]
     """Largest distance to the region's boundary (image border included) and its (x, y)."""
     if not region.any():
         return 0.0, (0, 0)
-    padded = np.pad(region.astype(np.uint8), 1)
-    distance = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    distance = distance_to_boundary(region)
     y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
     return float(distance[y, x]), (int(x), int(y))
 
