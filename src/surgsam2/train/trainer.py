@@ -14,7 +14,9 @@ Files under ``train.out_dir``:
   `surgsam2.load_model` and the official code), and ``checkpoints/trainer_step0000500.pt``: the
   optimizer, scheduler, step and RNG states (tensors and plain data only: it loads with
   ``weights_only=True``); the newest ``keep_checkpoints`` pairs are kept;
-- ``checkpoints/model_final.pt``: the weights at the end of training;
+- ``checkpoints/model_final.pt``: the weights at the end of training, never written by a run that
+  diverged (a non-finite loss, gradient or weight stops it with `TrainingDiverged` before the
+  weights change or are saved; the checkpoints written before stay);
 - ``config.yaml`` (the resolved config), ``metrics.jsonl`` (per logged step: losses per object,
   lr, gradient norm, throughput) and ``loss.png`` (the curves).
 """
