@@ -24,7 +24,7 @@ from surgsam2.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from surgsam2.model.configs import MODEL_CONFIGS, get_config
+from surgsam2.model.configs import MODEL_CONFIGS, check_image_size, get_config, image_size_multiple
 from surgsam2.model.sam2 import SAM2Model
 
 OFFICIAL_NAMES = [name for name in MODEL_CONFIGS if name != "nano"]
@@ -273,6 +273,34 @@ def test_image_size_from_metadata_or_argument(tmp_path: Path) -> None:
     with torch.no_grad():  # the trunk's position embedding follows the input size
         features = resized.encode_image(torch.zeros(1, 3, 384, 384))
     assert features.embedding.shape[-2:] == (24, 24)
+
+
+def test_image_size_bounds_and_step() -> None:
+    """Sizes 64..4096 in steps of 32 are accepted (checked before a model is built), others not."""
+    assert [image_size_multiple(config) for config in MODEL_CONFIGS.values()] == [32] * len(MODEL_CONFIGS)
+    for size in (64, 96, 1024, 4096):
+        assert get_config("sam2.1_hiera_l", size).image_size == size
+    for size in (0, 32, 48, 4128, 2**20, -64, 512.0, "512", True):
+        with pytest.raises(ValueError, match="image_size must be"):
+            check_image_size(size)
+    with pytest.raises(ValueError, match="image_size must be"):
+        get_config("nano").replace(image_size=100)  # every config checks its own size
+
+
+def test_half_precision_checkpoint_loads_and_nan_safetensors_is_refused(tmp_path: Path) -> None:
+    """Only non-floating tensors are refused: an fp16 or bf16 file loads (cast to the model's dtype)."""
+    model = nano_model()
+    for dtype in (torch.float16, torch.bfloat16):
+        path = tmp_path / f"{dtype}.pt".replace("torch.", "")
+        torch.save({"model": {key: value.to(dtype) for key, value in model.state_dict().items()}}, path)
+        loaded = load_model("nano", checkpoint=path)
+        assert loaded.no_mem_embed.dtype == torch.float32
+        assert torch.equal(loaded.no_mem_embed, model.no_mem_embed.to(dtype).float())
+    with torch.no_grad():
+        model.maskmem_tpos_enc[0, 0, 0, 1] = float("-inf")
+    path = save_checkpoint(model, tmp_path / "broken.safetensors")
+    with pytest.raises(CheckpointError, match=r"broken\.safetensors: 1 tensors hold NaN or infinite values \(maskmem"):
+        read_checkpoint(path)
 
 
 def test_save_rejects_bad_metadata_and_leaves_nothing(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import secrets
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from surgsam2.model.configs import MODEL_CONFIGS, SAM2Config, get_config
+from surgsam2.model.configs import MODEL_CONFIGS, SAM2Config, check_image_size, get_config
 from surgsam2.model.sam2 import SAM2Model
 
 # Checkpoint key -> our key, for checkpoints whose names differ from the official ones.
@@ -185,22 +187,53 @@ def _first_sentence(text: str, limit: int = 200) -> str:
     return text[: text.index(". ") + 1]
 
 
-def _read_torch_file(path: Path, is_zip: bool) -> Any:
+# Phrases of torch's weights-only unpickler when it refuses a pickled object (torch 2.4 .. 2.13:
+# the wrapper's text and the inner reason have both been reworded between versions).
+_REFUSAL_MARKERS = (
+    "Weights only load failed",
+    "WeightsUnpickler error",
+    "Unsupported global",
+    "unsupported GLOBAL",
+    "Unsupported operand",
+    "Unsupported class",
+)
+
+
+def _weights_only_refusal(error: BaseException) -> str | None:
+    """The reason torch's weights-only unpickler refused a file, or None for any other error.
+
+    A refusal is a `pickle.UnpicklingError` (truncated files end in EOFError, struct or
+    RuntimeError instead) or names the unpickler; torch re-raises it with a long advice text and
+    keeps the short reason as the exception's context.
+    """
+    text = str(error)
+    if not (isinstance(error, pickle.UnpicklingError) or any(marker in text for marker in _REFUSAL_MARKERS)):
+        return None
+    inner = error.__cause__ or error.__context__
+    if isinstance(inner, pickle.UnpicklingError) and str(inner).strip():
+        return _first_sentence(str(inner).strip().splitlines()[0])
+    return _first_line(error) or type(error).__name__
+
+
+def _read_torch_file(path: Path, is_zip: bool, what: str = "checkpoint") -> Any:
     """``torch.load`` with ``weights_only=True``; errors become one-line `CheckpointError`s."""
     try:
-        # Memory-mapping the zip format avoids a second copy of large checkpoints in RAM.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        with warnings.catch_warnings():
+            # Raised for pickles of protocol > 2, which then fail (or not) with their own error.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            # Memory-mapping the zip format avoids a second copy of large checkpoints in RAM.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except MemoryError:
         raise
     except Exception as error:
-        if "WeightsUnpickler error" in str(error):
+        reason = _weights_only_refusal(error)
+        if reason is not None:
             raise CheckpointError(
-                f"{path}: refused to load: the file holds pickled Python objects other than tensors "
-                f"and plain containers, and checkpoints are read with weights_only=True "
-                f"({_first_line(error)})"
+                f"{path}: refused to load as unsafe: the file holds pickled Python objects other than "
+                f"tensors and plain containers, and checkpoints are read with weights_only=True ({reason})"
             ) from error
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+            f"{path}: not a readable PyTorch {what} (truncated or corrupt?): "
             + ": ".join(filter(None, [type(error).__name__, _first_line(error)]))
         ) from error
 
@@ -280,16 +313,34 @@ def _normalise_keys(state_dict: Mapping[str, Any], path: Path) -> dict[str, torc
     return renamed
 
 
+def _read_head(path: Path, what: str) -> bytes:
+    """The first bytes of an existing regular file; a one-line error for a missing path or a folder."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a {what} file")
+    with open(path, "rb") as handle:
+        return handle.read(16)
+
+
+def read_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """The content of a PyTorch file (zip or legacy format), read on CPU with ``weights_only=True``.
+
+    For files that are not model weights (e.g. trainer states): the same guards and one-line
+    `CheckpointError`s as `read_checkpoint`; ``what`` names the kind of file in the messages.
+    """
+    path = Path(path)
+    head = _read_head(path, what)
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTOCOL_2_PLUS)):
+        raise CheckpointError(f"{path}: not a PyTorch {what} file: {_describe_content(head)}")
+    return _read_torch_file(path, is_zip=head.startswith(_ZIP_MAGIC), what=what)
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read the weights (renamed to our keys) and metadata of a checkpoint file, on CPU."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    head = _read_head(path, "checkpoint")
     file_size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(16)
     # safetensors before raw pickle: a safetensors header length may begin with the byte 0x80.
     if head.startswith(_ZIP_MAGIC):
         state_dict, metadata = _extract_state_dict(_read_torch_file(path, is_zip=True), path)
@@ -301,16 +352,32 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{path}: not a checkpoint (neither a PyTorch file nor safetensors): {_describe_content(head)}"
         )
-    return Checkpoint(path=path, state_dict=_normalise_keys(state_dict, path), metadata=metadata)
+    tensors = _normalise_keys(state_dict, path)
+    _check_finite(tensors, path)
+    return Checkpoint(path=path, state_dict=tensors, metadata=metadata)
+
+
+def _check_finite(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity: the model would run and predict nothing."""
+    bad = [
+        key for key, value in state_dict.items()
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all())
+    ]  # fmt: skip
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors hold NaN or infinite values ({_list_keys(bad)}): "
+            "the file is corrupt or comes from a diverged training"
+        )
 
 
 # ------------------------------------------------------------------------------------------
 # Checking and loading weights into a model
 # ------------------------------------------------------------------------------------------
 def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: str | Path) -> None:
-    """Raise `CheckpointError` unless ``state_dict`` has exactly the model's keys and shapes.
+    """Raise `CheckpointError` unless ``state_dict`` has exactly the model's keys and shapes, and
+    floating-point tensors where the model has floating-point ones.
 
-    Only shapes are compared, so ``model`` may live on the meta device.
+    Only shapes and dtypes are compared, so ``model`` may live on the meta device.
     """
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     missing = [key for key in expected if key not in state_dict]
@@ -321,6 +388,7 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, s
         if key in state_dict and tuple(state_dict[key].shape) != expected[key]
     ]
     if not (missing or unexpected or wrong_shape):
+        _check_dtypes(state_dict, model, source)
         return
     config: SAM2Config | None = getattr(model, "config", None)
     model_name = f"model {config.name!r}" if config is not None else "the model"
@@ -342,6 +410,24 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module, s
     raise CheckpointError(message)
 
 
+def _check_dtypes(state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: str | Path) -> None:
+    """Refuse integer or boolean tensors where the model has floating-point weights or buffers.
+
+    Loading would silently cast them (an all-int64 file of truncated weights runs and predicts
+    nothing); floating tensors of another precision are fine and cast on load.
+    """
+    wrong = [
+        f"{key} ({state_dict[key].dtype})".replace("torch.", "")
+        for key, value in model.state_dict().items()
+        if value.is_floating_point() and key in state_dict and not state_dict[key].is_floating_point()
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{source}: {len(wrong)} tensors are not floating point where the model's weights are "
+            f"({_list_keys(wrong)}): not a weights file of this model"
+        )
+
+
 def load_weights(model: nn.Module, checkpoint: str | Path) -> Checkpoint:
     """Load a checkpoint file into ``model`` (strict: every key and shape must match).
 
@@ -351,6 +437,17 @@ def load_weights(model: nn.Module, checkpoint: str | Path) -> Checkpoint:
     check_state_dict(loaded.state_dict, model, loaded.path)
     model.load_state_dict(loaded.state_dict, strict=True)
     return loaded
+
+
+def _config_at_stored_size(config: SAM2Config, loaded: Checkpoint) -> SAM2Config:
+    """``config`` at the image size stored in the checkpoint's metadata, if any (checked first)."""
+    stored_size = loaded.metadata.get("image_size")
+    if stored_size is None:
+        return config
+    try:
+        return config.replace(image_size=check_image_size(stored_size, config))
+    except ValueError as error:
+        raise CheckpointError(f"{loaded.path}: metadata {error}") from None
 
 
 def load_model(
@@ -369,22 +466,22 @@ def load_model(
     or a file written by `save_checkpoint`. With None, the packaged default weights of ``name`` are
     used (`default_checkpoint`: ``nano`` ships trained weights); other configs then KEEP THEIR
     RANDOM INITIALISATION.
-    ``image_size``: input side (a multiple of 32); None means the size stored by `save_checkpoint`
-    in the file's metadata if any, else the config's default (1024 official, 256 nano). Official
-    checkpoints hold no image size: the trunk's position embedding is interpolated to any size.
+    ``image_size``: input side (`check_image_size`: a multiple of 32 in 64..4096); None means the
+    size stored by `save_checkpoint` in the file's metadata if any (checked the same way), else
+    the config's default (1024 official, 256 nano). Official checkpoints hold no image size: the
+    trunk's position embedding is interpolated to any size.
     """
     if isinstance(dtype, str):
         if dtype not in SAM2Model.PRECISIONS:
             raise ValueError(f"unknown precision {dtype!r}; choose one of {', '.join(SAM2Model.PRECISIONS)}")
     elif not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point type, got {dtype}")
-    get_config(name)  # an unknown name fails before any file is read
+    config = get_config(name, image_size)  # a bad name or size fails before any file is read
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint(name)
     loaded = read_checkpoint(path) if path is not None else None
     if image_size is None and loaded is not None:
-        stored_size = loaded.metadata.get("image_size")
-        image_size = stored_size if isinstance(stored_size, int) else None
-    model = SAM2Model(get_config(name, image_size))
+        config = _config_at_stored_size(config, loaded)
+    model = SAM2Model(config)
     if loaded is not None:
         check_state_dict(loaded.state_dict, model, loaded.path)
         model.load_state_dict(loaded.state_dict, strict=True)

@@ -2,13 +2,24 @@
 
 The official ones reproduce `sam2/configs/sam2/*.yaml` and `sam2/configs/sam2.1/*.yaml` of SAM 2
 (as built by `build_sam2_video_predictor`, i.e. with the inference post-processing settings).
-``image_size`` is a load-time choice: 1024 for the official models, 512 for Surgical SAM 2.
+``image_size`` is a load-time choice: 1024 for the official models, 512 for Surgical SAM 2; every
+config checks it with `check_image_size` (a multiple of `image_size_multiple`, within
+`MIN_IMAGE_SIZE`..`MAX_IMAGE_SIZE`) before anything is allocated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+
+# Bounds on the square input side. At 64 px the coarsest trunk stage (stride 32) still has a
+# 2 x 2 grid; 4096 px is four times the official 1024 and already needs tens of GiB of
+# activations for the large trunk: larger values are typos, not experiments.
+MIN_IMAGE_SIZE = 64
+MAX_IMAGE_SIZE = 4096
+# The trunk's patch embedding turns 4 x 4 pixels into one token.
+PATCH_STRIDE = 4
 
 
 @dataclass(frozen=True)
@@ -137,9 +148,44 @@ class SAM2Config:
         """Side of the stride-16 image-embedding grid."""
         return self.image_size // self.backbone_stride
 
+    def __post_init__(self) -> None:
+        """Refuse an input side the network cannot take (before any module is built)."""
+        check_image_size(self.image_size, self)
+
     def replace(self, **changes: object) -> "SAM2Config":
         """A copy with some top-level fields changed (e.g. ``image_size=512``)."""
         return dataclasses.replace(self, **changes)
+
+
+def image_size_multiple(config: SAM2Config) -> int:
+    """The step input sides of ``config`` must come in (32 for every named config).
+
+    The first stage's window position embedding is tiled over the stride-4 token grid, so that
+    grid must hold whole windows; the query pooling halves the grid ``q_pool`` times, and the
+    stride-16 image embedding (and the memory encoder's 16x mask downsampling) must be whole.
+    """
+    trunk = config.trunk
+    pooled = PATCH_STRIDE * max(trunk.q_stride) ** trunk.q_pool
+    first_window = PATCH_STRIDE * trunk.window_spec[0]
+    return math.lcm(pooled, first_window, config.backbone_stride)
+
+
+def check_image_size(image_size: object, config: SAM2Config | None = None) -> int:
+    """``image_size`` if it is an integer multiple of the network's step within the bounds.
+
+    Raises a one-line `ValueError` otherwise; called before any model or tensor is built, so a
+    size of 100000 fails at once instead of exhausting memory. Without ``config``, the step of
+    every named config (32) applies.
+    """
+    multiple = image_size_multiple(config) if config is not None else _NAMED_MULTIPLE
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        raise ValueError(f"image_size must be an integer, got {image_size!r}")
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE or image_size % multiple:
+        raise ValueError(
+            f"image_size must be a multiple of {multiple} between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE}, "
+            f"got {image_size}"
+        )
+    return image_size
 
 
 # ------------------------------------------------------------------------------------------
@@ -204,16 +250,14 @@ MODEL_CONFIGS: dict[str, SAM2Config] = {
     "sam2.1_hiera_l": _official("sam2.1_hiera_l", _LARGE, sam2_1=True),
     "nano": _nano(),
 }
+_NAMED_MULTIPLE = math.lcm(*(image_size_multiple(config) for config in MODEL_CONFIGS.values()))
 
 
 def get_config(name: str, image_size: int | None = None) -> SAM2Config:
-    """The named config, optionally at another input size (a multiple of 32)."""
+    """The named config, optionally at another input size (checked by `check_image_size`)."""
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_CONFIGS)}")
     config = MODEL_CONFIGS[name]
     if image_size is not None:
-        # The trunk's coarsest stage has stride 32, and windows tile each stage's grid.
-        if image_size <= 0 or image_size % 32:
-            raise ValueError(f"image_size must be a positive multiple of 32, got {image_size}")
-        config = config.replace(image_size=image_size)
+        config = config.replace(image_size=check_image_size(image_size, config))
     return config

@@ -11,6 +11,7 @@ checks (the value is parsed as YAML: ``1e-4``, ``true``, ``[a, b]``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from surgsam2.memory.policies import policy_names
+from surgsam2.model.configs import check_image_size
 
 
 class ConfigError(ValueError):
@@ -163,9 +165,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check values beyond their types; raise ConfigError naming the key."""
+        self._check_finite_numbers()
+        try:
+            check_image_size(self.model.image_size)
+        except ValueError as error:
+            raise ConfigError(f"model.{error}") from None
         checks: list[tuple[bool, str]] = [
-            (self.model.image_size > 0 and self.model.image_size % 32 == 0,
-             "model.image_size must be a positive multiple of 32"),
             (self.model.train_memory_policy in policy_names(),
              "model.train_memory_policy must be one of " + ", ".join(policy_names())),
             (self.model.num_frame_to_prune >= 0, "model.num_frame_to_prune must be >= 0"),
@@ -185,8 +190,15 @@ class TrainConfig:
             (self.prompts.num_init_cond_frames >= 1, "prompts.num_init_cond_frames must be >= 1"),
             (self.prompts.num_frames_to_correct >= 0, "prompts.num_frames_to_correct must be >= 0"),
             (self.prompts.num_correction_points >= 0, "prompts.num_correction_points must be >= 0"),
-            (len(self.optim.betas) == 2, "optim.betas must be [beta1, beta2]"),
+            (len(self.optim.betas) == 2 and all(0.0 <= beta < 1.0 for beta in self.optim.betas),
+             "optim.betas must be [beta1, beta2], each in [0, 1)"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.optim.trunk_lr is None or self.optim.trunk_lr > 0, "optim.trunk_lr must be > 0 (or null: lr)"),
+            (self.optim.layer_decay > 0, "optim.layer_decay must be > 0"),
+            (self.optim.pos_embed_lr_scale >= 0, "optim.pos_embed_lr_scale must be >= 0"),
+            (self.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+            (self.optim.eps > 0, "optim.eps must be > 0"),
+            (self.optim.final_lr_ratio >= 0, "optim.final_lr_ratio must be >= 0"),
             (self.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
             (self.optim.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 turns clipping off)"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
@@ -202,6 +214,8 @@ class TrainConfig:
         for probability_key in ("prob_points", "prob_box", "prob_sample_from_gt"):
             value = getattr(self.prompts, probability_key)
             checks.append((0.0 <= value <= 1.0, f"prompts.{probability_key} must be in [0, 1]"))
+        for weight_key in ("focal_weight", "dice_weight", "iou_weight", "class_weight", "focal_gamma"):
+            checks.append((getattr(self.loss, weight_key) >= 0, f"loss.{weight_key} must be >= 0"))
         for probability_key in ("hflip_prob", "grayscale_prob"):
             value = getattr(self.augment, probability_key)
             checks.append((0.0 <= value <= 1.0, f"augment.{probability_key} must be in [0, 1]"))
@@ -210,6 +224,16 @@ class TrainConfig:
                 raise ConfigError(message)
         if not self.data.roots:
             raise ConfigError("data.roots is empty: give one or more VOS dataset folders")
+
+    def _check_finite_numbers(self) -> None:
+        """Refuse NaN and infinity in every number of every section (``optim.lr=.inf`` in YAML)."""
+        for section in dataclasses.fields(self):
+            values = getattr(self, section.name)
+            for item in dataclasses.fields(values):
+                value = getattr(values, item.name)
+                numbers = value if isinstance(value, list) else [value]
+                if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+                    raise ConfigError(f"{section.name}.{item.name} must be a finite number, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------

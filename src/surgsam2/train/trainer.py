@@ -14,7 +14,9 @@ Files under ``train.out_dir``:
   `surgsam2.load_model` and the official code), and ``checkpoints/trainer_step0000500.pt``: the
   optimizer, scheduler, step and RNG states (tensors and plain data only: it loads with
   ``weights_only=True``); the newest ``keep_checkpoints`` pairs are kept;
-- ``checkpoints/model_final.pt``: the weights at the end of training;
+- ``checkpoints/model_final.pt``: the weights at the end of training, never written by a run that
+  diverged (a non-finite loss, gradient or weight stops it with `TrainingDiverged` before the
+  weights change or are saved; the checkpoints written before stay);
 - ``config.yaml`` (the resolved config), ``metrics.jsonl`` (per logged step: losses per object,
   lr, gradient norm, throughput) and ``loss.png`` (the curves).
 """
@@ -40,7 +42,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from surgsam2.memory.policies import make_policy
-from surgsam2.model.checkpoint import load_weights, save_checkpoint
+from surgsam2.model.checkpoint import load_weights, read_torch_file, save_checkpoint
 from surgsam2.model.configs import get_config
 from surgsam2.model.sam2 import SAM2Model
 from surgsam2.runtime.distributed import ProcessGroup
@@ -60,6 +62,7 @@ STATE_VERSION = 1
 # A rank waits at most this long for the others (a checkpoint save, a slow step).
 TRAINING_TIMEOUT = timedelta(minutes=30)
 _STATE_PATTERN = re.compile(r"trainer_step(\d+)\.pt$")
+_STATE_KEYS = ("step", "world_size", "optimizer", "scheduler", "rng", "config")
 # Keys that may change between a run and its resumption without changing the result.
 # (train.num_threads is not one: another thread count may change the last bits of reductions.)
 _RESUME_NEUTRAL_KEYS = {
@@ -68,6 +71,14 @@ _RESUME_NEUTRAL_KEYS = {
 }  # fmt: skip
 # Purposes of the per-step derived seeds.
 _SEED_TORCH, _SEED_PROMPTS = 0, 1
+
+
+class TrainingDiverged(ValueError):
+    """A step whose loss or gradient is not finite: the run stops before the weights are updated.
+
+    A ValueError, so the command line reports it in one line (exit 2): divergence comes from the
+    run's settings (learning rate, loss weights) or its data, and the last checkpoint is kept.
+    """
 
 
 @dataclass
@@ -165,11 +176,14 @@ def checkpoint_steps(out_dir: str | Path) -> list[int]:
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
-    """Read a trainer-state file (weights_only: no arbitrary object is unpickled)."""
+    """Read a trainer-state file with the models' guarded loader (weights_only, one-line errors)."""
     path = Path(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch_file(path, what="trainer state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path}: not a surgsam2 trainer-state file")
+    missing = [key for key in _STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"{path}: incomplete trainer-state file (missing {', '.join(missing)})")
     return state
 
 
@@ -296,10 +310,7 @@ class _Trainer:
             changed = config_differences(state["config"], config.to_dict())
             if changed:
                 warnings.warn(f"resuming with a changed config ({', '.join(changed)})", stacklevel=2)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            restore_rng_state(state["rng"])
-            self.start_step = int(state["step"])
+            self._restore(state, checkpoint_files(self.out_dir, self.resume_step)[1])
 
         self.use_bf16 = config.train.amp == "bf16" and bf16_supported(self.device)
         if config.train.amp == "bf16" and not self.use_bf16:
@@ -310,6 +321,20 @@ class _Trainer:
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
             resumed_at = self.start_step if self.resume_step is not None else None
             self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", resume_step=resumed_at)
+
+    def _restore(self, state: Mapping[str, Any], path: Path) -> None:
+        """Optimizer, scheduler, RNG and step from a trainer state; a one-line error if they do not fit."""
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            restore_rng_state(state["rng"])
+            self.start_step = int(state["step"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            lines = str(error).strip().splitlines()
+            detail = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+            raise ValueError(
+                f"{path}: trainer state does not fit this run ({detail}); start a fresh run in another --out"
+            ) from None
 
     # --------------------------------------------------------------------------------
     def _autocast(self):
@@ -332,6 +357,14 @@ class _Trainer:
         num_objects = context.all_reduce_mean(outputs["num_objects"].detach().float()).clamp(min=1.0)
         per_object = {name: outputs[name].float() / num_objects for name in LOSS_NAMES}
         loss = weighted_total(per_object, config.loss)
+        # Averaged over processes before the backward pass, so every process sees a NaN of any
+        # one of them and all stop together, before the weights change.
+        logged = torch.stack(
+            [loss.detach(), *(per_object[name].detach() for name in LOSS_NAMES),
+             outputs["num_predictions"].detach().float(), outputs["num_objects"].detach().float()]
+        )  # fmt: skip
+        logged = context.all_reduce_mean(logged).tolist()
+        self._stop_if_diverged(step_index + 1, dict(zip(("loss", *LOSS_NAMES), logged)))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parameters = [p for p in self.model.parameters() if p.grad is not None]
@@ -339,14 +372,11 @@ class _Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.optim.grad_clip)
         else:
             grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in parameters]))
+        # Gradients are averaged over processes by the backward pass: the same norm everywhere.
+        self._stop_if_diverged(step_index + 1, {"gradient norm": float(grad_norm)})
         lr = self.optimizer.param_groups[0]["lr"]  # the highest group's lr, used by this step
         self.optimizer.step()
         self.scheduler.step()
-        logged = torch.stack(
-            [loss.detach(), *(per_object[name].detach() for name in LOSS_NAMES),
-             outputs["num_predictions"].detach().float(), outputs["num_objects"].detach().float()]
-        )  # fmt: skip
-        logged = context.all_reduce_mean(logged).tolist()
         record = {"loss": logged[0]}
         record.update({name: value for name, value in zip(LOSS_NAMES, logged[1:])})
         record["predictions"] = logged[-2]
@@ -355,9 +385,28 @@ class _Trainer:
         record["lr"] = lr
         return record
 
+    def _stop_if_diverged(self, step: int, values: Mapping[str, float]) -> None:
+        """Raise `TrainingDiverged` naming the non-finite ``values`` of ``step`` and the last checkpoint."""
+        bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+        if not bad:
+            return
+        saved = checkpoint_steps(self.out_dir)
+        kept = (
+            f"the last checkpoint, {checkpoint_files(self.out_dir, saved[-1])[0]}, is kept"
+            if saved else "no checkpoint was written before it"
+        )  # fmt: skip
+        terms = ", ".join(f"{name} {value}" for name, value in bad.items())
+        raise TrainingDiverged(
+            f"training diverged at step {step}: non-finite {terms}; no final model is written and {kept}; "
+            "lower optim.lr or check the loss weights and the data"
+        )
+
     def save(self, step: int) -> None:
         """Write the model and trainer state of ``step`` (rank 0), prune old checkpoints."""
         self.context.check_in_sync(self.model)
+        broken = [name for name, value in self.model.state_dict().items() if not bool(torch.isfinite(value).all())]
+        if broken:  # the weights are in sync, so every process stops here
+            self._stop_if_diverged(step, {f"weights ({broken[0]}, {len(broken)} tensors)": math.nan})
         if self.context.is_main:
             model_path, state_path = checkpoint_files(self.out_dir, step)
             save_checkpoint(self.model, model_path, extra={"train_step": step, "train_config": self.config.to_dict()})
@@ -488,6 +537,7 @@ def run_training(config: TrainConfig, resume: bool = False, stop_after: int | No
 
 __all__ = [
     "TrainSummary",
+    "TrainingDiverged",
     "build_dataset",
     "build_train_model",
     "checkpoint_files",
