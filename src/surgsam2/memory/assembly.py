@@ -1,7 +1,7 @@
 """Memory assembly: from the bank's candidate memories to the tokens memory attention reads.
 
 Shared by the streaming tracker (inference) and the training clip forward, so both build the
-memory of a frame the same way (DESIGN §4):
+memory of a frame the same way (docs/architecture.md, "The memory rules"):
 
 1. `gather_candidates` stacks what `MemoryBank.layout` proposes into batched tensors. A stored
    memory is either one object's (T, C) features and (D,) pointer (the tracker: one layout per

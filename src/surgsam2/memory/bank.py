@@ -2,9 +2,9 @@
 
 It stores, per object, the memory features and object pointer of its conditioning (prompted)
 frames and of the recent frames a policy may still select, and proposes the candidates of a new
-frame following SAM 2's rules (see DESIGN §4). Nothing older than SAM 2 could ever attend to is
-kept, so the state stays flat over endless streams. Pure tensor code: it knows nothing of the
-network beyond tensor shapes.
+frame following SAM 2's rules (docs/architecture.md, "The memory rules"). Nothing older than
+SAM 2 could ever attend to is kept, so the state stays flat over endless streams. Pure tensor
+code: it knows nothing of the network beyond tensor shapes.
 """
 
 from __future__ import annotations
