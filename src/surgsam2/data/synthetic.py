@@ -42,6 +42,33 @@ from surgsam2.data.vos import DatasetMeta, VOSWriter, staged_output_dir
 
 
 
+MIN_SIDE, MAX_SIDE = 16, 4096  # pixels, each side of a frame
+MAX_FRAMES = 100_000  # frames per clip (frame names have five digits: 00000..99999)
+MAX_VIDEOS = 10_000  # clips per dataset (synth_000 .. synth_9999)
+MAX_INSTRUMENTS = 8  # instruments per clip
+MAX_IN_MEMORY_BYTES = 8 << 30  # what generate_synthetic_video may hold; larger clips are streamed
+
+
+def _check_count(name: str, value: object, low: int, high: int | None) -> None:
+    """ValueError unless `value` is an integer in low..high (no upper bound when `high` is None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def check_frame_size(width: object, height: object) -> None:
+    """ValueError unless both sides are integers in MIN_SIDE..MAX_SIDE pixels."""
+    for name, side in (("width", width), ("height", height)):
+        if isinstance(side, bool) or not isinstance(side, (int, np.integer)):
+            raise ValueError(f"frame {name} must be an integer number of pixels, got {side!r}")
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):  # type: ignore[operator]
+        raise ValueError(
+            f"frame size must be {MIN_SIDE}..{MAX_SIDE} pixels per side, got {width}x{height}"
+        )
+
+
 @dataclass
 class SyntheticVideoConfig:
     """Everything that defines one synthetic clip; nuisance strengths are in 0..1 (0 = off)."""
@@ -64,22 +91,20 @@ class SyntheticVideoConfig:
     seed: int = 0
 
     def validate(self) -> SyntheticVideoConfig:
-        """Raise ValueError naming the first bad field; returns self."""
-        if self.width < 16 or self.height < 16:
-            raise ValueError(f"frame size must be at least 16x16, got {self.width}x{self.height}")
-        if self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        """Raise a one-line ValueError naming the first bad field (before anything is allocated)."""
+        check_frame_size(self.width, self.height)
+        _check_count("num_frames", self.num_frames, 1, MAX_FRAMES)
         if self.class_ids is not None:
             if not self.class_ids:
                 raise ValueError("class_ids must not be empty")
             bad = [c for c in self.class_ids if not 1 <= int(c) <= NUM_INSTRUMENT_CLASSES]
             if bad:
                 raise ValueError(f"class_ids must be in 1..{NUM_INSTRUMENT_CLASSES}, got {bad}")
-            if len(self.class_ids) > 8:
-                raise ValueError(f"at most 8 instruments, got {len(self.class_ids)}")
-        elif not 1 <= self.min_instruments <= self.max_instruments <= 8:
+            if len(self.class_ids) > MAX_INSTRUMENTS:
+                raise ValueError(f"at most {MAX_INSTRUMENTS} instruments, got {len(self.class_ids)}")
+        elif not 1 <= self.min_instruments <= self.max_instruments <= MAX_INSTRUMENTS:
             raise ValueError(
-                "need 1 <= min_instruments <= max_instruments <= 8, "
+                f"need 1 <= min_instruments <= max_instruments <= {MAX_INSTRUMENTS}, "
                 f"got {self.min_instruments}, {self.max_instruments}"
             )
         for name in ("reentry_probability", "late_entry_probability", "smoke", "motion_blur", "flicker",
@@ -87,10 +112,11 @@ class SyntheticVideoConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.camera_motion < 0 or self.sensor_noise < 0:
-            raise ValueError("camera_motion and sensor_noise must be >= 0")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for name in ("camera_motion", "sensor_noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        _check_count("seed", self.seed, 0, None)
         return self
 
     def without_nuisances(self) -> SyntheticVideoConfig:
@@ -435,11 +461,30 @@ def synthetic_object_classes(config: SyntheticVideoConfig) -> dict[int, int]:
     return {inst.object_id: inst.class_id for inst in renderer.instruments}
 
 
+def _check_in_memory_size(config: SyntheticVideoConfig, keep_background: bool, keep_layers: bool) -> None:
+    """ValueError if the arrays of generate_synthetic_video would exceed MAX_IN_MEMORY_BYTES."""
+    instruments = len(config.class_ids) if config.class_ids is not None else config.max_instruments
+    bytes_per_pixel = 3 + 1 + (3 if keep_background else 0) + (instruments if keep_layers else 0)
+    total = config.num_frames * config.height * config.width * bytes_per_pixel
+    if total > MAX_IN_MEMORY_BYTES:
+        raise ValueError(
+            f"a {config.num_frames}-frame {config.width}x{config.height} clip needs {total / 2**30:.1f} GiB"
+            f" in memory (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB); stream it with"
+            " iter_synthetic_video or write_synthetic_dataset"
+        )
+
+
 def generate_synthetic_video(
     config: SyntheticVideoConfig | None = None, keep_background: bool = False, keep_layers: bool = False
 ) -> SyntheticVideo:
-    """Generate one clip as arrays; optionally also the tissue-only frames and unoccluded masks."""
-    renderer = _ClipRenderer(config or SyntheticVideoConfig())
+    """Generate one clip as arrays; optionally also the tissue-only frames and unoccluded masks.
+
+    The clip is held in memory, so it is refused (ValueError) above MAX_IN_MEMORY_BYTES; stream
+    longer or larger clips with `iter_synthetic_video` or `write_synthetic_dataset`.
+    """
+    config = (config or SyntheticVideoConfig()).validate()
+    _check_in_memory_size(config, keep_background, keep_layers)
+    renderer = _ClipRenderer(config)
     T, H, W = renderer.frames, renderer.height, renderer.width
     frames = np.empty((T, H, W, 3), np.uint8)
     id_maps = np.empty((T, H, W), np.uint8)
@@ -499,13 +544,14 @@ def write_synthetic_dataset(
     built in a hidden temp folder next to `out_dir` and renamed into place when complete; a
     non-empty `out_dir` is refused unless `overwrite`.
     """
+    if len(size) != 2:
+        raise ValueError(f"size must be (width, height), got {size!r}")
+    check_frame_size(*size)
     width, height = int(size[0]), int(size[1])
-    if videos < 1 or frames < 1:
-        raise ValueError(f"need at least 1 video of at least 1 frame, got {videos} videos of {frames} frames")
-    if width < 16 or height < 16:
-        raise ValueError(f"frame size must be at least 16x16, got {width}x{height}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    _check_count("videos", videos, 1, MAX_VIDEOS)
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FRAMES:
+        raise ValueError(f"need at least 1 frame and at most {MAX_FRAMES} frames per video, got {frames}")
+    _check_count("seed", seed, 0, None)
     base = replace(config or SyntheticVideoConfig(), width=width, height=height, num_frames=int(frames))
     replace(base, seed=int(seed)).validate()
     start = time.perf_counter()
