@@ -21,7 +21,17 @@ ISINet's ``miccai_challenge_2018_release_1/``)::
       SRC/<group>/annotations/seq<k>_frame<NNN>.png     pixel value = class id 1-7
     The challenge's own ``seq_<k>/labels/`` (RGB scene-part colours) are not instrument types.
 
-What is written, for each split ``<split>`` of ``--split`` (``all`` = ``train`` and ``val``)::
+    EndoVis 2017 test release (``--split test``): frames and ground truth, released apart, may sit
+    in one folder per dataset or in two trees, each up to three folders below SRC:
+      SRC/.../instrument_dataset_<k>/left_frames/frame<NNN>.png     k = 1-10; 1920x1080 RGB;
+          datasets 1-8: frame225-frame299 (after the training frames), 9-10: frame000-frame299
+      SRC/.../instrument_dataset_<k>/[gt/]TypeSegmentation/frame<NNN>.png   single-channel type
+          map, pixel = class id 1-7 (0 = background); BinarySegmentation/, PartsSegmentation/
+          and TypeSegmentationRescaled/ (colours for viewing) beside it are not read; test ground
+          truth arranged like the training release (ground_truth/<Instrument>_labels/) is read too
+
+What is written, for each split ``<split>`` of ``--split`` (``all`` = ``train`` and ``val``;
+``test`` = the 2017 test release)::
 
     DST/<split>/JPEGImages/<video>/<frame>.jpg|png      2017: cropped to 1280x1024 from (320, 28)
     DST/<split>/Annotations/<video>/<frame>.png         palette PNG, pixel = object id
@@ -35,12 +45,14 @@ Objects: 2017 (default ``instance``) one object per ground-truth folder, ids 1..
 folder order, class from the folder name; ``class`` mode merges them to object id = class id.
 2018: object id = class id, one object per instrument class per sequence (as SurgSAM2's
 VOS-EndoVis18): a class map cannot tell two instruments of one class apart, and per-frame connected
-components have no identity over time. Class ids come from ``surgsam2.data.classes`` (one table).
+components have no identity over time; the 2017 test type maps likewise. Class ids come from
+``surgsam2.data.classes`` (one table).
 
 Splits: 2017 follows the TernausNet / ISINet / SurgicalSAM 4-fold cross-validation of datasets 1-8
 (fold 0: 1, 3; fold 1: 2, 5; fold 2: 4, 8; fold 3: 6, 7): ``val`` = the fold's datasets, ``train``
 = the other six. 2018: ``val`` = seq 2, 5, 9, 15 (ISINet, SurgicalSAM, SurgSAM2), ``train`` = the
-other sequences found. Each split folder is written atomically (``staged_output_dir``).
+other sequences found. 2017 ``test`` = datasets 1-10 of the test release (SurgSAM2's VOS-EndoVis17
+"valid"). Each split folder is written atomically (``staged_output_dir``).
 """
 
 from __future__ import annotations
@@ -56,10 +68,14 @@ from surgsam2.data.classes import class_table
 from surgsam2.data.endovis_layouts import (
     ENDOVIS17_FOLDS,
     ENDOVIS17_LABELLED_DATASETS,
+    ENDOVIS17_TEST_DATASETS,
+    ENDOVIS17_TEST_FIRST_FRAME,
+    ENDOVIS17_TYPE_MAP_DIRS,
     ENDOVIS18_LABEL_DIRS,
     ENDOVIS18_VAL_SEQUENCES,
     SPLITS,
     VideoLocation,
+    build_2017_test_video,
     build_2017_video,
     build_2018_video,
     discover_videos,
@@ -70,6 +86,7 @@ from surgsam2.data.endovis_raw import (
     ENDOVIS17_OTHER_NAMES,
     ENDOVIS17_RAW_SIZE,
     CropBox,
+    EndoVis17TypeMapVideo,
     EndoVis17Video,
     EndoVis18Video,
     RawVideo,
@@ -88,12 +105,16 @@ __all__ = [
     "ENDOVIS17_LABELLED_DATASETS",
     "ENDOVIS17_OTHER_NAMES",
     "ENDOVIS17_RAW_SIZE",
+    "ENDOVIS17_TEST_DATASETS",
+    "ENDOVIS17_TEST_FIRST_FRAME",
+    "ENDOVIS17_TYPE_MAP_DIRS",
     "ENDOVIS18_LABEL_DIRS",
     "ENDOVIS18_VAL_SEQUENCES",
     "OBJECT_MODES",
     "SPLITS",
     "YEARS",
     "CropBox",
+    "EndoVis17TypeMapVideo",
     "EndoVis17Video",
     "EndoVis18Video",
     "EndoVisConversionSummary",
@@ -216,7 +237,8 @@ class _Options:
     src: Path
     dst: Path
     year: int
-    fold: int | None  # 2017 only
+    split: str
+    fold: int | None  # 2017 train / val only
     object_mode: str
     labels_dir: str | None
     image_format: str
@@ -230,6 +252,7 @@ def _check_options(
     src: Path,
     dst: Path,
     year: int,
+    split: str,
     fold: int | None,
     object_mode: str | None,
     labels_dir: str | None,
@@ -241,13 +264,17 @@ def _check_options(
     """Validate the options (one-line ValueError / FileNotFoundError) before anything is read."""
     if year not in YEARS:
         raise ValueError(f"year must be 2017 or 2018, got {year}")
+    split_videos(year, split, [])  # validates the split name and that the year has it
+    if split == "test" and fold is not None:
+        raise ValueError("--fold picks the EndoVis 2017 train/val cross-validation; the test split has none")
     if year == 2018 and fold is not None:
         raise ValueError("--fold applies to EndoVis 2017 only (EndoVis 2018 has one validation split)")
     if year == 2017 and labels_dir is not None:
         raise ValueError(
             "--labels-dir applies to EndoVis 2018 only (2017 labels are ground_truth/<Instrument>_labels/)"
         )
-    mode = object_mode or ("instance" if year == 2017 else "class")
+    # 2017 training folders are per instrument; the test release and 2018 give class maps
+    mode = object_mode or ("instance" if year == 2017 and split != "test" else "class")
     if mode not in OBJECT_MODES:
         raise ValueError(f"object mode must be one of {', '.join(OBJECT_MODES)}, got {mode!r}")
     if year == 2018 and mode != "class":
@@ -260,9 +287,9 @@ def _check_options(
     VOSWriter(dst, image_format=image_format, jpeg_quality=jpeg_quality)  # validates the format options
     if not src.is_dir():
         raise FileNotFoundError(f"source folder not found: {src}")
-    chosen_fold = (0 if fold is None else int(fold)) if year == 2017 else None
+    chosen_fold = (0 if fold is None else int(fold)) if year == 2017 and split != "test" else None
     return _Options(
-        src, dst, year, chosen_fold, mode, labels_dir, image_format, jpeg_quality, overwrite, workers,
+        src, dst, year, split, chosen_fold, mode, labels_dir, image_format, jpeg_quality, overwrite, workers,
         class_table(f"endovis{year % 100}"),
     )  # fmt: skip
 
@@ -294,8 +321,10 @@ def _build_videos(
     """List and size-check every selected raw video (nothing is written yet)."""
     videos: dict[int, RawVideo] = {}
     for number in selected:
-        if options.year == 2017:
-            video: RawVideo = build_2017_video(locations[number], options.object_mode, options.table)
+        if options.split == "test":
+            video: RawVideo = build_2017_test_video(locations[number], options.object_mode, options.table)
+        elif options.year == 2017:
+            video = build_2017_video(locations[number], options.object_mode, options.table)
         else:
             video = build_2018_video(locations[number], options.labels_dir, options.table)
         video.check_sizes()
@@ -353,6 +382,8 @@ def _write_split(
                 "object_sources": {str(obj): video.object_sources[obj] for obj in present},
                 "first_appearance": {str(obj): result.first_appearance[obj] for obj in present},
             }
+            if video.label_source is not None:  # labels from a tree apart from the frames
+                extra["label_source"] = _relative_text(video.label_source, options.src)
             meta.video_extra[video.name] = extra
         writer.write_meta(meta)
     return SplitSummary(
@@ -381,18 +412,21 @@ def convert_endovis(
 ) -> EndoVisConversionSummary:
     """Convert raw EndoVis `year` data under `src` to the VOS layout in `dst`/<split>/ (module docstring).
 
-    `fold` (2017 only, default 0) picks the cross-validation fold; `object_mode` is 'instance'
-    (2017 default) or 'class' (2018: the only choice); `labels_dir` names the 2018 label folder.
+    `split` is 'train', 'val', 'all' (train and val) or, for 2017, 'test' (the test release with
+    its separately released ground truth). `fold` (2017 train / val, default 0) picks the
+    cross-validation fold; `object_mode` is 'instance' (2017 train / val default) or 'class' (the
+    default of the 2017 test type maps and the only choice for 2018); `labels_dir` names the 2018
+    label folder.
     The whole selected raw layout is listed and size-checked before writing; each split folder is
     built in a temp folder and renamed into place. `progress(split, video, frames)` is called
     after each video (from worker threads when `workers` > 1).
     """
     start = time.perf_counter()
     options = _check_options(
-        Path(src), Path(dst), year, fold, object_mode, labels_dir, image_format, jpeg_quality, overwrite,
-        workers,
+        Path(src), Path(dst), year, split, fold, object_mode, labels_dir, image_format, jpeg_quality,
+        overwrite, workers,
     )  # fmt: skip
-    layout, locations = discover_videos(year, options.src, labels_dir)
+    layout, locations = discover_videos(year, options.src, labels_dir, split)
     plan, selected, ignored = _plan_splits(options, split, locations)
     _check_targets(options.src, [options.dst / name for name in plan], overwrite)
     videos = _build_videos(options, selected, locations)

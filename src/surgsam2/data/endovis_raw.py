@@ -137,6 +137,45 @@ def read_foreground(path: Path) -> np.ndarray:
     return image > 0
 
 
+def check_endovis17_frame_shape(path: Path, shape: Sequence[int], crop: CropBox) -> None:
+    """ValueError unless a raw 2017 frame has the size the crop is defined for (1920x1080)."""
+    width, height = ENDOVIS17_RAW_SIZE
+    if tuple(shape[:2]) != (height, width):
+        raise ValueError(
+            f"frame {path} is {size_text(shape)}, expected the EndoVis 2017 size {width}x{height}"
+            f" (cropped to {crop.width}x{crop.height} at x={crop.x}, y={crop.y})"
+        )
+
+
+def read_endovis17_frame(path: Path, crop: CropBox) -> np.ndarray:
+    """A raw 2017 frame as RGB, checked for its size and cropped."""
+    rgb = read_image(path)
+    check_endovis17_frame_shape(path, rgb.shape, crop)
+    return crop.apply(rgb)
+
+
+def read_class_map(
+    path: Path, expected: tuple[int, int], frame: Path, classes: Mapping[int, int], year: int
+) -> np.ndarray:
+    """A label whose pixel value is the class id, checked against its frame's (height, width).
+
+    A value that is neither 0 (background) nor a key of `classes` is a one-line ValueError.
+    """
+    id_map = read_mask(path)
+    if id_map.shape != expected:
+        raise ValueError(
+            f"label {path} is {size_text(id_map.shape)} but its frame {frame} is {size_text(expected)}"
+        )
+    unknown = [value for value in object_ids(id_map) if value not in classes]
+    if unknown:
+        known = ", ".join(str(k) for k in sorted(classes))
+        raise ValueError(
+            f"label {path} has value(s) {', '.join(map(str, unknown))} that are not EndoVis {year}"
+            f" instrument classes (expected 0 = background or {known})"
+        )
+    return id_map
+
+
 # ---------------------------------------------------------------------------------------------
 # raw videos
 
@@ -155,6 +194,7 @@ class RawVideo:
     frames: dict[int, Path]
     objects: dict[int, int]
     object_sources: dict[int, str]
+    label_source: Path | None = None  # the label folder, where it is not inside `folder`
 
     def read_frame(self, number: int) -> np.ndarray:
         """Frame `number` as HxWx3 uint8 RGB, in the output geometry."""
@@ -187,21 +227,9 @@ class EndoVis17Video(RawVideo):
     object_mode: str = "instance"
     crop: CropBox = ENDOVIS17_CROP
 
-    def _check_frame_shape(self, path: Path, shape: Sequence[int]) -> None:
-        """ValueError unless a raw frame has the 2017 size the crop is defined for."""
-        width, height = ENDOVIS17_RAW_SIZE
-        if tuple(shape[:2]) != (height, width):
-            raise ValueError(
-                f"frame {path} is {size_text(shape)}, expected the EndoVis 2017 size {width}x{height}"
-                f" (cropped to {self.crop.width}x{self.crop.height} at x={self.crop.x}, y={self.crop.y})"
-            )
-
     def read_frame(self, number: int) -> np.ndarray:
         """The raw frame cropped to 1280x1024 from (x=320, y=28)."""
-        path = self.frames[number]
-        rgb = read_image(path)
-        self._check_frame_shape(path, rgb.shape)
-        return self.crop.apply(rgb)
+        return read_endovis17_frame(self.frames[number], self.crop)
 
     def read_id_map(self, number: int) -> np.ndarray:
         """Merge the instrument masks of frame `number` (later folders win on overlap), cropped."""
@@ -223,7 +251,7 @@ class EndoVis17Video(RawVideo):
         """Every frame must be 1920x1080 and every label the size of its frame."""
         for number, frame in self.frames.items():
             size = image_size(frame)
-            self._check_frame_shape(frame, size)
+            check_endovis17_frame_shape(frame, size, self.crop)
             for instrument in self.instruments:
                 _check_size(instrument.files[number], size, frame)
 
@@ -240,27 +268,38 @@ class EndoVis18Video(RawVideo):
 
     def read_id_map(self, number: int) -> np.ndarray:
         """The class map of frame `number`; object id = class id; other values are an error."""
-        path = self.labels[number]
-        id_map = read_mask(path)
-        expected = image_size(self.frames[number])
-        if id_map.shape != expected:
-            raise ValueError(
-                f"label {path} is {size_text(id_map.shape)} but its frame {self.frames[number]}"
-                f" is {size_text(expected)}"
-            )
-        unknown = [value for value in object_ids(id_map) if value not in self.objects]
-        if unknown:
-            known = ", ".join(str(k) for k in sorted(self.objects))
-            raise ValueError(
-                f"label {path} has value(s) {', '.join(map(str, unknown))} that are not EndoVis 2018"
-                f" instrument classes (expected 0 = background or {known})"
-            )
-        return id_map
+        frame = self.frames[number]
+        return read_class_map(self.labels[number], image_size(frame), frame, self.objects, 2018)
 
     def check_sizes(self) -> None:
         """Every label must be the size of its frame."""
         for number, frame in self.frames.items():
             _check_size(self.labels[number], image_size(frame), frame)
+
+
+@dataclass
+class EndoVis17TypeMapVideo(RawVideo):
+    """An EndoVis 2017 test dataset: 1920x1080 frames and type maps (pixel = class id), both cropped."""
+
+    labels: dict[int, Path] = field(default_factory=dict)
+    crop: CropBox = ENDOVIS17_CROP
+
+    def read_frame(self, number: int) -> np.ndarray:
+        """The raw frame cropped to 1280x1024 from (x=320, y=28)."""
+        return read_endovis17_frame(self.frames[number], self.crop)
+
+    def read_id_map(self, number: int) -> np.ndarray:
+        """The type map of frame `number`, cropped; object id = class id; other values are an error."""
+        width, height = ENDOVIS17_RAW_SIZE
+        id_map = read_class_map(self.labels[number], (height, width), self.frames[number], self.objects, 2017)
+        return self.crop.apply(id_map)
+
+    def check_sizes(self) -> None:
+        """Every frame must be 1920x1080 and every type map the size of its frame."""
+        for number, frame in self.frames.items():
+            size = image_size(frame)
+            check_endovis17_frame_shape(frame, size, self.crop)
+            _check_size(self.labels[number], size, frame)
 
 
 # ---------------------------------------------------------------------------------------------
