@@ -233,6 +233,200 @@ def test_2017_corrupt_label_is_a_one_line_error(raw17: Path, tmp_path: Path):
     assert not (tmp_path / "out" / "val").exists()
 
 
+# --- EndoVis 2017 test release ------------------------------------------------------------------
+
+MCS17, UP17 = ID17["Monopolar Curved Scissors"], 7  # 7: the "Other" type (ultrasound probe)
+TEST_FRAMES17 = {1: (225, 226, 227), 9: (0, 1, 2)}  # datasets 1-8 continue after frame 224
+
+
+def _type_map17(number: int, t: int) -> np.ndarray:
+    """A raw 1920x1080 type map (pixel = class id): PF in every frame, MCS from the second frame.
+
+    Dataset 9 also shows the "Other" type; one PF pixel lies in the black side bar (cropped away).
+    """
+    first = TEST_FRAMES17[number][0]
+    labels = np.zeros((RAW17_H, RAW17_W), np.uint8)
+    labels[_rect17(100, 200, 50, 150)] = PF17
+    labels[500, 10] = PF17
+    if t > first:
+        labels[_rect17(300, 360, 400, 480)] = MCS17
+    if number == 9:
+        labels[_rect17(600, 640, 700, 760)] = UP17
+    return labels
+
+
+def _make_test_release17(root: Path) -> None:
+    """The test frames and, in a tree of its own, the test ground truth, as the two archives unpack.
+
+    SRC/instrument_1_4_testing/instrument_dataset_1/left_frames/frame225-227.png
+    SRC/instrument_9_10_testing/instrument_dataset_9/left_frames/frame000-002.png
+    SRC/instrument_2017_test/instrument_2017_test/instrument_dataset_1/gt/TypeSegmentation/frame225-227.png
+    SRC/instrument_2017_test/instrument_2017_test/instrument_dataset_9/TypeSegmentation/frame000-002.png
+    (+ BinarySegmentation/ and PartsSegmentation/ beside the type maps, which are not read)
+    """
+    truth = root / "instrument_2017_test" / "instrument_2017_test"
+    for number, group in ((1, "instrument_1_4_testing"), (9, "instrument_9_10_testing")):
+        labels = truth / f"instrument_dataset_{number}" / ("gt" if number == 1 else ".")
+        for t in TEST_FRAMES17[number]:
+            rgb = np.zeros((RAW17_H, RAW17_W, 3), np.uint8)
+            rgb[CROP_Y : CROP_Y + 1024, CROP_X : CROP_X + 1280] = (90 + number, 40 + t % 50, 60)
+            rgb[CROP_Y + 7, CROP_X + 5] = MARKER
+            _png(root / group / f"instrument_dataset_{number}" / "left_frames" / f"frame{t:03d}.png", rgb)
+            type_map = _type_map17(number, t)
+            _png(labels / "TypeSegmentation" / f"frame{t:03d}.png", type_map)
+            _png(labels / "BinarySegmentation" / f"frame{t:03d}.png", (type_map > 0).astype(np.uint8) * 255)
+            _png(labels / "PartsSegmentation" / f"frame{t:03d}.png", (type_map > 0).astype(np.uint8) * 30)
+
+
+@pytest.fixture(scope="module")
+def raw17_test(tmp_path_factory) -> Path:
+    """The 2017 test release of datasets 1 and 9 (frames and ground truth in two trees)."""
+    root = tmp_path_factory.mktemp("raw17_test")
+    _make_test_release17(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def converted17_test(raw17_test: Path, tmp_path_factory) -> tuple[Path, object]:
+    """raw17_test converted with --split test and PNG frames, and the conversion summary."""
+    dst = tmp_path_factory.mktemp("vos17_test") / "out"
+    summary = convert_endovis(raw17_test, dst, year=2017, split="test", image_format="png", workers=2)
+    return dst, summary
+
+
+def test_2017_test_release_conversion_and_frame_numbers(converted17_test):
+    dst, summary = converted17_test
+    assert summary.layout == "endovis17-test" and summary.object_mode == "class" and summary.fold is None
+    assert [s.split for s in summary.splits] == ["test"] and summary.ignored == []
+    assert summary.splits[0].videos == ["instrument_dataset_1", "instrument_dataset_9"]
+    assert summary.splits[0].missing == [f"instrument_dataset_{k}" for k in (2, 3, 4, 5, 6, 7, 8, 10)]
+    assert sorted(p.name for p in dst.iterdir()) == ["test"]
+    dataset = VOSDataset(dst / "test")
+    first = dataset.video("instrument_dataset_1")
+    assert first.frame_names == ["00225", "00226", "00227"]  # raw frame numbers kept
+    assert dataset.video("instrument_dataset_9").frame_names == ["00000", "00001", "00002"]
+    frame = first.read_frame(0)
+    assert frame.shape == (1024, 1280, 3) and tuple(frame[7, 5]) == MARKER  # cropped from (320, 28)
+    assert frame[100, 100, 1] == 40 + 225 % 50  # frame225.png, not another frame
+    annotation = first.read_annotation(0)
+    assert annotation.shape == (1024, 1280)
+    assert (annotation == PF17).sum() == 100 * 100  # the side-bar pixel is cropped away
+    cropped = _type_map17(1, 226)[CROP_Y : CROP_Y + 1024, CROP_X : CROP_X + 1280]
+    assert np.array_equal(first.read_annotation(1), cropped)  # pixel = class id, as in the raw map
+    assert first.prompt_positions == [0, 1]  # PF at frame 225, MCS from frame 226
+    assert set(np.unique(first.read_prompt(1))) == {0, MCS17}
+
+
+def test_2017_test_release_class_ids_and_meta(converted17_test):
+    dst, _ = converted17_test
+    meta = read_meta(dst / "test" / "meta.json")
+    assert meta.dataset == "endovis17" and meta.classes == dict(ENDOVIS17_CLASSES)
+    assert meta.objects == {
+        "instrument_dataset_1": {PF17: PF17, MCS17: MCS17},
+        "instrument_dataset_9": {PF17: PF17, MCS17: MCS17, UP17: UP17},
+    }
+    assert ENDOVIS17_CLASSES[UP17] == "Ultrasound Probe"  # the challenge's "Other" type
+    source = meta.extra["source"]
+    assert source["split"] == "test" and source["layout"] == "endovis17-test" and source["fold"] is None
+    assert source["crop"] == {"x": 320, "y": 28, "width": 1280, "height": 1024}
+    extra = meta.video_extra["instrument_dataset_1"]
+    assert extra["first_appearance"] == {str(PF17): 225, str(MCS17): 226}
+    assert extra["source"] == "instrument_1_4_testing/instrument_dataset_1"
+    truth = "instrument_2017_test/instrument_2017_test/instrument_dataset_1"
+    assert extra["label_source"] == f"{truth}/gt/TypeSegmentation"
+    assert extra["object_sources"][str(PF17)] == f"class {PF17} of gt/TypeSegmentation"
+    appearance = meta.video_extra["instrument_dataset_9"]["first_appearance"]
+    assert appearance == {str(PF17): 0, str(MCS17): 1, str(UP17): 0}
+
+
+def test_2017_test_release_in_one_folder_per_dataset(raw17_test: Path, tmp_path: Path):
+    """Frames and ground truth merged into one instrument_dataset_<k>/ folder convert the same."""
+    src = tmp_path / "merged" / "instrument_dataset_1"
+    shutil.copytree(raw17_test / "instrument_1_4_testing" / "instrument_dataset_1", src)
+    truth = raw17_test / "instrument_2017_test" / "instrument_2017_test" / "instrument_dataset_1" / "gt"
+    shutil.copytree(truth / "TypeSegmentation", src / "TypeSegmentation")
+    summary = convert_endovis(tmp_path / "merged", tmp_path / "out", year=2017, split="test")
+    assert summary.splits[0].videos == ["instrument_dataset_1"]
+    video = VOSDataset(tmp_path / "out" / "test").video("instrument_dataset_1")
+    assert video.frame_names == ["00225", "00226", "00227"] and video.object_ids() == [PF17, MCS17]
+    meta = read_meta(tmp_path / "out" / "test" / "meta.json")
+    assert "label_source" not in meta.video_extra["instrument_dataset_1"]
+
+
+def test_2017_test_release_with_instrument_folders(tmp_path: Path):
+    """Test ground truth arranged like the training release: instance objects, as in train / val."""
+    src = tmp_path / "src" / "instrument_dataset_9"
+    _make_dataset17(src)  # frame000-002 with ground_truth/<Instrument>_labels/
+    summary = convert_endovis(
+        tmp_path / "src", tmp_path / "out", year=2017, split="test", object_mode="instance"
+    )
+    assert summary.object_mode == "instance" and summary.splits[0].videos == ["instrument_dataset_9"]
+    meta = read_meta(tmp_path / "out" / "test" / "meta.json")
+    assert meta.objects["instrument_dataset_9"] == {1: PF17, 2: BF17, 3: PF17}
+
+
+@pytest.mark.parametrize(
+    "breakage, error_type, expected",
+    [
+        ("no_ground_truth", FileNotFoundError, "no test ground truth for instrument_dataset_1"),
+        ("type_map_missing_frame", ValueError, "no label for frame(s) 227"),
+        ("type_map_bad_value", ValueError, "value(s) 9 that are not EndoVis 2017 instrument classes"),
+        ("type_map_rgb", ValueError, "expected a palette or single-channel 8-bit PNG"),
+        ("type_map_wrong_size", ValueError, "is 1280x1024 but its frame"),
+        ("training_frames", ValueError, "test frames of datasets 1-8 are frame225-frame299"),
+        ("frames_twice", ValueError, "left_frames folders of instrument_dataset_1 appear twice"),
+        ("instance_objects", ValueError, "'instance' is not available"),
+    ],
+)
+def test_2017_test_release_malformed(
+    raw17_test: Path, tmp_path: Path, breakage: str, error_type: type, expected: str
+):
+    src = _copy(raw17_test, tmp_path)
+    frames = src / "instrument_1_4_testing" / "instrument_dataset_1" / "left_frames"
+    truth = src / "instrument_2017_test" / "instrument_2017_test" / "instrument_dataset_1"
+    type_maps = truth / "gt" / "TypeSegmentation"
+    options = {}
+    if breakage == "no_ground_truth":
+        shutil.rmtree(type_maps.parent.parent)
+    elif breakage == "type_map_missing_frame":
+        (type_maps / "frame227.png").unlink()
+    elif breakage == "type_map_bad_value":
+        bad = _type_map17(1, 226)
+        bad[CROP_Y + 1, CROP_X + 1] = 9
+        _png(type_maps / "frame226.png", bad)
+    elif breakage == "type_map_rgb":  # e.g. TypeSegmentationRescaled's colours put in its place
+        _png(type_maps / "frame226.png", np.zeros((RAW17_H, RAW17_W, 3), np.uint8))
+    elif breakage == "type_map_wrong_size":
+        _png(type_maps / "frame226.png", np.zeros((1024, 1280), np.uint8))
+    elif breakage == "training_frames":
+        shutil.copy(frames / "frame225.png", frames / "frame000.png")
+        shutil.copy(type_maps / "frame225.png", type_maps / "frame000.png")
+    elif breakage == "frames_twice":
+        shutil.copytree(frames.parent, src / "elsewhere" / "instrument_dataset_1")
+    elif breakage == "instance_objects":
+        options["object_mode"] = "instance"
+    dst = tmp_path / "out"
+    with pytest.raises(error_type) as error:
+        convert_endovis(src, dst, year=2017, split="test", **options)
+    message = _one_line(error)
+    assert expected in message
+    if breakage.startswith("type_map"):
+        assert str(type_maps) in message  # names the offending path
+    assert not dst.exists() or not any(dst.iterdir())  # nothing half-written
+
+
+def test_2017_test_split_options(raw17_test: Path, raw18: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="the test split has none"):
+        convert_endovis(raw17_test, tmp_path / "out", year=2017, split="test", fold=1)
+    with pytest.raises(ValueError, match="the test split is EndoVis 2017's test release"):
+        convert_endovis(raw18, tmp_path / "out", year=2018, split="test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no EndoVis 2017 test videos under"):
+        convert_endovis(tmp_path / "empty", tmp_path / "out", year=2017, split="test")
+    assert split_videos(2017, "test", []) == {"test": tuple(range(1, 11))}
+    assert not (tmp_path / "out").exists()
+
+
 # --- EndoVis 2018 -----------------------------------------------------------------------------
 
 H18, W18 = 48, 64  # 2018 has no crop rule: any size converts unchanged (real frames are 1280x1024)

@@ -1,4 +1,4 @@
-"""Procedural synthetic surgical video with exact instrument masks (DESIGN section 6).
+"""Procedural synthetic surgical video with exact instrument masks (`surgsam2 synth`, the demo).
 
 A clip is a moving endoscopic view of wet tissue (multi-scale noise in reds/pinks/yellows, vessels,
 specular glints, slow camera drift/zoom) with 1-4 instruments of the seven EndoVis 2018 classes.
@@ -11,6 +11,8 @@ annotators label real frames.
 
 Everything is deterministic per seed: the plan comes from one numpy Generator, and every frame's
 noise from a Generator seeded by (seed, frame), so frame t does not depend on how frames are read.
+The instruments' shapes and motion plan live in `synthetic_instruments`, the procedural building
+blocks (tracks, noise, geometry) in `synthetic_primitives`.
 """
 
 from __future__ import annotations
@@ -25,13 +27,46 @@ import cv2
 import numpy as np
 
 from surgsam2.data.classes import ENDOVIS18_CLASSES, NUM_INSTRUMENT_CLASSES
+from surgsam2.data.synthetic_instruments import BAND, WRIST, Instrument, plan_instruments
+from surgsam2.data.synthetic_primitives import (
+    SUBPIXEL,
+    SUBPIXEL_BITS,
+    fixed_point,
+    fractal_noise,
+    periodic_noise,
+    plan_stream,
+    smoothstep,
+    spline_track,
+)
 from surgsam2.data.vos import DatasetMeta, VOSWriter, staged_output_dir
 
-# Part labels of an instrument's label canvas (0 = not drawn).
-_SHAFT, _BAND, _WRIST, _JAW, _ACCENT, _DARK = 1, 2, 3, 4, 5, 6
-_NUM_PARTS = 7
-_SUBPIXEL_BITS = 4
-_SUBPIXEL = float(1 << _SUBPIXEL_BITS)
+
+
+MIN_SIDE, MAX_SIDE = 16, 4096  # pixels, each side of a frame
+MAX_FRAMES = 100_000  # frames per clip (frame names have five digits: 00000..99999)
+MAX_VIDEOS = 10_000  # clips per dataset (synth_000 .. synth_9999)
+MAX_INSTRUMENTS = 8  # instruments per clip
+MAX_IN_MEMORY_BYTES = 8 << 30  # what generate_synthetic_video may hold; larger clips are streamed
+
+
+def _check_count(name: str, value: object, low: int, high: int | None) -> None:
+    """ValueError unless `value` is an integer in low..high (no upper bound when `high` is None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def check_frame_size(width: object, height: object) -> None:
+    """ValueError unless both sides are integers in MIN_SIDE..MAX_SIDE pixels."""
+    for name, side in (("width", width), ("height", height)):
+        if isinstance(side, bool) or not isinstance(side, (int, np.integer)):
+            raise ValueError(f"frame {name} must be an integer number of pixels, got {side!r}")
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):  # type: ignore[operator]
+        raise ValueError(
+            f"frame size must be {MIN_SIDE}..{MAX_SIDE} pixels per side, got {width}x{height}"
+        )
 
 
 @dataclass
@@ -56,22 +91,20 @@ class SyntheticVideoConfig:
     seed: int = 0
 
     def validate(self) -> SyntheticVideoConfig:
-        """Raise ValueError naming the first bad field; returns self."""
-        if self.width < 16 or self.height < 16:
-            raise ValueError(f"frame size must be at least 16x16, got {self.width}x{self.height}")
-        if self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        """Raise a one-line ValueError naming the first bad field (before anything is allocated)."""
+        check_frame_size(self.width, self.height)
+        _check_count("num_frames", self.num_frames, 1, MAX_FRAMES)
         if self.class_ids is not None:
             if not self.class_ids:
                 raise ValueError("class_ids must not be empty")
             bad = [c for c in self.class_ids if not 1 <= int(c) <= NUM_INSTRUMENT_CLASSES]
             if bad:
                 raise ValueError(f"class_ids must be in 1..{NUM_INSTRUMENT_CLASSES}, got {bad}")
-            if len(self.class_ids) > 8:
-                raise ValueError(f"at most 8 instruments, got {len(self.class_ids)}")
-        elif not 1 <= self.min_instruments <= self.max_instruments <= 8:
+            if len(self.class_ids) > MAX_INSTRUMENTS:
+                raise ValueError(f"at most {MAX_INSTRUMENTS} instruments, got {len(self.class_ids)}")
+        elif not 1 <= self.min_instruments <= self.max_instruments <= MAX_INSTRUMENTS:
             raise ValueError(
-                "need 1 <= min_instruments <= max_instruments <= 8, "
+                f"need 1 <= min_instruments <= max_instruments <= {MAX_INSTRUMENTS}, "
                 f"got {self.min_instruments}, {self.max_instruments}"
             )
         for name in ("reentry_probability", "late_entry_probability", "smoke", "motion_blur", "flicker",
@@ -79,10 +112,11 @@ class SyntheticVideoConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if self.camera_motion < 0 or self.sensor_noise < 0:
-            raise ValueError("camera_motion and sensor_noise must be >= 0")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        for name in ("camera_motion", "sensor_noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        _check_count("seed", self.seed, 0, None)
         return self
 
     def without_nuisances(self) -> SyntheticVideoConfig:
@@ -100,284 +134,6 @@ class SyntheticVideo:
     depth_order: list[int]  # object ids from back to front
     backgrounds: np.ndarray | None = None  # tissue only, lit, before the other nuisances
     layers: np.ndarray | None = None  # (T, N, H, W) bool: each object's mask before occlusion
-
-
-# ---------------------------------------------------------------------------------------------
-# small helpers
-
-
-def _spline_track(
-    rng: np.random.Generator, num_frames: int, spacing: float, sample: Callable[[int], np.ndarray]
-) -> np.ndarray:
-    """A smooth (T, D) track: Catmull-Rom through keys drawn every `spacing` frames."""
-    spacing = max(float(spacing), 1.0)
-    count = int(math.ceil(num_frames / spacing)) + 4
-    keys = np.asarray(sample(count), dtype=np.float64).reshape(count, -1)
-    position = np.arange(num_frames) / spacing + 1.0
-    index = np.floor(position).astype(np.int64)
-    u = (position - index)[:, None]
-    p0, p1, p2, p3 = keys[index - 1], keys[index], keys[index + 1], keys[index + 2]
-    return 0.5 * (
-        2 * p1 + (p2 - p0) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2 + (3 * p1 - p0 - 3 * p2 + p3) * u**3
-    )
-
-
-def _fractal_noise(
-    rng: np.random.Generator, height: int, width: int, cell: float, octaves: int, persistence: float = 0.5
-) -> np.ndarray:
-    """Smooth multi-octave value noise in [0, 1], float32 HxW; `cell` is the coarsest feature size."""
-    total = np.zeros((height, width), np.float32)
-    amplitude, norm = 1.0, 0.0
-    for _ in range(octaves):
-        grid_h = max(2, int(round(height / cell)) + 2)
-        grid_w = max(2, int(round(width / cell)) + 2)
-        grid = rng.random((grid_h, grid_w), dtype=np.float32)
-        total += amplitude * cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-        norm += amplitude
-        amplitude *= persistence
-        cell = max(cell / 2.0, 1.5)
-    total /= norm
-    low, high = float(total.min()), float(total.max())
-    return (total - low) / max(high - low, 1e-6)
-
-
-def _periodic_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
-    """Tileable smooth noise in [0, 1] (white noise low-passed in Fourier space)."""
-    white = rng.standard_normal((height, width)).astype(np.float32)
-    fy = np.fft.fftfreq(height)[:, None]
-    fx = np.fft.rfftfreq(width)[None, :]
-    radius = np.sqrt(fx**2 + fy**2) * cell
-    spectrum = np.fft.rfft2(white) * (1.0 / (1.0 + radius**2) ** 1.6)
-    noise = np.fft.irfft2(spectrum, s=(height, width)).astype(np.float32)
-    low, high = float(noise.min()), float(noise.max())
-    return (noise - low) / max(high - low, 1e-6)
-
-
-def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _distance_to_rect(points: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Euclidean distance of (..., 2) points to the image rectangle [0, W] x [0, H] (0 inside)."""
-    dx = np.maximum(np.maximum(-points[..., 0], points[..., 0] - width), 0.0)
-    dy = np.maximum(np.maximum(-points[..., 1], points[..., 1] - height), 0.0)
-    return np.hypot(dx, dy)
-
-
-def _rotate(vector: np.ndarray, angle: float) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    return np.array([c * vector[0] - s * vector[1], s * vector[0] + c * vector[1]])
-
-
-def _fixed(points: np.ndarray) -> np.ndarray:
-    """Float polygon -> int32 fixed-point points for cv2.fillPoly(shift=_SUBPIXEL_BITS)."""
-    return np.round(np.asarray(points) * _SUBPIXEL).astype(np.int32).reshape(-1, 1, 2)
-
-
-# ---------------------------------------------------------------------------------------------
-# instruments
-
-
-@dataclass
-class _ClassShape:
-    """Head geometry of one instrument class, in units of the shaft's tip half-width r0."""
-
-    shaft_scale: float = 1.0  # shaft half-width relative to r0
-    wrist_length: float = 1.4
-    wrist_radius: float = 0.85
-    jaw_length: float = 3.0
-    jaw_base: float = 0.45  # half-width of one jaw at its base
-    jaw_tip: float = 0.15
-    jaw_curve: float = 0.0  # sideways bend of the jaws at their tip, in jaw lengths
-    max_open: float = math.radians(35)
-    fenestrated: bool = False
-    clip: bool = False
-    head: str = "jaws"  # "jaws" | "probe" | "suction"
-    head_length: float = 0.0  # for probe / suction heads
-    head_radius: float = 0.0
-    dark_shaft: bool = False
-
-
-_SHAPES: dict[int, _ClassShape] = {
-    1: _ClassShape(wrist_length=1.5, jaw_length=3.3, jaw_base=0.42, jaw_tip=0.12, jaw_curve=0.18,
-                   max_open=math.radians(40)),  # Bipolar Forceps: slender, curved (Maryland-like)
-    2: _ClassShape(wrist_length=1.4, wrist_radius=0.9, jaw_length=3.0, jaw_base=0.58, jaw_tip=0.36,
-                   max_open=math.radians(45), fenestrated=True),  # Prograsp: broad, fenestrated
-    3: _ClassShape(wrist_length=1.2, wrist_radius=0.9, jaw_length=2.1, jaw_base=0.62, jaw_tip=0.4,
-                   max_open=math.radians(28), dark_shaft=True),  # Large Needle Driver: stubby
-    4: _ClassShape(wrist_length=1.5, jaw_length=2.7, jaw_base=0.46, jaw_tip=0.05, jaw_curve=0.3,
-                   max_open=math.radians(35)),  # Monopolar Curved Scissors: curved sharp blades
-    5: _ClassShape(shaft_scale=0.45, head="probe", head_length=4.4, head_radius=1.45, dark_shaft=True),
-    6: _ClassShape(shaft_scale=0.6, head="suction", head_length=1.4, head_radius=0.62),
-    7: _ClassShape(wrist_length=1.3, wrist_radius=0.9, jaw_length=2.7, jaw_base=0.5, jaw_tip=0.42,
-                   max_open=math.radians(24), clip=True),  # Clip Applier: parallel jaws and a clip
-}
-
-
-@dataclass
-class _Instrument:
-    """The plan of one instrument over the whole clip (geometry per frame, materials)."""
-
-    object_id: int
-    class_id: int
-    shape: _ClassShape
-    pivot: np.ndarray  # (2,) trocar point outside the image
-    direction: np.ndarray  # (T, 2) unit shaft direction per frame
-    length: np.ndarray  # (T,) distance pivot -> nominal tip per frame
-    jaw_open: np.ndarray  # (T,) opening angle (radians)
-    wrist_bend: np.ndarray  # (T,) wrist articulation (radians)
-    r0: float  # shaft half-width at the tip end (pixels)
-    taper: float  # perspective widening of the shaft towards the pivot, per pixel of length
-    colours: np.ndarray  # (_NUM_PARTS, 3) float32 albedo per part label
-    reflect: np.ndarray  # (_NUM_PARTS,) environment reflection per part
-    specular: np.ndarray  # (_NUM_PARTS,) highlight strength per part
-    radius_ref: np.ndarray  # (_NUM_PARTS,) half-width used for shading heads
-    highlight_side: float = -0.3  # where the shaft's highlight stripe sits across the shaft (-1..1)
-
-    @property
-    def shaft_radius(self) -> float:
-        return self.r0 * self.shape.shaft_scale
-
-    @property
-    def head_extent(self) -> float:
-        """Length of the head beyond the shaft's end (wrist + jaws, or probe / suction head)."""
-        s = self.shape
-        return self.r0 * (s.head_length if s.head != "jaws" else s.wrist_length + s.jaw_length)
-
-    @property
-    def clearance(self) -> float:
-        """Radius around the pivot->tip segment that contains the whole instrument."""
-        s = self.shape
-        lateral = self.r0 * max(s.wrist_radius, s.jaw_base + s.jaw_curve * s.jaw_length, s.head_radius)
-        return self.head_extent + lateral + 2.0
-
-    def polygons(self, t: int) -> list[tuple[int, np.ndarray]]:
-        """(part label, float polygon) pairs of frame t, back to front; label 0 carves holes."""
-        s = self.shape
-        d = self.direction[t]
-        n = np.array([-d[1], d[0]])
-        tip = self.pivot + d * self.length[t]
-        base = tip - d * self.head_extent  # where the shaft ends
-        r_shaft = self.shaft_radius
-        r_pivot = r_shaft * (1.0 + self.taper * (self.length[t] - self.head_extent))
-        parts: list[tuple[int, np.ndarray]] = []
-        p = self.pivot
-        shaft = [p + n * r_pivot, base + n * r_shaft, base - n * r_shaft, p - n * r_pivot]
-        parts.append((_SHAFT, np.array(shaft)))
-        band0, band1 = base - d * (1.6 * r_shaft), base - d * (1.1 * r_shaft)
-        parts.append((_BAND, np.array([band0 + n * r_shaft, band1 + n * r_shaft, band1 - n * r_shaft,
-                                       band0 - n * r_shaft])))
-        if s.head == "probe":
-            parts.append((_JAW, _capsule(base, tip, d, n, s.head_radius * self.r0)))
-            face0 = base + d * (0.25 * self.head_extent)
-            face1 = base + d * (0.8 * self.head_extent)
-            w0, w1 = 0.15 * s.head_radius * self.r0, 0.8 * s.head_radius * self.r0
-            face = [face0 + n * w0, face1 + n * w0, face1 + n * w1, face0 + n * w1]
-            parts.append((_ACCENT, np.array(face)))
-            return parts
-        if s.head == "suction":
-            radius = s.head_radius * self.r0
-            parts.append((_JAW, _capsule(base, tip, d, n, radius)))
-            groove = base + d * (0.35 * self.head_extent)
-            parts.append((_DARK, np.array([groove + n * radius, groove + d * 1.5 + n * radius,
-                                           groove + d * 1.5 - n * radius, groove - n * radius])))
-            return parts
-        # jawed instruments: wrist (clevis) then two jaws about the wrist joint
-        r = self.r0
-        joint = base + d * (s.wrist_length * r)
-        wrist_label = _ACCENT if self.class_id == 4 else _WRIST  # scissors: beige tip cover
-        parts.append((wrist_label, _capsule(base, joint, d, n, s.wrist_radius * r)))
-        jaw_dir = _rotate(d, float(self.wrist_bend[t]))
-        half_open = 0.5 * float(self.jaw_open[t])
-        if s.clip and half_open < 0.5 * s.max_open * 0.55:
-            parts.append((_ACCENT, _clip_polygon(joint, jaw_dir, s, r)))
-        for side in (1.0, -1.0):
-            axis = _rotate(jaw_dir, side * half_open)
-            parts.append((_JAW, _jaw_polygon(joint, axis, s, r, side)))
-            if s.fenestrated:
-                parts.append((0, _jaw_polygon(joint, axis, s, r, side, hole=True)))
-        parts.append((_DARK, _disc(joint, 0.28 * r)))  # the joint pin
-        return parts
-
-
-def _capsule(p0: np.ndarray, p1: np.ndarray, d: np.ndarray, n: np.ndarray, radius: float) -> np.ndarray:
-    """Rectangle from p0 to p1 of half-width `radius`, rounded at p1."""
-    angles = np.linspace(-math.pi / 2, math.pi / 2, 9)
-    arc = p1 + radius * (np.cos(angles)[:, None] * d + np.sin(angles)[:, None] * n)
-    return np.vstack([p0 - n * radius, arc, p0 + n * radius])
-
-
-def _disc(centre: np.ndarray, radius: float) -> np.ndarray:
-    angles = np.linspace(0, 2 * math.pi, 10, endpoint=False)
-    return centre + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def _jaw_polygon(
-    joint: np.ndarray, axis: np.ndarray, s: _ClassShape, r: float, side: float, hole: bool = False
-) -> np.ndarray:
-    """One jaw (side +1 / -1 of the closed jaw line), optionally its fenestration hole."""
-    normal = np.array([-axis[1], axis[0]])
-    length = s.jaw_length * r
-    x = np.linspace(0.0, 1.0, 9)
-    centre = s.jaw_curve * length * x**2
-    half = (s.jaw_base + (s.jaw_tip - s.jaw_base) * x) * r
-    if hole:
-        x = np.linspace(0.3, 0.78, 5)
-        centre = s.jaw_curve * length * x**2
-        half = (s.jaw_base + (s.jaw_tip - s.jaw_base) * x) * r
-        inner, outer = centre + side * 0.3 * half, centre + side * 0.72 * half
-    else:
-        inner, outer = centre, centre + side * half
-    along = (x * length)[:, None] * axis
-    outer_pts = joint + along + outer[:, None] * normal
-    inner_pts = joint + along + inner[:, None] * normal
-    return np.vstack([outer_pts, inner_pts[::-1]])
-
-
-def _clip_polygon(joint: np.ndarray, axis: np.ndarray, s: _ClassShape, r: float) -> np.ndarray:
-    """The clip held between the jaws of a clip applier."""
-    normal = np.array([-axis[1], axis[0]])
-    x0, x1 = 0.45 * s.jaw_length * r, 1.12 * s.jaw_length * r
-    w = 0.34 * r
-    return np.array([joint + axis * x0 + normal * w, joint + axis * x1 + normal * w,
-                     joint + axis * x1 - normal * w, joint + axis * x0 - normal * w])
-
-
-def _materials(class_id: int, shape: _ClassShape, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Albedo, reflection, highlight strength per part label for one instrument instance."""
-    colours = np.zeros((_NUM_PARTS, 3), np.float32)
-    reflect = np.zeros(_NUM_PARTS, np.float32)
-    specular = np.zeros(_NUM_PARTS, np.float32)
-    tone = rng.uniform(0.88, 1.1)
-    metal = np.array([150, 152, 158]) * tone
-    dark = np.array([46, 46, 50]) * rng.uniform(0.85, 1.2)
-    colours[_SHAFT] = dark if shape.dark_shaft else metal
-    colours[_BAND] = np.array([35, 35, 38]) if not shape.dark_shaft else np.array([95, 95, 100])
-    colours[_WRIST] = np.array([58, 58, 62]) * rng.uniform(0.9, 1.15)
-    colours[_JAW] = np.array([172, 172, 176]) * tone
-    colours[_ACCENT] = np.array([205, 182, 135])  # scissors' tip cover
-    colours[_DARK] = np.array([28, 24, 24])
-    if class_id == 3:
-        colours[_JAW] = np.array([128, 128, 134]) * tone
-    if class_id == 5:  # ultrasound probe: dark body, lighter transducer face, dark cable
-        colours[_SHAFT] = np.array([62, 64, 70])
-        colours[_JAW] = np.array([78, 82, 92]) * tone
-        colours[_ACCENT] = np.array([150, 156, 165])
-    if class_id == 6:  # suction: bright thin metal tube
-        colours[_SHAFT] = np.array([182, 184, 190]) * tone
-        colours[_JAW] = np.array([196, 196, 200]) * tone
-    if class_id == 7:  # clip applier: golden clip
-        colours[_ACCENT] = np.array([222, 190, 92])
-    reflect[[_SHAFT, _JAW]] = 0.35
-    reflect[[_BAND, _WRIST, _DARK]] = 0.12
-    reflect[_ACCENT] = 0.15
-    specular[[_SHAFT, _JAW]] = 0.85
-    specular[[_BAND, _WRIST, _DARK]] = 0.35
-    specular[_ACCENT] = 0.5
-    if shape.dark_shaft:
-        reflect[_SHAFT], specular[_SHAFT] = 0.15, 0.55
-    return colours, reflect, specular
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,51 +155,55 @@ class _ClipRenderer:
         self.scale = float(min(self.width, self.height))
         self._plan_camera()
         self._plan_tissue(self._stream(2))
-        self._plan_instruments()
+        self.instruments, self.depth_order = plan_instruments(
+            config, config.seed, self.width, self.height, self.frames
+        )
         self._plan_nuisances()
         ys, xs = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32)
         self._xs, self._ys = xs + 0.5, ys + 0.5
 
     def _stream(self, *key: int) -> np.random.Generator:
         """The Generator of one part of the plan (or of frame noise), keyed by (seed, *key)."""
-        return np.random.default_rng([self.config.seed, *key])
+        return plan_stream(self.config.seed, *key)
 
     # --- planning ---------------------------------------------------------------------------
 
     def _plan_camera(self) -> None:
-        T, motion = self.frames, self.config.camera_motion
+        """Camera drift, zoom (with breathing) and roll per frame; the tissue canvas size."""
+        num_frames, motion = self.frames, self.config.camera_motion
         rng = self._stream(1, 0)
-        drift = _spline_track(rng, T, rng.uniform(25, 50), lambda k: rng.uniform(-1, 1, (k, 2)))
+        drift = spline_track(rng, num_frames, rng.uniform(25, 50), lambda k: rng.uniform(-1, 1, (k, 2)))
         self.cam_offset = drift * (0.1 * self.scale * motion)
         rng = self._stream(1, 1)
-        breathing = np.sin(2 * math.pi * np.arange(T) / rng.uniform(18, 40) + rng.uniform(0, 6.3))
-        zoom = _spline_track(rng, T, rng.uniform(30, 60), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
+        breathing = np.sin(2 * math.pi * np.arange(num_frames) / rng.uniform(18, 40) + rng.uniform(0, 6.3))
+        zoom = spline_track(rng, num_frames, rng.uniform(30, 60), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
         self.cam_zoom = 1.0 + motion * (0.06 * zoom + 0.012 * breathing)
         rng = self._stream(1, 2)
-        roll = _spline_track(rng, T, rng.uniform(30, 60), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
+        roll = spline_track(rng, num_frames, rng.uniform(30, 60), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
         self.cam_roll = motion * 0.05 * roll
         self.canvas_w = int(math.ceil(self.width * 1.7))
         self.canvas_h = int(math.ceil(self.height * 1.7))
 
     def _plan_tissue(self, rng: np.random.Generator) -> None:
+        """The tissue canvas (uint8 RGB, larger than the view for camera motion) and the light falloff."""
         h, w, s = self.canvas_h, self.canvas_w, self.scale
-        base = _fractal_noise(rng, h, w, cell=s * 0.45, octaves=4, persistence=0.55)
-        mottle = _fractal_noise(rng, h, w, cell=s * 0.06, octaves=3)
-        fine = _fractal_noise(rng, h, w, cell=max(s * 0.015, 2.0), octaves=2)
+        base = fractal_noise(rng, h, w, cell=s * 0.45, octaves=4, persistence=0.55)
+        mottle = fractal_noise(rng, h, w, cell=s * 0.06, octaves=3)
+        fine = fractal_noise(rng, h, w, cell=max(s * 0.015, 2.0), octaves=2)
         deep = np.array([112, 22, 30], np.float32) * rng.uniform(0.85, 1.1)
         mid = np.array([176, 58, 56], np.float32) * rng.uniform(0.9, 1.08)
         light = np.array([222, 128, 118], np.float32) * rng.uniform(0.92, 1.05)
-        a = _smoothstep(0.2, 0.55, base)[..., None]
-        b = _smoothstep(0.55, 0.9, base)[..., None]
+        a = smoothstep(0.2, 0.55, base)[..., None]
+        b = smoothstep(0.55, 0.9, base)[..., None]
         tissue = deep * (1 - a) + mid * a
         tissue = tissue * (1 - b) + light * b
         tissue *= (0.82 + 0.3 * mottle + 0.08 * fine)[..., None]
         # fat: lobulated yellow patches
-        fat_field = _fractal_noise(rng, h, w, cell=s * 0.35, octaves=3)
+        fat_field = fractal_noise(rng, h, w, cell=s * 0.35, octaves=3)
         threshold = rng.uniform(0.55, 0.8)
-        fat = _smoothstep(threshold - 0.05, threshold + 0.18, fat_field + 0.12 * (mottle - 0.5))
+        fat = smoothstep(threshold - 0.05, threshold + 0.18, fat_field + 0.12 * (mottle - 0.5))
         fat *= rng.uniform(0.55, 0.9)
-        lobules = _fractal_noise(rng, h, w, cell=max(s * 0.03, 3.0), octaves=2)
+        lobules = fractal_noise(rng, h, w, cell=max(s * 0.03, 3.0), octaves=2)
         fat_colour = np.array([240, 204, 118], np.float32) * (0.78 + 0.3 * lobules)[..., None]
         tissue = tissue * (1 - fat[..., None]) + fat_colour * fat[..., None]
         # vessels: wandering branching curves, dark red, slightly raised
@@ -464,12 +224,12 @@ class _ClipRenderer:
         # wet glints: small bright spots, clustered
         if self.config.specular > 0:
             # highlights sit on the small bumps whose slope faces the light, in wet clusters
-            bumps = _fractal_noise(rng, h, w, cell=max(s * 0.05, 3.0), octaves=2)
-            cluster = _fractal_noise(rng, h, w, cell=s * 0.3, octaves=2)
+            bumps = fractal_noise(rng, h, w, cell=max(s * 0.05, 3.0), octaves=2)
+            cluster = fractal_noise(rng, h, w, cell=s * 0.3, octaves=2)
             facing = -0.6 * cv2.Sobel(bumps, cv2.CV_32F, 1, 0, ksize=3)
             facing -= 0.8 * cv2.Sobel(bumps, cv2.CV_32F, 0, 1, ksize=3)
             facing /= max(float(facing.std()), 1e-6)
-            glint = _smoothstep(2.2, 3.4, facing + 3.0 * (cluster - 0.62))
+            glint = smoothstep(2.2, 3.4, facing + 3.0 * (cluster - 0.62))
             glint = cv2.GaussianBlur(glint, (0, 0), 0.7) + 0.35 * cv2.GaussianBlur(glint, (0, 0), 2.5)
             glint = np.clip(glint, 0.0, 1.0) * self.config.specular
             tissue = tissue + glint[..., None] * (np.array([255, 250, 245], np.float32) - tissue) * 0.95
@@ -483,6 +243,7 @@ class _ClipRenderer:
 
     def _draw_vessel(self, rng: np.random.Generator, canvas: np.ndarray, depth: int, width: float,
                      start: np.ndarray | None = None, heading: float | None = None) -> None:
+        """Draw one wandering vessel into `canvas` (1 = vessel) and its branches, two levels deep."""
         h, w = canvas.shape
         point = rng.uniform([0, 0], [w, h]) if start is None else start
         angle = rng.uniform(0, 2 * math.pi) if heading is None else heading
@@ -495,181 +256,55 @@ class _ClipRenderer:
             angle += turn
             point = point + step * np.array([math.cos(angle), math.sin(angle)])
             points.append(point.copy())
-        pts = np.round(np.array(points) * _SUBPIXEL).astype(np.int32)
-        cv2.polylines(canvas, [pts], False, 1.0, max(1, int(round(width))), cv2.LINE_AA, _SUBPIXEL_BITS)
+        pts = np.round(np.array(points) * SUBPIXEL).astype(np.int32)
+        cv2.polylines(canvas, [pts], False, 1.0, max(1, int(round(width))), cv2.LINE_AA, SUBPIXEL_BITS)
         if depth < 2:
             for _ in range(int(rng.integers(0, 3))):
                 branch = points[int(rng.integers(0, len(points)))]
                 self._draw_vessel(rng, canvas, depth + 1, max(width * 0.6, 1.0), branch,
                                   angle + rng.choice([-1, 1]) * rng.uniform(0.4, 1.2))
 
-    def _plan_instruments(self) -> None:
-        cfg, T, W, H, S = self.config, self.frames, self.width, self.height, self.scale
-        rng = self._stream(3)
-        if cfg.class_ids is not None:
-            classes = [int(c) for c in cfg.class_ids]
-        else:
-            count = int(rng.integers(cfg.min_instruments, cfg.max_instruments + 1))
-            pool = rng.permutation(np.arange(1, NUM_INSTRUMENT_CLASSES + 1))
-            classes = [int(pool[i % NUM_INSTRUMENT_CLASSES]) for i in range(count)]
-        count = len(classes)
-        # entry directions spread around the image so shafts come from distinct places
-        base_angle = rng.uniform(0, 2 * math.pi)
-        angles = base_angle + 2 * math.pi * (np.arange(count) + rng.uniform(-0.22, 0.22, count)) / count
-        angles = angles[rng.permutation(count)]
-        centre = np.array([W / 2, H / 2])
-        self.instruments: list[_Instrument] = []
-        self.depth_order = [int(i) + 1 for i in rng.permutation(count)]  # back -> front
-        for index, class_id in enumerate(classes):
-            shape = _SHAPES[class_id]
-            r0 = S * rng.uniform(0.05, 0.07)
-            colours, reflect, specular = _materials(class_id, shape, rng)
-            radius_ref = np.full(_NUM_PARTS, r0 * 0.5, np.float32)
-            radius_ref[_WRIST] = r0 * shape.wrist_radius
-            radius_ref[_JAW] = r0 * (shape.head_radius if shape.head != "jaws" else shape.jaw_base * 1.1)
-            radius_ref[_ACCENT] = r0 * 0.6
-            instrument = _Instrument(
-                object_id=index + 1, class_id=class_id, shape=shape, pivot=np.zeros(2),
-                direction=np.zeros((T, 2)), length=np.zeros(T), jaw_open=np.zeros(T), wrist_bend=np.zeros(T),
-                r0=r0, taper=rng.uniform(0.25, 0.5) / S, colours=colours, reflect=reflect, specular=specular,
-                radius_ref=radius_ref, highlight_side=rng.uniform(-0.45, -0.15),
-            )
-            # trocar (pivot) outside the image, along the entry direction
-            ray = np.array([math.cos(angles[index]), math.sin(angles[index])])
-            border_t = min(
-                (W / 2) / abs(ray[0]) if abs(ray[0]) > 1e-6 else np.inf,
-                (H / 2) / abs(ray[1]) if abs(ray[1]) > 1e-6 else np.inf,
-            )
-            border = centre + ray * border_t
-            # conservative clearance (the shaft is never longer than 4 S inside this margin)
-            clearance = instrument.clearance + instrument.shaft_radius * (1 + instrument.taper * 4.0 * S)
-            pivot = border + ray * (clearance + rng.uniform(0.05, 0.4) * S)
-            while _distance_to_rect(pivot, W, H) < clearance + 1:
-                pivot = pivot + ray * 2.0
-            instrument.pivot = pivot
-            # tip path: smooth wander inside the view, biased towards the entry side
-            track = self._stream(4, index, 0)
-
-            def sample_tip(k: int, border: np.ndarray = border, track: np.random.Generator = track
-                           ) -> np.ndarray:
-                u = track.random((k, 3))
-                free = np.array([0.16 * W, 0.16 * H]) + u[:, :2] * np.array([0.68 * W, 0.68 * H])
-                pull = 0.35 * u[:, 2:]
-                return free * (1 - pull) + border * pull
-
-            tips = _spline_track(track, T, track.uniform(14, 30), sample_tip)
-            tremor = self._stream(4, index, 1)
-            tips += _spline_track(tremor, T, 3.0, lambda k: tremor.normal(0, 0.004 * S, (k, 2)))
-            offset = tips - pivot
-            inserted = np.linalg.norm(offset, axis=1)
-            direction = offset / np.maximum(inserted, 1e-6)[:, None]
-            # fully retracted length: the pivot->tip segment stays `clearance` away from the image
-            samples = np.linspace(0.0, 1.0, 128)[None, :, None] * inserted[:, None, None]
-            along = pivot + direction[:, None, :] * samples
-            inside = _distance_to_rect(along, W, H) < clearance
-            first_inside = np.where(inside.any(axis=1), inside.argmax(axis=1), 127)
-            retracted = samples[np.arange(T), np.maximum(first_inside - 1, 0), 0]
-            # length at which the nominal tip crosses the border
-            crossing = _distance_to_rect(along, W, H) <= 0.0
-            edge = samples[np.arange(T), np.where(crossing.any(axis=1), crossing.argmax(axis=1), 127), 0]
-            span = np.maximum(inserted - edge, 1e-6)
-            # an entering instrument shows at least its head (or 35% of its path) on its first frame
-            entry_start = np.clip(np.maximum(0.35, instrument.head_extent / span), 0.0, 1.0)
-            phase = self._plan_insertion(self._stream(5, index), index, T, entry_start)
-            instrument.direction = direction
-            instrument.length = np.where(phase > 0, edge + phase * span, retracted)
-            max_open = shape.max_open if shape.head == "jaws" else 0.0
-            jaws = self._stream(4, index, 2)
-
-            def sample_opening(k: int, jaws: np.random.Generator = jaws) -> np.ndarray:
-                u = jaws.random((k, 2))
-                return np.where(u[:, 0] < 0.35, -0.2, 0.25 + 0.75 * u[:, 1])  # closed or open
-
-            opening = _spline_track(jaws, T, jaws.uniform(6, 16), sample_opening)[:, 0]
-            instrument.jaw_open = np.clip(opening, 0.0, 1.0) * max_open
-            if shape.head == "jaws":
-                wrist = self._stream(4, index, 3)
-                spacing = wrist.uniform(10, 25)
-                bend = _spline_track(wrist, T, spacing, lambda k, w=wrist: w.uniform(-0.5, 0.5, k))
-                instrument.wrist_bend = bend[:, 0]
-            self.instruments.append(instrument)
-
-    def _plan_insertion(
-        self, rng: np.random.Generator, index: int, T: int, entry_start: np.ndarray
-    ) -> np.ndarray:
-        """Per-frame insertion: 0 = retracted out of view, (0, 1] = tip between the border and its path.
-
-        Insertions ramp in from `entry_start` (so a new instrument's first frame shows a usable
-        part of it); retractions ramp out to the border, then jump out of view.
-        """
-        cfg = self.config
-        visibility = np.ones(T)
-        ramp = int(rng.integers(3, 7))
-
-        def ramp_in(start: int) -> None:
-            stop = min(T, start + ramp)
-            w0 = entry_start[start:stop]
-            visibility[start:stop] = w0 + (1.0 - w0) * np.arange(stop - start) / ramp
-
-        enter = 0
-        late = rng.random() < cfg.late_entry_probability
-        if index > 0 and late and T >= 20:
-            enter = int(rng.integers(max(1, T // 20), max(2, T // 3)))
-            visibility[:enter] = 0.0
-            ramp_in(enter)
-        if rng.random() < cfg.reentry_probability:
-            out = int(rng.integers(4, max(5, int(0.2 * T))))
-            first, last = enter + ramp + 6, T - (2 * ramp + out + 6)
-            if last < first:
-                out = 4
-                last = T - (2 * ramp + out + 6)
-            if last >= first:
-                leave = int(rng.integers(first, last + 1))
-                visibility[leave : leave + ramp] = 1.0 - np.arange(ramp) / ramp
-                back = leave + ramp + out
-                visibility[leave + ramp : back] = 0.0
-                ramp_in(back)
-        return visibility
-
     def _plan_nuisances(self) -> None:
-        cfg, T, S = self.config, self.frames, self.scale
+        """Per-frame flicker gain, motion blur, smoke events and haze, JPEG quality, sensor noise."""
+        config, num_frames, scale = self.config, self.frames, self.scale
         # flicker: slow gain wander plus occasional one-frame spikes
         rng = self._stream(6, 0)
-        wander = _spline_track(rng, T, rng.uniform(4, 10), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
-        u = self._stream(6, 1).random((T, 2))
+        wander = spline_track(rng, num_frames, rng.uniform(4, 10), lambda k: rng.uniform(-1, 1, (k, 1)))[:, 0]
+        u = self._stream(6, 1).random((num_frames, 2))
         spikes = np.where(u[:, 0] < 0.04, 2.0 * u[:, 1] - 1.0, 0.0)
-        self.gain = 1.0 + cfg.flicker * (0.06 * wander + 0.22 * spikes)
+        self.gain = 1.0 + config.flicker * (0.06 * wander + 0.22 * spikes)
         # motion blur: camera speed plus shake events (a jolt, then two fading frames)
         speed = np.r_[0.0, np.linalg.norm(np.diff(self.cam_offset, axis=0), axis=1)]
-        u = self._stream(6, 2).random((T, 2))
-        jolt = np.where(u[:, 0] < 1 / 40, (3.0 + 7.0 * u[:, 1]) * S / 256, 0.0)
+        u = self._stream(6, 2).random((num_frames, 2))
+        jolt = np.where(u[:, 0] < 1 / 40, (3.0 + 7.0 * u[:, 1]) * scale / 256, 0.0)
         shake = jolt.copy()
         shake[1:] = np.maximum(shake[1:], 0.6 * jolt[:-1])
         shake[2:] = np.maximum(shake[2:], 0.25 * jolt[:-2])
-        self.blur_length = cfg.motion_blur * (1.5 * speed + shake)
+        self.blur_length = config.motion_blur * (1.5 * speed + shake)
         rng = self._stream(6, 3)
-        self.blur_angle = _spline_track(rng, T, 8.0, lambda k: rng.uniform(0, math.pi, (k, 1)))[:, 0]
+        self.blur_angle = spline_track(rng, num_frames, 8.0, lambda k: rng.uniform(0, math.pi, (k, 1)))[:, 0]
         # smoke: a base haze plus cautery puffs rising from an instrument tip
         self.smoke_events: list[tuple[int, int, int, float, np.ndarray]] = []
-        u = self._stream(6, 4).random((T, 5))
-        for start in np.flatnonzero(u[:, 0] < (1 / 45 if cfg.smoke > 0 else 0.0)):
+        u = self._stream(6, 4).random((num_frames, 5))
+        for start in np.flatnonzero(u[:, 0] < (1 / 45 if config.smoke > 0 else 0.0)):
             count = len(self.instruments)
             source = self.instruments[min(int(u[start, 4] * count), count - 1)]
             tip = source.pivot + source.direction[start] * source.length[start]
             tip = np.clip(tip, [0, 0], [self.width, self.height])
             rise, decay = 2 + int(4 * u[start, 1]), 10 + int(30 * u[start, 2])
-            self.smoke_events.append((int(start), rise, decay, (0.35 + 0.45 * u[start, 3]) * cfg.smoke, tip))
+            peak = (0.35 + 0.45 * u[start, 3]) * config.smoke
+            self.smoke_events.append((int(start), rise, decay, peak, tip))
         rng = self._stream(6, 5)
-        self.haze = cfg.smoke * rng.uniform(0.0, 0.12)
-        self.smoke_noise = _periodic_noise(rng, self.height, self.width, cell=S * 0.18)
-        self.smoke_noise2 = _periodic_noise(rng, self.height, self.width, cell=S * 0.07)
-        self.smoke_velocity = rng.uniform([-0.6, -1.6], [0.6, -0.4]) * S / 256
-        self.jpeg_quality = int(round(95 - 75 * cfg.jpeg_artifacts * rng.uniform(0.5, 1.0)))
+        self.haze = config.smoke * rng.uniform(0.0, 0.12)
+        self.smoke_noise = periodic_noise(rng, self.height, self.width, cell=scale * 0.18)
+        self.smoke_noise2 = periodic_noise(rng, self.height, self.width, cell=scale * 0.07)
+        self.smoke_velocity = rng.uniform([-0.6, -1.6], [0.6, -0.4]) * scale / 256
+        self.jpeg_quality = int(round(95 - 75 * config.jpeg_artifacts * rng.uniform(0.5, 1.0)))
         # sensor noise: crops of a small bank of Gaussian noise (cheaper than fresh noise per frame)
         self.noise_bank = None
-        if cfg.sensor_noise > 0:
+        if config.sensor_noise > 0:
             bank = rng.standard_normal((2, self.height + 32, self.width + 32, 3), dtype=np.float32)
-            self.noise_bank = bank * np.float32(cfg.sensor_noise)
+            self.noise_bank = bank * np.float32(config.sensor_noise)
 
     # --- rendering ----------------------------------------------------------------------------
 
@@ -685,12 +320,12 @@ class _ClipRenderer:
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101)
         return view.astype(np.float32)
 
-    def _draw_instrument(self, instrument: _Instrument, t: int, image: np.ndarray, environment: np.ndarray,
+    def _draw_instrument(self, instrument: Instrument, t: int, image: np.ndarray, environment: np.ndarray,
                          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
         """Paint one instrument into `image`; returns its pixel coordinates (ys, xs) or None."""
         labels = np.zeros((self.height, self.width), np.uint8)
         for label, polygon in instrument.polygons(t):
-            cv2.fillPoly(labels, [_fixed(polygon)], int(label), cv2.LINE_8, _SUBPIXEL_BITS)
+            cv2.fillPoly(labels, [fixed_point(polygon)], int(label), cv2.LINE_8, SUBPIXEL_BITS)
         x0, y0, bw, bh = cv2.boundingRect(labels)
         if bw == 0 or bh == 0:
             return None
@@ -713,11 +348,11 @@ class _ClipRenderer:
             -(((u - 0.55) / 0.1) ** 2)
         )
         # head: shading from the distance to the head's outline
-        head = (crop >= _WRIST).astype(np.uint8)
+        head = (crop >= WRIST).astype(np.uint8)
         dist = cv2.distanceTransform(head, cv2.DIST_L2, 3)[iy, ix]
         q = np.clip(dist / instrument.radius_ref[part], 0.0, 1.0)
         head_shade = np.sqrt(1.0 - (1.0 - q) ** 2)
-        is_shaft = part <= _BAND
+        is_shaft = part <= BAND
         shade = np.where(is_shaft, shaft_shade, head_shade).astype(np.float32)
         highlight = np.where(is_shaft, shaft_high, q**6).astype(np.float32)
         albedo = instrument.colours[part]
@@ -730,6 +365,7 @@ class _ClipRenderer:
         return ys, xs
 
     def _smoke_alpha(self, t: int) -> np.ndarray | None:
+        """The smoke opacity HxW of frame t (haze plus live cautery puffs), or None without smoke."""
         if self.config.smoke <= 0:
             return None
         shift1 = self.smoke_velocity * t
@@ -825,11 +461,30 @@ def synthetic_object_classes(config: SyntheticVideoConfig) -> dict[int, int]:
     return {inst.object_id: inst.class_id for inst in renderer.instruments}
 
 
+def _check_in_memory_size(config: SyntheticVideoConfig, keep_background: bool, keep_layers: bool) -> None:
+    """ValueError if the arrays of generate_synthetic_video would exceed MAX_IN_MEMORY_BYTES."""
+    instruments = len(config.class_ids) if config.class_ids is not None else config.max_instruments
+    bytes_per_pixel = 3 + 1 + (3 if keep_background else 0) + (instruments if keep_layers else 0)
+    total = config.num_frames * config.height * config.width * bytes_per_pixel
+    if total > MAX_IN_MEMORY_BYTES:
+        raise ValueError(
+            f"a {config.num_frames}-frame {config.width}x{config.height} clip needs {total / 2**30:.1f} GiB"
+            f" in memory (limit {MAX_IN_MEMORY_BYTES / 2**30:.0f} GiB); stream it with"
+            " iter_synthetic_video or write_synthetic_dataset"
+        )
+
+
 def generate_synthetic_video(
     config: SyntheticVideoConfig | None = None, keep_background: bool = False, keep_layers: bool = False
 ) -> SyntheticVideo:
-    """Generate one clip as arrays; optionally also the tissue-only frames and unoccluded masks."""
-    renderer = _ClipRenderer(config or SyntheticVideoConfig())
+    """Generate one clip as arrays; optionally also the tissue-only frames and unoccluded masks.
+
+    The clip is held in memory, so it is refused (ValueError) above MAX_IN_MEMORY_BYTES; stream
+    longer or larger clips with `iter_synthetic_video` or `write_synthetic_dataset`.
+    """
+    config = (config or SyntheticVideoConfig()).validate()
+    _check_in_memory_size(config, keep_background, keep_layers)
+    renderer = _ClipRenderer(config)
     T, H, W = renderer.frames, renderer.height, renderer.width
     frames = np.empty((T, H, W, 3), np.uint8)
     id_maps = np.empty((T, H, W), np.uint8)
@@ -889,13 +544,14 @@ def write_synthetic_dataset(
     built in a hidden temp folder next to `out_dir` and renamed into place when complete; a
     non-empty `out_dir` is refused unless `overwrite`.
     """
+    if len(size) != 2:
+        raise ValueError(f"size must be (width, height), got {size!r}")
+    check_frame_size(*size)
     width, height = int(size[0]), int(size[1])
-    if videos < 1 or frames < 1:
-        raise ValueError(f"need at least 1 video of at least 1 frame, got {videos} videos of {frames} frames")
-    if width < 16 or height < 16:
-        raise ValueError(f"frame size must be at least 16x16, got {width}x{height}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    _check_count("videos", videos, 1, MAX_VIDEOS)
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or not 1 <= frames <= MAX_FRAMES:
+        raise ValueError(f"need at least 1 frame and at most {MAX_FRAMES} frames per video, got {frames}")
+    _check_count("seed", seed, 0, None)
     base = replace(config or SyntheticVideoConfig(), width=width, height=height, num_frames=int(frames))
     replace(base, seed=int(seed)).validate()
     start = time.perf_counter()
