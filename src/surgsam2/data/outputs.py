@@ -358,17 +358,16 @@ def _publish(staging: Path, target: Path, replace: bool = True) -> None:
     folder: the rename itself fails when another run filled `target` meanwhile.
     """
     aside: Path | None = None
-    with _deferred_termination():
-        if replace and (target.is_dir() and not target.is_symlink() or staging.is_dir() and os.path.lexists(target)):
-            aside = target.parent / _staging_name(target.name, tag="old-")
-            os.rename(target, aside)
-        try:
-            (os.replace if replace else os.rename)(staging, target)
-        except BaseException:
-            if aside is not None:
-                with contextlib.suppress(OSError):
-                    os.rename(aside, target)
-            raise
+    if replace and (target.is_dir() and not target.is_symlink() or staging.is_dir() and os.path.lexists(target)):
+        aside = target.parent / _staging_name(target.name, tag="old-")
+        os.rename(target, aside)
+    try:
+        (os.replace if replace else os.rename)(staging, target)
+    except BaseException:
+        if aside is not None:
+            with contextlib.suppress(OSError):
+                os.rename(aside, target)
+        raise
     if aside is not None:
         _remove(aside)
     _fsync_folder(target.parent)
@@ -376,7 +375,7 @@ def _publish(staging: Path, target: Path, replace: bool = True) -> None:
 
 @contextlib.contextmanager
 def _staged(parent: Path, target: Path, folder: bool, finish: Callable[[_Staging], None]) -> Iterator[Path]:
-    """Yield a locked staging item in `parent`; `finish` publishes it on success.
+    """Yield a locked staging item in `parent`; `finish` publishes it on success (SIGTERM deferred).
 
     On any exception (KeyboardInterrupt and SIGTERM included) the staging item is removed and nothing
     is published; OSErrors about our own paths become one-line ``OutputError``s.
@@ -387,7 +386,8 @@ def _staged(parent: Path, target: Path, folder: bool, finish: Callable[[_Staging
         raise _os_error(target, error, "write") from None
     try:
         yield staging.path
-        finish(staging)
+        with _deferred_termination():  # a SIGTERM now waits until the publish is complete
+            finish(staging)
     except BaseException as error:
         staging.discard()
         if isinstance(error, OSError) and _concerns(error, (staging.path, target)):
