@@ -463,7 +463,11 @@ def staged_folder(
     remove_stale_staging(target.parent, notice)
 
     def finish(staging: _Staging) -> None:
-        atomic_write(staging.path / MARKER_NAME, _marker_bytes({"folder": _record(command)}))
+        fd = os.open(staging.path / MARKER_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:  # a plain write: the whole staging folder is published atomically
+            _write_all(fd, _marker_bytes({"folder": _record(command)}))
+        finally:
+            os.close(fd)
         replace = _replaceable(given, target, overwrite)
         try:
             _publish(staging.path, target, replace=replace)
