@@ -426,6 +426,7 @@ def test_staged_folder_replaces_only_its_own_folders(tmp_path: Path) -> None:
     with staged_folder(ours, command="synth") as staging:
         (staging / "a.txt").write_text("a")
     assert read_marker(ours)["folder"]["command"] == "synth"
+    assert "time" not in read_marker(ours)["folder"]  # equal runs publish equal folders, byte for byte
     with pytest.raises(OutputError) as error:
         with staged_folder(ours):
             pass

@@ -10,7 +10,8 @@ Two shapes of output are supported:
   in the folder is never touched.
 * ``staged_folder``: a whole folder (a dataset, one video's masks) written in a hidden staging folder
   next to it and renamed into place. The published folder carries ``.surgsam2-output.json`` with a
-  ``"folder"`` record; ``overwrite`` only ever replaces a folder that carries it (or an empty one).
+  ``"folder"`` record (command and version, no time, so that equal runs give equal folders);
+  ``overwrite`` only ever replaces a folder that carries it (or an empty one).
 
 Staging items are named ``.surgsam2-staging-<pid>-<token>-<name>`` and are held under an ``flock``
 while in use, so the next run can tell the leftovers of a killed run from live work and remove them.
@@ -147,8 +148,9 @@ def _check_entry_name(name: str) -> str:
 # the marker: which entries (or which whole folder) our runs wrote
 
 
-def _record(command: str) -> dict[str, str]:
-    return {"command": command, "version": __version__, "time": _now()}
+def _record(command: str, timed: bool = True) -> dict[str, str]:
+    record = {"command": command, "version": __version__}
+    return {**record, "time": _now()} if timed else record
 
 
 def read_marker(folder: PathLike) -> dict[str, Any]:
@@ -465,7 +467,7 @@ def staged_folder(
     def finish(staging: _Staging) -> None:
         fd = os.open(staging.path / MARKER_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:  # a plain write: the whole staging folder is published atomically
-            _write_all(fd, _marker_bytes({"folder": _record(command)}))
+            _write_all(fd, _marker_bytes({"folder": _record(command, timed=False)}))
         finally:
             os.close(fd)
         replace = _replaceable(given, target, overwrite)
