@@ -168,8 +168,7 @@ def read_marker(folder: PathLike) -> dict[str, Any]:
 
 
 def _marker_bytes(marker: Mapping[str, Any]) -> bytes:
-    body = {"format": MARKER_FORMAT, "version": MARKER_VERSION, **marker}
-    body["format"], body["version"] = MARKER_FORMAT, MARKER_VERSION
+    body = {**marker, "format": MARKER_FORMAT, "version": MARKER_VERSION}
     return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -202,12 +201,19 @@ class _Staging:
     def __init__(self, parent: Path, name: str, folder: bool) -> None:
         self.path = parent / _staging_name(name)
         self.folder = folder
+        self.fd = -1
         if folder:
             os.mkdir(self.path, 0o777)
-            self.fd = os.open(self.path, os.O_RDONLY)
-        else:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            if folder:
+                self.fd = os.open(self.path, os.O_RDONLY)
+            else:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            if folder or self.fd >= 0:  # made here; a file that O_EXCL found existing is not ours
+                self.discard()
+            raise
 
     def release(self) -> None:
         if self.fd >= 0:
