@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +39,7 @@ from PIL import Image
 
 from surgsam2.data.masks import object_ids as _object_ids
 from surgsam2.data.masks import read_mask, write_mask
+from surgsam2.data.outputs import staged_folder
 
 IMAGES_DIR = "JPEGImages"
 ANNOTATIONS_DIR = "Annotations"
@@ -538,47 +536,11 @@ class VOSWriter:
 # safe output folders
 
 
-def _is_protected(path: Path) -> bool:
-    resolved = path.resolve()
-    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
-        return True
-    cwd = Path.cwd().resolve()
-    return resolved == cwd or resolved in cwd.parents
+def staged_output_dir(out_dir: str | Path, overwrite: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """Yield a hidden staging folder beside `out_dir`; on success it replaces `out_dir` atomically.
 
-
-@contextlib.contextmanager
-def staged_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a hidden temp folder next to `out_dir`; on success it replaces `out_dir` atomically.
-
-    A non-empty `out_dir` is refused unless `overwrite`; on error the temp folder is removed, so a
-    half-written dataset never appears under the final name.
+    A non-empty `out_dir` is refused unless `overwrite`, and even then unless an earlier surgsam2
+    run wrote it (its marker, see `surgsam2.data.outputs`); root, home and current folders are
+    refused. On error the staging folder is removed, so a half-written dataset never appears.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output path exists and is not a folder: {out_dir}")
-    non_empty = out_dir.is_dir() and any(out_dir.iterdir())
-    if non_empty and not overwrite:
-        raise ValueError(
-            f"output folder {out_dir} is not empty (use --overwrite / overwrite=True to replace it)"
-        )
-    if non_empty and _is_protected(out_dir):
-        raise ValueError(f"refusing to replace {out_dir}: it is a root, home or current folder")
-    parent = out_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old: Path | None = None
-    if out_dir.is_dir():
-        if any(out_dir.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            os.replace(out_dir, old / "previous")
-        else:
-            out_dir.rmdir()
-    os.replace(staging, out_dir)
-    os.chmod(out_dir, 0o755)  # mkdtemp makes it private; a dataset folder is normally readable
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return staged_folder(out_dir, overwrite=overwrite)
