@@ -203,7 +203,8 @@ def test_mask_writer_layout_and_atomicity(tmp_path: Path) -> None:
         writer.write({2: square_id_map(1).astype(bool), 3: np.zeros((HEIGHT, WIDTH), bool)})
         writer.write({}, frame_index=7)
         assert not (out / "seq_2").exists()  # not published before close
-    assert sorted(p.name for p in (out / "seq_2").iterdir()) == ["00000.png", "00001.png", "00007.png"]
+    written = sorted(p.name for p in (out / "seq_2").iterdir() if not p.name.startswith("."))  # not our marker
+    assert written == ["00000.png", "00001.png", "00007.png"]
     assert np.array_equal(read_mask(out / "seq_2" / "00000.png"), square_id_map(1))
     assert np.array_equal(read_mask(out / "seq_2" / "00001.png"), square_id_map(2))
     assert not read_mask(out / "seq_2" / "00007.png").any()

@@ -287,5 +287,5 @@ def test_staged_output_dir(tmp_path):
     assert "not empty" in _one_line(error)
     with staged_output_dir(out, overwrite=True) as staging:
         (staging / "b.txt").write_text("b")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
