@@ -556,6 +556,7 @@ class OutputFolder:
         overwrite: bool = False,
         command: str = "",
         notice: Notice | None = None,
+        lock: bool = True,
     ) -> None:
         self.given = Path(path)
         self.path = self.given
@@ -563,9 +564,11 @@ class OutputFolder:
         self.overwrite = bool(overwrite)
         self.command = command
         self.notice = notice
+        self.lock = lock  # False: another process of the same run holds the lock (torchrun ranks)
         self.published: set[str] = set()
         self._claimed: set[str] = set()
         self._is_open = False
+        self._created = False
 
     def open(self) -> OutputFolder:
         """Check the location, create the folder, take its lock and remove a killed run's staging."""
@@ -574,20 +577,29 @@ class OutputFolder:
         target = check_output_location(self.given, self.inputs)
         if os.path.lexists(target) and not target.is_dir():
             raise OutputError(f"output folder {self.given} exists and is a file; choose a folder path")
+        created = not os.path.lexists(target)
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise _os_error(self.given, error, "create output folder") from None
-        _lock_folder(target, self.command)
-        self.path, self._is_open = target, True
+        if self.lock:
+            _lock_folder(target, self.command)
+        self.path, self._is_open, self._created = target, True, created
         remove_stale_staging(target, self.notice)
         return self
 
     def close(self) -> None:
-        """Release the lock (the folder and what was published stay)."""
-        if self._is_open:
-            self._is_open = False
+        """Release the lock. What was published stays; a folder this run created and left empty
+        (a run that failed before publishing anything) is removed again."""
+        if not self._is_open:
+            return
+        self._is_open = False
+        if self.lock:
             _unlock_folder(self.path)
+        if self._created and not self.published and self.path not in _held_locks:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+                self.path.rmdir()  # only when empty
 
     def __enter__(self) -> OutputFolder:
         return self.open()
@@ -629,12 +641,15 @@ class OutputFolder:
         self._claimed.add(name)
         return exists
 
-    def _finisher(self, name: str, replace_own: bool | None) -> Callable[[_Staging], None]:
+    def _finisher(self, name: str, replace_own: bool | None, record: bool = True) -> Callable[[_Staging], None]:
         def finish(staging: _Staging) -> None:
             if not staging.folder:
                 os.fsync(staging.fd)
             with _held_guard:
                 self.check_entry(name, replace_own)
+                if not record:
+                    _publish(staging.path, self.path / name)
+                    return
                 previous = self._mark(name, _record(self.command))
                 try:
                     _publish(staging.path, self.path / name)
@@ -657,11 +672,39 @@ class OutputFolder:
         return previous
 
     @contextlib.contextmanager
-    def stage_dir(self, name: str, replace_own: bool | None = None) -> Iterator[Path]:
-        """Yield a staging folder published as entry `name` on success (removed on any exception)."""
+    def stage_dir(self, name: str, replace_own: bool | None = None, record: bool = True) -> Iterator[Path]:
+        """Yield a staging folder published as entry `name` on success (removed on any exception).
+
+        ``record=False`` publishes without listing the entry in the marker: for a process that does
+        not hold the lock, whose entries the lock holder lists afterwards with `record`.
+        """
         self.check_entry(name, replace_own)
-        with _staged(self.path, self.path / name, True, self._finisher(name, replace_own)) as staging:
+        with _staged(self.path, self.path / name, True, self._finisher(name, replace_own, record)) as staging:
             yield staging
+
+    def record(self, names: Iterable[str]) -> None:
+        """List entries published with ``record=False`` (by this or another process) as ours."""
+        names = [_check_entry_name(name) for name in names]
+        with _held_guard:
+            marker = read_marker(self.path)
+            entries = marker.setdefault("entries", {})
+            for name in names:
+                entries[name] = _record(self.command)
+            atomic_write(self.path / MARKER_NAME, _marker_bytes(marker))
+        self.published.update(names)
+
+    def remove_own(self, name: str) -> bool:
+        """Remove entry `name` if our runs wrote it and ``overwrite`` was given (an earlier run's
+        output of something that failed this time); anything else is left alone."""
+        target = self.entry(name)
+        with _held_guard:
+            if not self.overwrite or name not in read_marker(self.path).get("entries", {}):
+                return False
+            if os.path.lexists(target) and not target.is_symlink():
+                _remove(target)
+            self._mark(name, None)
+        self.published.discard(name)
+        return True
 
     @contextlib.contextmanager
     def stage_file(self, name: str, replace_own: bool | None = None) -> Iterator[Path]:
