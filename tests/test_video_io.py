@@ -17,7 +17,7 @@ from surgsam2.data.video import (
     VideoFileSource,
     open_video,
 )
-from surgsam2.viz import mask_boundaries, overlay_masks
+from surgsam2.data.overlay import mask_boundaries, overlay_masks
 
 HEIGHT, WIDTH = 48, 64
 

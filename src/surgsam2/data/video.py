@@ -30,7 +30,7 @@ import numpy as np
 
 from surgsam2.data.masks import masks_to_id_map, write_mask
 from surgsam2.data.vos import IMAGE_EXTENSIONS, frame_name, image_size, list_frame_files, read_image, staged_output_dir
-from surgsam2.viz import MasksLike, as_id_map, overlay_masks
+from surgsam2.data.overlay import MasksLike, as_id_map, overlay_masks
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts")
 DEFAULT_WRITER_FPS = 30.0
@@ -447,7 +447,7 @@ class MaskWriter:
 
 
 class OverlayVideoWriter:
-    """Writes frames with their masks drawn on them (`viz.overlay_masks`) to a video file.
+    """Writes frames with their masks drawn on them (`data.overlay.overlay_masks`) to a video file.
 
     mp4/mov/m4v/mkv use the `mp4v` codec, .avi uses MJPG; if mp4v cannot be opened the writer falls
     back to MJPG in `<path>.avi` with a warning (`self.path` is then the .avi). The file is written
