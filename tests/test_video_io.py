@@ -118,7 +118,8 @@ def test_frame_failing_mid_video_names_its_index(tmp_path: Path) -> None:
                 pass
 
 
-def test_truncated_video_warns(tmp_path: Path) -> None:
+def test_truncated_video_is_an_error(tmp_path: Path) -> None:
+    """A video that ends before its declared length is a partial input: an error naming the frame."""
     rng = np.random.default_rng(2)
     frames = [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(10)]
     path = write_test_video(tmp_path / "clip.avi", frames, fourcc="MJPG")
@@ -127,8 +128,8 @@ def test_truncated_video_warns(tmp_path: Path) -> None:
     path.write_bytes(data[: starts[6] + 100])  # cut inside frame 6; the header still says 10 frames
     with open_video(path) as video:
         assert video.num_frames == 10
-        with pytest.warns(RuntimeWarning, match=r"ended after 6 frames but declares 10"):
-            assert len(list(video)) == 6
+        with pytest.raises(ValueError, match=r"frame 6 of video .*clip\.avi could not be decoded.*declares 10"):
+            list(video)
 
 
 def test_single_image_is_refused(tmp_path: Path) -> None:
