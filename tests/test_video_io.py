@@ -71,6 +71,7 @@ def test_video_file_roundtrip(tmp_path: Path) -> None:
         assert video.frame_size == (HEIGHT, WIDTH)
         assert video.num_frames == 12
         assert video.fps == pytest.approx(10.0)
+        assert video.frame_name(3) == "00003"  # a video file's frames are named by position
         decoded = list(video)
         again = list(video)  # a file can be read twice, from the start each time
     assert len(decoded) == len(again) == 12
