@@ -10,7 +10,8 @@ Layout under a dataset root::
 
 Frames are sorted numerically (2 before 10); "position" below means the index in that order.
 
-meta.json (all keys are strings, as JSON requires; unknown keys are kept on a round trip)::
+meta.json (all keys are strings, as JSON requires; unknown keys are kept on a round trip; class and
+object ids are integers in 1..255; `read_meta` validates it all and names the file and key)::
 
     {
       "dataset": "synthetic",                       # free-form name of the dataset family

@@ -8,6 +8,7 @@ per-object folders, as Surgical SAM 2's evaluation reads them; the class-based E
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -71,14 +72,7 @@ def evaluate_output_video(job: VOSOutputJob) -> VideoEvaluation:
             )
             row = next(r for r in alone.objects if r.object_id == row.object_id)
         rows.append(row)
-    return VideoEvaluation(
-        video=job.video,
-        objects=rows,
-        unscored=combined.unscored,
-        class_images=combined.class_images,
-        missing_frames=combined.missing_frames,
-        prediction_dir=combined.prediction_dir,
-    )
+    return dataclasses.replace(combined, objects=rows)
 
 
 def evaluate_vos_output(
