@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from surgsam2.cli import main
-from surgsam2.eval.evaluate import OBJECT_FIELDS, evaluate, load_class_meta, read_id_mask, write_results
+from surgsam2.data.masks import read_mask as read_id_mask
+from surgsam2.eval.evaluate import OBJECT_FIELDS, evaluate, load_class_meta, write_results
 from surgsam2.eval.metrics import class_based_metrics_from_maps, frame_scores
 
 HEIGHT, WIDTH = 24, 32
@@ -116,7 +117,8 @@ def test_json_schema_csv_and_rewrite_not_append(tmp_path):
     json_path, csv_path = write_results(evaluate(gt, pred, protocol="surgsam2"), output)
     assert (json_path, csv_path) == (output, tmp_path / "out" / "results.csv")
     document = json.loads(output.read_text())
-    assert set(document) == {"protocol", "per_object", "summary"}
+    assert set(document) == {"protocol", "per_object", "summary", "missing_predictions"}
+    assert document["missing_predictions"] == {"total": 1, "per_video": {"b": 1}}  # b/00002
     assert document["protocol"] == "surgsam2"
     assert set(document["summary"]) == {"J", "F", "JF", "Dice"}
     assert all(0.0 <= value <= 1.0 for value in document["summary"].values())
@@ -193,7 +195,7 @@ def test_class_based_metrics_through_meta_json(tmp_path):
     meta_path.write_text(json.dumps(META))
     result = evaluate(gt, pred, protocol="surgsam2", meta=meta_path)
     document = result.to_json_dict()
-    assert set(document) == {"protocol", "per_object", "summary", "class_based"}
+    assert set(document) == {"protocol", "per_object", "summary", "missing_predictions", "class_based"}
     class_based = document["class_based"]
 
     # By hand over the scored frames: a/1 (class 1 exact; class 2 hallucinated, GT empty),

@@ -17,7 +17,7 @@ from surgsam2.data.video import (
     VideoFileSource,
     open_video,
 )
-from surgsam2.viz import mask_boundaries, overlay_masks
+from surgsam2.data.overlay import mask_boundaries, overlay_masks
 
 HEIGHT, WIDTH = 48, 64
 
@@ -71,6 +71,7 @@ def test_video_file_roundtrip(tmp_path: Path) -> None:
         assert video.frame_size == (HEIGHT, WIDTH)
         assert video.num_frames == 12
         assert video.fps == pytest.approx(10.0)
+        assert video.frame_name(3) == "00003"  # a video file's frames are named by position
         decoded = list(video)
         again = list(video)  # a file can be read twice, from the start each time
     assert len(decoded) == len(again) == 12
@@ -118,7 +119,8 @@ def test_frame_failing_mid_video_names_its_index(tmp_path: Path) -> None:
                 pass
 
 
-def test_truncated_video_warns(tmp_path: Path) -> None:
+def test_truncated_video_is_an_error(tmp_path: Path) -> None:
+    """A video that ends before its declared length is a partial input: an error naming the frame."""
     rng = np.random.default_rng(2)
     frames = [rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8) for _ in range(10)]
     path = write_test_video(tmp_path / "clip.avi", frames, fourcc="MJPG")
@@ -127,8 +129,8 @@ def test_truncated_video_warns(tmp_path: Path) -> None:
     path.write_bytes(data[: starts[6] + 100])  # cut inside frame 6; the header still says 10 frames
     with open_video(path) as video:
         assert video.num_frames == 10
-        with pytest.warns(RuntimeWarning, match=r"ended after 6 frames but declares 10"):
-            assert len(list(video)) == 6
+        with pytest.raises(ValueError, match=r"frame 6 of video .*clip\.avi could not be decoded.*declares 10"):
+            list(video)
 
 
 def test_single_image_is_refused(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from surgsam2.data.vos import (
     VOSDataset,
     VOSWriter,
     first_appearance,
+    list_videos,
     natural_key,
     new_object_prompt,
     read_meta,
@@ -242,6 +243,29 @@ def test_meta_json_round_trip(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_meta(path)
+
+
+def test_meta_check_videos_before_any_run():
+    meta = DatasetMeta.from_json({"videos": {"a": {"objects": {"1": 2}}}})
+    assert meta.objects == {"a": {1: 2}}
+    meta.check_videos(["a"])
+    with pytest.raises(ValueError, match="lists no objects for video.s. b, c"):
+        meta.check_videos(["a", "b", "c"])
+
+
+def test_list_videos_from_folder_or_list_file(tmp_path):
+    for name in ("seq_10", "seq_2", ".staging", "seq_1"):
+        (tmp_path / "root" / name).mkdir(parents=True)
+    (tmp_path / "root" / "notes.txt").write_text("x")
+    assert list_videos(tmp_path / "root") == ["seq_1", "seq_2", "seq_10"]  # hidden and files left out
+    listing = tmp_path / "list.txt"
+    listing.write_text("# chosen\nseq_10\n\nseq_2\nseq_10\n")
+    assert list_videos(tmp_path / "root", listing) == ["seq_10", "seq_2"]  # file order, no duplicates
+    listing.write_text("../etc\n")
+    with pytest.raises(ValueError, match="not a video folder name"):
+        list_videos(tmp_path / "root", listing)
+    with pytest.raises(FileNotFoundError, match="video list file not found"):
+        list_videos(tmp_path / "root", tmp_path / "absent.txt")
 
 
 def test_first_appearance_and_prompts():

@@ -7,11 +7,13 @@ they show distinct colours in any image viewer while the pixel values stay objec
 from __future__ import annotations
 
 import functools
+import struct
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 MAX_OBJECT_ID = 255
 
@@ -64,26 +66,46 @@ def write_mask(path: str | Path, id_map: np.ndarray) -> Path:
 def read_mask(path: str | Path, allow_grayscale: bool = True) -> np.ndarray:
     """Read a palette PNG (or, if allowed, 8-bit grayscale / 1-bit) mask as an HxW uint8 id map.
 
-    Raises FileNotFoundError for a missing file and ValueError naming the file for unreadable or
-    multi-channel images (an RGB mask would silently mix up ids and colours).
+    Raises FileNotFoundError for a missing file and a one-line ValueError naming the file for a
+    corrupt image, a JPEG (lossy: its edges would become new ids), or a multi-channel or 16-bit
+    image (an RGB mask would mix up ids and colours; ids above 255 cannot be stored).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file not found: {path}")
     try:
         with Image.open(path) as image:
+            if image.format in _LOSSY_FORMATS:
+                raise _RefusedMask(f"mask {path} is a JPEG: masks must be lossless PNG (pixel = object id)")
             mode = image.mode
             accepted = ("P", "L", "1") if allow_grayscale else ("P",)
             if mode not in accepted:
                 kind = "palette or single-channel 8-bit" if allow_grayscale else "palette"
-                raise ValueError(
+                raise _RefusedMask(
                     f"mask {path} is a {mode} image, expected a {kind} PNG (pixel value = object id)"
                 )
             if mode == "1":
                 return (np.asarray(image) > 0).astype(np.uint8)
             return np.array(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"mask {path} is not a readable PNG ({error})") from None
+    except _RefusedMask as refusal:
+        raise ValueError(str(refusal)) from None
+    except _DECODE_ERRORS as error:
+        raise ValueError(f"mask {path} is not a readable PNG ({_one_line(error)})") from None
+
+
+class _RefusedMask(Exception):
+    """A readable image that is not an id mask (kept apart from decoding errors)."""
+
+
+_LOSSY_FORMATS = ("JPEG", "MPO")
+# What PIL raises on a corrupt or truncated file, besides OSError (zlib and struct errors surface too).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error, Image.DecompressionBombError)
+
+
+def _one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def object_ids(id_map: np.ndarray) -> list[int]:

@@ -30,11 +30,13 @@ import numpy as np
 
 from surgsam2.data.masks import masks_to_id_map, write_mask
 from surgsam2.data.vos import IMAGE_EXTENSIONS, frame_name, image_size, list_frame_files, read_image, staged_output_dir
-from surgsam2.viz import MasksLike, as_id_map, overlay_masks
+from surgsam2.data.overlay import MasksLike, as_id_map, overlay_masks
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts")
 DEFAULT_WRITER_FPS = 30.0
 _URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# Containers whose frame count OpenCV reads from an index (exact); others may report an estimate.
+_EXACT_COUNT_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi")
 _MAX_PLAUSIBLE_FPS = 1000.0  # some containers report a time base (e.g. 90000) instead of a frame rate
 
 
@@ -107,6 +109,13 @@ class VideoSource:
     def __iter__(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
+    def frame_name(self, index: int) -> str:
+        """The name of frame `index` for output files: its position, five digits ("00042").
+
+        A frame folder overrides this with the input file's own stem, so outputs match inputs.
+        """
+        return frame_name(index)
+
     def close(self) -> None:
         """Release the underlying file or device (idempotent)."""
 
@@ -129,9 +138,11 @@ class VideoSource:
 class VideoFileSource(VideoSource):
     """Frames of a video file decoded by OpenCV (FFmpeg); each iteration reads from the start.
 
-    `num_frames` comes from the container header (exact for mp4/avi, an estimate for some formats).
-    A frame that cannot be decoded while later ones can raises ValueError naming its index; a video
-    that ends more than one frame short of its declared length gives a warning (truncated file?).
+    `num_frames` comes from the container header (exact for mp4/mov/avi, an estimate for some
+    other formats). A partial input is an error, never a short result: a frame that cannot be
+    decoded, or a video that ends before its declared length, raises ValueError naming the file and
+    the frame number. Only for containers whose count may be an estimate is ending exactly one frame
+    short a RuntimeWarning instead.
     """
 
     def __init__(self, path: str | Path, fps: float | None = None) -> None:
@@ -199,14 +210,8 @@ class VideoFileSource(VideoSource):
                 if not capture.grab():
                     # End of file, or an undecodable frame: if a later frame decodes, it was the latter.
                     if capture.grab():
-                        raise ValueError(f"frame {index} of video {self.path} could not be decoded (corrupt data)")
-                    if self.num_frames is not None and index < self.num_frames - 1:
-                        warnings.warn(
-                            f"video {self.path} ended after {index} frames but declares {self.num_frames}"
-                            " (truncated or corrupt file?)",
-                            RuntimeWarning,
-                            stacklevel=2,
-                        )
+                        raise ValueError(f"frame {index} of video {self.path} could not be decoded (file corrupt)")
+                    self._check_complete(index)
                     return
                 ok, raw = capture.retrieve()
                 if not ok or raw is None:
@@ -216,6 +221,19 @@ class VideoFileSource(VideoSource):
         finally:
             capture.release()
             self._active.discard(capture)
+
+    def _check_complete(self, frames_read: int) -> None:
+        """At the end of the file: ValueError when fewer frames were read than the header declares."""
+        if self.num_frames is None or frames_read >= self.num_frames:
+            return
+        message = (
+            f"frame {frames_read} of video {self.path} could not be decoded (file corrupt or truncated:"
+            f" it declares {self.num_frames} frames, {frames_read} were read)"
+        )
+        if frames_read == self.num_frames - 1 and self.path.suffix.lower() not in _EXACT_COUNT_EXTENSIONS:
+            warnings.warn(message + "; the declared count may be an estimate", RuntimeWarning, stacklevel=4)
+            return
+        raise ValueError(message)
 
     def close(self) -> None:
         """Release every open capture of this file (idempotent)."""
@@ -231,8 +249,9 @@ class VideoFileSource(VideoSource):
 class FrameFolderSource(VideoSource):
     """Frames from a folder of jpg/png files with integer names (00000.jpg ...), in numeric order.
 
-    All frame headers are checked at open, so a frame of another size fails before any work starts.
-    `frame_paths` and `frame_numbers` give each frame's file and number (for naming outputs).
+    All frame headers are checked at open, so a frame of another size fails before any work starts;
+    an unreadable frame file is a ValueError naming it. `frame_name(i)` is the stem of frame i's
+    file ("00001" for 00001.jpg) and `frame_paths` / `frame_numbers` give each file and number.
     """
 
     def __init__(self, folder: str | Path, fps: float | None = None) -> None:
@@ -255,6 +274,12 @@ class FrameFolderSource(VideoSource):
             f"frame {path} is {size[1]}x{size[0]} but the first frame {self.frame_paths[0].name}"
             f" is {self.frame_size[1]}x{self.frame_size[0]}: all frames of a video must have one size"
         )
+
+    def frame_name(self, index: int) -> str:
+        """The stem of frame `index`'s file, so that outputs carry the input's own frame names."""
+        if not 0 <= index < len(self.frame_paths):
+            raise IndexError(f"frame {index} out of range: {self.folder} has {len(self.frame_paths)} frames")
+        return self.frame_paths[index].stem
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for path in self.frame_paths:
@@ -366,10 +391,12 @@ class _AbortWrite(Exception):
 
 
 class MaskWriter:
-    """Writes one video's id maps as palette PNGs in the VOS layout: `<root>/<video>/<frame:05d>.png`.
+    """Writes one video's id maps as palette PNGs in the VOS layout: `<root>/<video>/<frame>.png`.
 
-    Files go to a hidden staging folder in `root`, which becomes `<root>/<video>` on `close()`; an
-    existing non-empty `<root>/<video>` is refused unless `overwrite` (then replaced on close).
+    A frame is named by the caller (`VideoSource.frame_name(i)`, so masks carry the input frame's
+    own name) or by its index (five digits). Files go to a hidden staging folder in `root`, which
+    becomes `<root>/<video>` on `close()`; an existing non-empty `<root>/<video>` is refused unless
+    `overwrite` (then replaced on close).
     """
 
     def __init__(self, root: str | Path, video: str, overwrite: bool = False, digits: int = 5) -> None:
@@ -385,22 +412,33 @@ class MaskWriter:
         self._staging_context = staged_output_dir(self.path, overwrite=overwrite)
         self._staging: Path | None = self._staging_context.__enter__()
 
-    def write(
-        self, masks: MasksLike, frame_index: int | None = None, shape: tuple[int, int] | None = None
-    ) -> Path:
-        """Write one frame's masks (HxW id map or {id: bool HxW}); frame_index defaults to the next.
+    def _file_stem(self, frame: int | str | None) -> str:
+        """The file stem of a frame given by index (None: the next one) or by name."""
+        if isinstance(frame, str):
+            if not frame or frame.startswith(".") or any(c in frame for c in "/\\\0"):
+                raise ValueError(f"frame name must be a plain file name without extension, got {frame!r}")
+            return frame
+        index = self._next_index if frame is None else int(frame)
+        if index < 0:
+            raise ValueError(f"frame index must be >= 0, got {index}")
+        return frame_name(index, self.digits)
 
-        `shape` (H, W) is needed only for an empty dict before any frame fixed the size.
+    def write(
+        self, masks: MasksLike, frame_index: int | str | None = None, shape: tuple[int, int] | None = None
+    ) -> Path:
+        """Write one frame's masks (HxW id map or {id: bool HxW}) as `<frame>.png`.
+
+        `frame_index` is the frame's index (default: the one after the last written) or its name
+        (a str such as "00001", used as the file stem). `shape` (H, W) is needed only for an empty
+        dict before any frame fixed the size.
         """
         if self._staging is None:
             raise ValueError(f"mask writer for {self.path} is closed")
-        index = self._next_index if frame_index is None else int(frame_index)
-        if index < 0:
-            raise ValueError(f"frame index must be >= 0, got {index}")
+        stem = self._file_stem(frame_index)
         expected = shape or self._shape
         if isinstance(masks, Mapping):
             if not masks and expected is None:
-                raise ValueError(f"frame {index}: no masks and no known frame size; pass shape=(H, W)")
+                raise ValueError(f"frame {stem}: no masks and no known frame size; pass shape=(H, W)")
             id_map = masks_to_id_map(masks, shape=expected)
         else:
             id_map = as_id_map(masks, np.asarray(masks).shape[:2] if expected is None else expected)
@@ -408,13 +446,14 @@ class MaskWriter:
             self._shape = (int(id_map.shape[0]), int(id_map.shape[1]))
         elif id_map.shape != self._shape:
             raise ValueError(
-                f"frame {index}: mask is {id_map.shape}, earlier frames of {self.video!r} are {self._shape}"
+                f"frame {stem}: mask is {id_map.shape}, earlier frames of {self.video!r} are {self._shape}"
             )
-        target = self._staging / f"{frame_name(index, self.digits)}.png"
+        target = self._staging / f"{stem}.png"
         if target.exists():
-            raise ValueError(f"frame {index} of {self.video!r} was already written")
+            raise ValueError(f"frame {stem} of {self.video!r} was already written")
         write_mask(target, id_map)
-        self._next_index = index + 1
+        if stem.isdigit():
+            self._next_index = int(stem) + 1
         self.frames_written += 1
         return self.path / target.name
 
@@ -447,7 +486,7 @@ class MaskWriter:
 
 
 class OverlayVideoWriter:
-    """Writes frames with their masks drawn on them (`viz.overlay_masks`) to a video file.
+    """Writes frames with their masks drawn on them (`data.overlay.overlay_masks`) to a video file.
 
     mp4/mov/m4v/mkv use the `mp4v` codec, .avi uses MJPG; if mp4v cannot be opened the writer falls
     back to MJPG in `<path>.avi` with a warning (`self.path` is then the .avi). The file is written

@@ -10,7 +10,8 @@ Layout under a dataset root::
 
 Frames are sorted numerically (2 before 10); "position" below means the index in that order.
 
-meta.json (all keys are strings, as JSON requires; unknown keys are kept on a round trip)::
+meta.json (all keys are strings, as JSON requires; unknown keys are kept on a round trip; class and
+object ids are integers in 1..255; `read_meta` validates it all and names the file and key)::
 
     {
       "dataset": "synthetic",                       # free-form name of the dataset family
@@ -35,8 +36,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from surgsam2.data.images import image_size, read_image
 from surgsam2.data.masks import object_ids as _object_ids
 from surgsam2.data.masks import read_mask, write_mask
 from surgsam2.data.outputs import staged_folder
@@ -93,34 +94,23 @@ class DatasetMeta:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "meta.json") -> DatasetMeta:
-        """Parse the dict read from meta.json; ValueError naming `source` and the bad key."""
+        """Parse and validate the dict read from meta.json; one-line ValueError naming `source`.
+
+        Class ids and object ids are integers in 1..255 (what a uint8 map can hold); an object's
+        class must be one of `classes` when that table is given.
+        """
         if not isinstance(data, Mapping):
             raise ValueError(f"{source}: expected a JSON object at the top level")
-        try:
-            classes = {int(k): str(v) for k, v in dict(data.get("classes", {})).items()}
-        except (TypeError, ValueError, AttributeError):
-            raise ValueError(f"{source}: 'classes' must map integer ids to names") from None
+        classes = _parse_classes(data.get("classes"), source)
         objects: dict[str, dict[int, int]] = {}
         video_extra: dict[str, dict[str, Any]] = {}
-        videos = data.get("videos", {})
-        if not isinstance(videos, Mapping):
-            raise ValueError(f"{source}: 'videos' must be an object")
-        for video, entry in videos.items():
-            if not isinstance(entry, Mapping):
-                raise ValueError(f"{source}: videos.{video} must be an object")
-            per_object: dict[int, int] = {}
-            entry_objects = entry.get("objects", {})
-            if not isinstance(entry_objects, Mapping):
-                raise ValueError(f"{source}: videos.{video}.objects must be an object")
-            for obj, info in entry_objects.items():
-                try:
-                    class_id = info["class_id"] if isinstance(info, Mapping) else info
-                    per_object[int(obj)] = int(class_id)
-                except (KeyError, TypeError, ValueError):
-                    raise ValueError(
-                        f"{source}: videos.{video}.objects.{obj} must be {{\"class_id\": <int>}}"
-                    ) from None
-            objects[str(video)] = per_object
+        for video, entry in _mapping(data.get("videos"), f"{source}: 'videos'").items():
+            where = f"{source}: videos.{video}"
+            entry = _mapping(entry, where)
+            objects[str(video)] = {
+                _meta_id(obj, f"{where}.objects: object id"): _object_class(info, classes, f"{where}.objects.{obj}")
+                for obj, info in _mapping(entry.get("objects"), f"{where}.objects").items()
+            }
             rest = {k: v for k, v in entry.items() if k != "objects"}
             if rest:
                 video_extra[str(video)] = rest
@@ -133,9 +123,67 @@ class DatasetMeta:
             extra=extra,
         )
 
+    def check_videos(self, videos: Iterable[str], source: str = META_FILE) -> None:
+        """ValueError naming the videos that meta.json does not list (before any of them is run)."""
+        absent = [video for video in videos if video not in self.objects]
+        if absent:
+            raise ValueError(f"{source} lists no objects for video(s) {', '.join(absent)}")
+
+
+MAX_META_ID = 255  # class and object ids go into uint8 maps
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    """A JSON object (null counts as empty), or ValueError saying `what` must be one."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _meta_id(value: Any, what: str) -> int:
+    """An id in 1..255 from a JSON key ("3") or value (3); bools and fractions are refused."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    if number is None or not 1 <= number <= MAX_META_ID:
+        raise ValueError(f"{what} must be an integer in 1..{MAX_META_ID}, got {value!r}")
+    return number
+
+
+def _parse_classes(value: Any, source: str) -> dict[int, str]:
+    """The class table {id: name} of meta.json."""
+    classes: dict[int, str] = {}
+    for key, name in _mapping(value, f"{source}: 'classes'").items():
+        class_id = _meta_id(key, f"{source}: classes: class id")
+        if not isinstance(name, str):
+            raise ValueError(f"{source}: classes.{key} must be a name (string), got {name!r}")
+        classes[class_id] = name
+    return classes
+
+
+def _object_class(info: Any, classes: Mapping[int, str], where: str) -> int:
+    """The class id of one object entry ({"class_id": c}, or a bare c), checked against `classes`."""
+    if isinstance(info, Mapping):
+        if "class_id" not in info:
+            raise ValueError(f'{where} must be {{"class_id": <int>}}, got {json.dumps(info)[:80]}')
+        info = info["class_id"]
+    class_id = _meta_id(info, f"{where}: class_id")
+    if classes and class_id not in classes:
+        raise ValueError(f"{where} has class_id {class_id}, which is not among the classes {sorted(classes)}")
+    return class_id
+
 
 def read_meta(path: str | Path) -> DatasetMeta:
-    """Read a meta.json file (see the module docstring for the format)."""
+    """Read and validate a meta.json file (format in the module docstring): cheap, run it first.
+
+    FileNotFoundError for a missing file; a one-line ValueError naming the file and the bad key.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"meta file not found: {path}")
@@ -143,6 +191,8 @@ def read_meta(path: str | Path) -> DatasetMeta:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
     return DatasetMeta.from_json(data, source=str(path))
 
 
@@ -196,6 +246,34 @@ def list_frame_files(folder: str | Path, extensions: Iterable[str] = IMAGE_EXTEN
     return [numbered[number] for number in sorted(numbered)]
 
 
+def list_videos(root: str | Path, list_file: str | Path | None = None) -> list[str]:
+    """Video names: those of `list_file` if given, else every non-hidden sub-folder of `root`.
+
+    The list file has one name per line; blank lines and # comments are skipped, duplicates
+    dropped, order kept. Folders are sorted naturally (seq_2 before seq_10).
+    """
+    if list_file is None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"folder not found: {root}")
+        return sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"video list file not found: {list_file}")
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{list_file}: not a UTF-8 text file of video names") from None
+    names: list[str] = []
+    for line in lines:
+        name = line.strip()
+        if name and not name.startswith("#") and name not in names:
+            if "/" in name or "\\" in name or name in (".", ".."):
+                raise ValueError(f"{list_file}: {name!r} is not a video folder name")
+            names.append(name)
+    return names
+
+
 def _describe_frames(numbers: Iterable[int], limit: int = 5) -> str:
     values = sorted(numbers)
     shown = ", ".join(str(v) for v in values[:limit])
@@ -226,28 +304,6 @@ def new_object_prompt(id_map: np.ndarray, seen: set[int]) -> np.ndarray | None:
 
 # ---------------------------------------------------------------------------------------------
 # reader
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB; ValueError naming the file if it cannot be decoded."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"image {path} could not be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, from its header only."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"image {path} is not readable ({error})") from None
-    return height, width
 
 
 class VOSVideo:
@@ -398,10 +454,7 @@ class VOSDataset:
         prompt_root = self.root / prompts
         self.annotation_root: Path | None = annotation_root if annotation_root.is_dir() else None
         self.prompt_root: Path | None = prompt_root if prompt_root.is_dir() else None
-        self.videos = sorted(
-            (p.name for p in self.image_root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-            key=natural_key,
-        )
+        self.videos = list_videos(self.image_root)
         self._meta: DatasetMeta | None = None
         self._opened: dict[str, VOSVideo] = {}
 

@@ -35,7 +35,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -46,21 +45,15 @@ import numpy as np
 
 from surgsam2.data.masks import write_mask
 from surgsam2.data.vos import VOSVideo, list_frame_files, natural_key, new_object_prompt, staged_output_dir
-from surgsam2.eval.evaluate import (
-    EvaluationResult,
-    VideoEvaluation,
-    combine_evaluations,
-    evaluate_video,
-    load_class_meta,
-)
-from surgsam2.eval.metrics import ENDOVIS_CLASS_IDS
+from surgsam2.eval.results import EvaluationResult
+from surgsam2.eval.vos_output import ALL_OBJECTS_DIR, evaluate_vos_output
+from surgsam2.eval.vos_output import gt_video_dir as _gt_video_dir
 from surgsam2.model.sam2 import PRECISIONS
 from surgsam2.tracking.prompts import Prompt
 
 PROMPT_TYPES: tuple[str, ...] = ("mask", "1-point", "5-point", "box")
 MEMORY_TYPES: tuple[str, ...] = ("efp", "fifo")
 DTYPES: tuple[str, ...] = PRECISIONS
-ALL_OBJECTS_DIR = "all"
 FIVE_POINT_EXTRA = 4  # points sampled inside the mask besides the interior point
 DEFAULT_RESULTS_NAME = "results.json"
 # Ranks meet once, after all videos are written: a fast rank may wait for hours at that point.
@@ -464,71 +457,6 @@ def _describe_error(error: BaseException) -> str:
     if isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError)):
         return message
     return f"{type(error).__name__}: {message}"
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluation of an output folder
-# --------------------------------------------------------------------------------------------
-
-
-def _gt_video_dir(gt_root: Path, video: str) -> Path | None:
-    """The ground-truth folder of a video: ``<gt_root>/<video>``, or ``<gt_root>/Annotations/<video>``
-    when given a dataset root."""
-    for candidate in (gt_root / video, gt_root / "Annotations" / video):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def _evaluate_one_video(job: tuple[Any, ...]) -> VideoEvaluation:
-    """Score one video: class statistics and fallback rows from ``all/``, then each object from
-    its own folder (process-pool friendly)."""
-    video, gt_dir, video_out_dir, protocol, object_classes, class_ids = job
-    combined = evaluate_video(video, gt_dir, video_out_dir / ALL_OBJECTS_DIR, protocol, object_classes, class_ids)
-    rows = []
-    for row in combined.objects:
-        object_dir = video_out_dir / f"{row.object_id:03d}"
-        if object_dir.is_dir():  # an object that was not prompted keeps its (empty) all/ row
-            alone = evaluate_video(video, gt_dir, object_dir, protocol)
-            row = next(r for r in alone.objects if r.object_id == row.object_id)
-        rows.append(row)
-    return VideoEvaluation(video=video, objects=rows, unscored=combined.unscored, class_images=combined.class_images)
-
-
-def evaluate_vos_output(
-    gt_root: str | os.PathLike[str],
-    output_mask_dir: str | os.PathLike[str],
-    videos: Sequence[str],
-    meta: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-    workers: int = 1,
-    protocol: str = "surgsam2",
-) -> EvaluationResult:
-    """Evaluate a vos-inference output folder on ``videos``: J, F, Dice on the per-object folders,
-    class-based IoUs (with ``meta``) on the ``all/`` folders. See the module docstring."""
-    gt, out = Path(gt_root), Path(output_mask_dir)
-    class_meta = load_class_meta(meta)
-    class_ids = class_meta.class_ids if class_meta is not None else ENDOVIS_CLASS_IDS
-    jobs = []
-    for video in videos:
-        gt_dir = _gt_video_dir(gt, video)
-        if gt_dir is None:
-            raise FileNotFoundError(f"ground-truth folder {gt} has no video {video!r}")
-        if not (out / video / ALL_OBJECTS_DIR).is_dir():
-            raise FileNotFoundError(f"no output for video {video!r} in {out}")
-        object_classes = None
-        if class_meta is not None:
-            object_classes = class_meta.object_classes.get(video)
-            if object_classes is None:
-                raise ValueError(f"meta gives no object classes for video {video!r}")
-        jobs.append((video, gt_dir, out / video, protocol, object_classes, class_ids))
-    if not jobs:
-        raise ValueError("no video to evaluate")
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            evaluations = list(pool.map(_evaluate_one_video, jobs))
-    else:
-        evaluations = [_evaluate_one_video(job) for job in jobs]
-    return combine_evaluations(evaluations, protocol, class_meta)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Overlays for viewing results: coloured semi-transparent masks, contours and object ids.
+"""Masks drawn on frames (for the overlay video writer): coloured semi-transparent masks, contours, ids.
 
 Colours come from the DAVIS palette (`surgsam2.data.masks.davis_palette`), the same one the palette
 PNG masks use, so object 1 is red in the overlay video and in the mask files alike.
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from surgsam2.data.masks import davis_palette, masks_to_id_map
+from surgsam2.data.masks import MAX_OBJECT_ID, davis_palette, masks_to_id_map
 
 MasksLike = np.ndarray | Mapping[int, np.ndarray]
 
@@ -30,8 +30,8 @@ def as_id_map(masks: MasksLike, shape: tuple[int, int]) -> np.ndarray:
         if array.dtype == np.bool_:
             id_map = array.astype(np.uint8)
         elif np.issubdtype(array.dtype, np.integer):
-            if array.size and (int(array.min()) < 0 or int(array.max()) > 255):
-                raise ValueError(f"object ids must be in 0..255, got {int(array.min())}..{int(array.max())}")
+            if array.size and (int(array.min()) < 0 or int(array.max()) > MAX_OBJECT_ID):
+                raise ValueError(f"object ids must be in 0..{MAX_OBJECT_ID}, got {int(array.min())}..{int(array.max())}")
             id_map = array.astype(np.uint8, copy=False)
         else:
             raise ValueError(f"expected an integer id map, got dtype {array.dtype}")
