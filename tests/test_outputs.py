@@ -22,14 +22,13 @@ from surgsam2.data.outputs import (
     STAGING_PREFIX,
     OutputError,
     OutputFolder,
-    Terminated,
     atomic_write,
     check_output_location,
     read_marker,
     remove_stale_staging,
     staged_folder,
-    terminate_as_interrupt,
 )
+from surgsam2.data.termination import Terminated, terminate_as_interrupt
 
 SRC = Path(outputs.__file__).resolve().parents[2]
 
@@ -40,7 +39,8 @@ HELPER = textwrap.dedent(
     """
     import contextlib, os, sys, time
     from pathlib import Path
-    from surgsam2.data.outputs import OutputFolder, Terminated, staged_folder, terminate_as_interrupt
+    from surgsam2.data.outputs import OutputFolder, staged_folder
+    from surgsam2.data.termination import Terminated, terminate_as_interrupt
 
     mode, out, handle_term = sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["term"]
     try:

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import threading
 import time
 import warnings
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from surgsam2 import __version__
+from surgsam2.data.termination import deferred_termination
 
 MARKER_NAME = ".surgsam2-output.json"
 LOCK_NAME = ".surgsam2.lock"
@@ -46,7 +46,6 @@ MARKER_VERSION = 1
 # A staging item whose lock is free is left alone for this long after its last change: its creator
 # may be between making it and locking it (microseconds), or its pid may have been reused.
 STALE_AFTER_S = 10.0
-TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 _NAME_MAX = 255
 _STAGING_NAME_BUDGET = _NAME_MAX - len(STAGING_PREFIX) - 40  # room for "<pid>-<token>-old-"
 
@@ -60,12 +59,6 @@ class OutputError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split("\n")))
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM seen as an interrupt, so every ``finally`` and staging cleanup runs (exit 143)."""
-
-    exit_code = TERMINATED_EXIT_CODE
 
 
 def _os_error(path: Path, error: OSError, doing: str) -> OutputError:
@@ -248,7 +241,7 @@ def atomic_write(path: PathLike, data: bytes | str) -> Path:
     except OSError as error:
         raise _os_error(target, error, "write") from None
     try:
-        with _deferred_termination():
+        with deferred_termination():
             _write_all(staging.fd, payload)
             os.replace(staging.path, target)
     except BaseException as error:
@@ -312,49 +305,6 @@ def remove_stale_staging(folder: PathLike, notice: Notice | None = None) -> list
 
 
 # ---------------------------------------------------------------------------------------------
-# SIGTERM as an interrupt, deferred while a publish renames things
-
-
-_termination = {"defer_depth": 0, "pending": False}
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    if _termination["defer_depth"]:
-        _termination["pending"] = True
-        return
-    raise Terminated(f"terminated by signal {signum}")
-
-
-@contextlib.contextmanager
-def _deferred_termination() -> Iterator[None]:
-    """Hold a SIGTERM that arrives during a publish's renames until they are done."""
-    _termination["defer_depth"] += 1
-    try:
-        yield
-    finally:
-        _termination["defer_depth"] -= 1
-        if not _termination["defer_depth"] and _termination["pending"]:
-            _termination["pending"] = False
-            raise Terminated(f"terminated by signal {int(signal.SIGTERM)}")
-
-
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM raises ``Terminated`` (a KeyboardInterrupt) in the main thread.
-
-    Outside the main thread signals cannot be handled, so it does nothing there.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# ---------------------------------------------------------------------------------------------
 # publishing
 
 
@@ -394,7 +344,7 @@ def _staged(parent: Path, target: Path, folder: bool, finish: Callable[[_Staging
         raise _os_error(target, error, "write") from None
     try:
         yield staging.path
-        with _deferred_termination():  # a SIGTERM now waits until the publish is complete
+        with deferred_termination():  # a SIGTERM now waits until the publish is complete
             finish(staging)
     except BaseException as error:
         staging.discard()
