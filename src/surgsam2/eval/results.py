@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from surgsam2.data.outputs import InputPaths, OutputFolder, check_output_location
 from surgsam2.eval.metrics import ClassBasedResult, ClassImageStats, class_based_metrics
 
 OBJECT_FIELDS: tuple[str, ...] = (
@@ -187,42 +187,39 @@ def describe_missing(evaluation: VideoEvaluation) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def csv_path_for(json_path: str | os.PathLike[str]) -> Path:
     """The CSV written next to a results JSON: same name, ``.csv`` suffix."""
     path = Path(json_path)
     return path.with_suffix(".csv")
 
 
-def write_results(result: EvaluationResult, json_path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write (replace, never append) the results JSON and the per-object CSV next to it."""
+def write_results(
+    result: EvaluationResult, json_path: str | os.PathLike[str], inputs: InputPaths | None = None
+) -> tuple[Path, Path]:
+    """Write (replace, never append) the results JSON and the per-object CSV next to it.
+
+    Both are published atomically through `OutputFolder` (locked folder, files readable like any
+    other): our own earlier results are rewritten, any other file of that name is refused, and so is
+    a results path that is, or lies inside, one of ``inputs`` (e.g. the ground truth).
+    """
     json_file = Path(json_path)
     csv_file = csv_path_for(json_file)
     if csv_file == json_file:
         raise ValueError(f"output {json_file} must not end in .csv (the CSV goes next to the JSON)")
-    _atomic_write_text(json_file, json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n")
+    if json_file.is_dir():
+        raise ValueError(f"results path {json_file} is a folder: give the path of the results JSON file")
+    for path in (json_file, csv_file):
+        check_output_location(path, inputs)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(OBJECT_FIELDS), lineterminator="\n")
     writer.writeheader()
     for row in result.per_object:
         writer.writerow(row.to_dict())
-    _atomic_write_text(csv_file, buffer.getvalue())
+    with OutputFolder(json_file.parent, command="evaluate") as folder:
+        for path in (json_file, csv_file):
+            folder.claim(path.name, replace_own=True)
+        folder.write_file(json_file.name, json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n", replace_own=True)
+        folder.write_file(csv_file.name, buffer.getvalue(), replace_own=True)
     return json_file, csv_file
 
 
