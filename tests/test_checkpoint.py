@@ -249,10 +249,11 @@ def test_load_model_device_dtype_eval(nano_file: tuple[SAM2Model, Path]) -> None
     assert {p.dtype for p in others} == {torch.float32} and mixed.dtype == torch.float32
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         load_model("nano", checkpoint=path, dtype="fp16")
-    from surgsam2 import cli
+    from surgsam2.cli import build_parser
     from surgsam2.model.sam2 import PRECISIONS
 
-    assert cli._PRECISIONS == PRECISIONS  # the commands' --dtype choices
+    segment = build_parser()._subparsers._group_actions[0].choices["segment"]  # the commands' --dtype choices
+    assert next(a for a in segment._actions if a.dest == "dtype").choices == PRECISIONS
 
 
 def test_load_model_random_init_without_checkpoint() -> None:

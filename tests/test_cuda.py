@@ -15,6 +15,7 @@ import torch
 from oracle import require_official
 
 import surgsam2
+from surgsam2.app.options import ModelOptions
 from surgsam2.bench import BenchConfig, run_bench, run_stream
 from surgsam2.data.synthetic import (
     SyntheticVideoConfig,
@@ -22,10 +23,10 @@ from surgsam2.data.synthetic import (
     video_seed,
     write_synthetic_dataset,
 )
-from surgsam2.eval.vos_inference import VOSInferenceConfig, run_vos_inference
 from surgsam2.model.checkpoint import load_model
 from surgsam2.model.cuda_graphs import CudaGraphed
 from surgsam2.model.sam2 import SAM2Model
+from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu/run.sh)")
 
@@ -102,8 +103,7 @@ def test_vos_inference_on_cuda_with_and_without_graphs(tmp_path) -> None:
             input_mask_dir=tmp_path / "data" / "VOS" / "Annotations_vos_instrument",
             output_mask_dir=tmp_path / f"masks_{cuda_graphs}",
             gt_root=tmp_path / "data" / "Annotations",
-            device="cuda",
-            cuda_graphs=cuda_graphs,
+            model=ModelOptions(device="cuda", cuda_graphs=cuda_graphs),
             progress=False,
         )
         report = run_vos_inference(config, info=lambda message: None)

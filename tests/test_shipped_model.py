@@ -7,14 +7,15 @@ import pytest
 import torch
 
 import surgsam2
+from surgsam2.app.options import ModelOptions
 from surgsam2.data.synthetic import (
     SyntheticVideoConfig,
     generate_synthetic_video,
     video_seed,
     write_synthetic_dataset,
 )
-from surgsam2.eval.vos_inference import VOSInferenceConfig, run_vos_inference
 from surgsam2.model.checkpoint import default_checkpoint, load_model, read_checkpoint
+from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inference
 
 MAX_PACKAGED_BYTES = 20 * 2**20
 # J&F (surgsam2 protocol, efp) on the held-out clip below, measured when the checkpoint shipped:
@@ -46,7 +47,7 @@ def test_shipped_model_segments_a_held_out_synthetic_clip(tmp_path) -> None:
         input_mask_dir=tmp_path / "data" / "VOS" / "Annotations_vos_instrument",
         output_mask_dir=tmp_path / "masks",
         gt_root=tmp_path / "data" / "Annotations",
-        model="nano",
+        model=ModelOptions(name="nano", device="cpu"),
         memory="efp",
         progress=False,
     )

@@ -21,16 +21,11 @@ import torch
 from surgsam2.cli import build_parser, main
 from surgsam2.data.masks import read_mask, write_mask
 from surgsam2.data.synthetic import write_synthetic_dataset
-from surgsam2.eval.vos_inference import (
-    ProcessGroup,
-    combine_object_logits,
-    interior_point,
-    mask_box,
-    prompt_from_mask,
-    prompt_seed,
-    resolve_device,
-    shard,
-)
+from surgsam2.data.mask_geometry import interior_point, mask_box
+from surgsam2.pipelines.prompts import prompt_from_mask, prompt_seed
+from surgsam2.pipelines.vos_inference import combine_object_logits
+from surgsam2.runtime.devices import resolve_device
+from surgsam2.runtime.distributed import ProcessGroup, shard
 
 VIDEOS = ["synth_000", "synth_001", "synth_002"]
 FRAMES = 6
@@ -98,8 +93,12 @@ def single_run(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative path -> bytes)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` (relative path -> bytes) but our hidden lock and marker files."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.relative_to(folder).parts[0].startswith(".surgsam2")
+    }
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -212,7 +211,7 @@ def test_shard_and_process_group_from_env() -> None:
     assert shards[1] == ["v1", "v4"]
     assert sorted(v for s in shards for v in s) == videos
     assert ProcessGroup.from_env({}) == ProcessGroup(0, 1, 0)
-    assert ProcessGroup.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).distributed
+    assert ProcessGroup.from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).is_distributed
     with pytest.raises(ValueError, match="RANK"):
         ProcessGroup.from_env({"RANK": "2", "WORLD_SIZE": "2"})
 
@@ -224,11 +223,14 @@ def test_resolve_device_gives_cuda_an_index(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    assert resolve_device(None, ProcessGroup(0, 1, 0)) == "cuda:1"
-    assert resolve_device("cuda", ProcessGroup(0, 1, 0)) == "cuda:1"
-    assert resolve_device("cuda", ProcessGroup(3, 4, 3)) == "cuda:1"  # local rank 3 on 2 GPUs
-    assert resolve_device("cuda:0", ProcessGroup(0, 1, 0)) == "cuda:0"
-    assert resolve_device("cpu", ProcessGroup(0, 1, 0)) == "cpu"
+    assert resolve_device(None) == torch.device("cuda", 1)
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda", local_rank=3) == torch.device("cuda", 1)  # local rank 3 on 2 GPUs
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device 'cuda:5': this machine has 2 CUDA device\(s\)"):
+        resolve_device("cuda:5")
 
 
 def test_dashed_and_underscored_flags_are_the_same() -> None:
@@ -252,7 +254,7 @@ def test_cuda_graphs_on_a_cpu_device_is_one_clear_line(dataset: Path, tmp_path: 
          "--device", "cpu", "--cuda-graphs", "--quiet"]
     )  # fmt: skip
     error = capsys.readouterr().err.strip()
-    assert code == 2 and "--cuda-graphs needs a CUDA device, got device 'cpu'" in error, error
+    assert code == 2 and "--cuda-graphs needs a CUDA device (--device cuda), got device 'cpu'" in error, error
     assert "\n" not in error and not (tmp_path / "out").exists()
 
 
@@ -264,7 +266,7 @@ def test_cuda_graphs_on_a_cpu_device_is_one_clear_line(dataset: Path, tmp_path: 
 def test_round_trip_writes_complete_folders_and_results(dataset: Path, single_run: Path) -> None:
     out = single_run
     late_video, late_object, late_frame = LATE_OBJECT
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert not [p for p in out.iterdir() if p.name.startswith(".surgsam2-staging")]  # no staging left
     for video in VIDEOS:
         frame_names = sorted(p.stem for p in (dataset / "JPEGImages" / video).iterdir())
         prompt_dir = dataset / "VOS" / "Annotations_vos_instrument" / video
@@ -320,7 +322,7 @@ def test_point_and_box_prompts_run_and_are_repeatable(dataset: Path, tmp_path: P
         for out in (first, second):
             argv = _args(dataset, out, "--prompt-type", prompt_type, "--video_list_file", str(video_list), gt=False)
             assert _run_in_process(argv) == 0
-        assert sorted(p.name for p in first.iterdir()) == ["synth_001"]
+        assert sorted(p.name for p in first.iterdir() if not p.name.startswith(".")) == ["synth_001"]
         assert _tree(first) == _tree(second)
 
 
@@ -330,7 +332,7 @@ def test_point_and_box_prompts_run_and_are_repeatable(dataset: Path, tmp_path: P
 
 
 def test_bad_videos_are_reported_and_skipped(
-    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    dataset: Path, single_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
@@ -343,10 +345,9 @@ def test_bad_videos_are_reported_and_skipped(
     meta["videos"]["synth_003"] = meta["videos"]["synth_002"]
     (data / "meta.json").write_text(json.dumps(meta))
     out = tmp_path / "out"
-    stale = out / "synth_000" / "all" / "00000.png"  # from an "earlier run": must not survive
-    write_mask(stale, np.zeros((80, 96), np.uint8))
+    shutil.copytree(single_run, out)  # an earlier run's outputs: those of failed videos must not survive
 
-    code = _run_in_process(_args(data, out))
+    code = _run_in_process(_args(data, out, "--overwrite"))
     captured = capsys.readouterr()
     assert code == 1
     assert re.search(r"synth_000: FAILED: .*00003\.jpg", captured.err)
@@ -354,10 +355,23 @@ def test_bad_videos_are_reported_and_skipped(
     assert re.search(r"synth_003: FAILED: no prompt mask folder", captured.err)
     assert "3 video(s) failed" in captured.err
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["synth_002"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".surgsam2-staging")]
     results = json.loads((out / "results.json").read_text())
     assert {row["video"] for row in results["per_object"]} == {"synth_002"}
     assert "1/4 videos written" in captured.out
+
+
+def test_a_folder_not_written_by_us_is_never_replaced(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    mine = out / "synth_000" / "notes.txt"  # the user's own folder, named like a video
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep me")
+    for extra in ((), ("--overwrite",)):
+        assert _run_in_process(_args(dataset, out, *extra)) == 2
+        assert "not written by surgsam2" in capsys.readouterr().err
+    assert mine.read_text() == "keep me" and sorted(p.name for p in out.iterdir() if p.is_dir()) == ["synth_000"]
 
 
 def test_no_object_in_prompts_fails_the_video(

@@ -1,0 +1,129 @@
+"""Options shared by every command, defined once: model (name, checkpoint, image size, device,
+precision, CUDA graphs, compile, random weights), memory policy, output overwrite, progress.
+
+The choices come from the library's own vocabulary (the policy registry, the model precisions,
+the device resolver), so a new policy or precision appears in every command without an edit here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, policy_names
+from surgsam2.model.configs import MODEL_CONFIGS
+from surgsam2.model.sam2 import PRECISIONS, SAM2Model
+from surgsam2.runtime.devices import DEVICE_HELP, is_cuda, resolve_device
+
+DEFAULT_MODEL = "nano"
+
+
+@dataclass
+class ModelOptions:
+    """Which network to run, with which weights, where and how (one per command run)."""
+
+    name: str = DEFAULT_MODEL
+    checkpoint: Path | None = None
+    image_size: int | None = None
+    device: str | None = "auto"
+    dtype: str = "fp32"
+    cuda_graphs: bool = False
+    compile: bool = False
+    random_weights: bool = False
+    seed: int = 0  # of the random initialisation, with random_weights
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ModelOptions:
+        """The options `add_model_options` parsed."""
+        return cls(
+            name=args.model,
+            checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+            image_size=args.image_size,
+            device=args.device,
+            dtype=args.dtype,
+            cuda_graphs=args.cuda_graphs,
+            compile=getattr(args, "compile", False),
+            random_weights=args.random_weights,
+            seed=getattr(args, "seed", 0) or 0,
+        )
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL, default_device: str = "cpu"
+) -> None:
+    """--model --checkpoint --image-size --device --dtype --cuda-graphs --random-weights."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=default_model,
+                       help=f"model config: {', '.join(MODEL_CONFIGS)} (default {default_model})")  # fmt: skip
+    group.add_argument("--checkpoint", help="weights (.pt/.pth/.safetensors); default: the packaged ones (nano)")
+    group.add_argument("--image-size", "--image_size", type=int,
+                       help="model input side (default: the checkpoint's, else the config's)")  # fmt: skip
+    group.add_argument("--device", default=default_device, help=f"{DEVICE_HELP} (default {default_device})")
+    group.add_argument("--dtype", choices=PRECISIONS, default="fp32",
+                       help="precision; mixed = fp32 with bf16 memory attention (default fp32)")  # fmt: skip
+    group.add_argument("--cuda-graphs", action="store_true",
+                       help="with a CUDA device: replay the model's parts as CUDA graphs (faster)")  # fmt: skip
+    group.add_argument("--random-weights", action="store_true",
+                       help="run a model that has no packaged weights with a random initialisation"
+                       " (tests, speed); without it such a model needs --checkpoint")  # fmt: skip
+
+
+def add_memory_options(parser: argparse.ArgumentParser, prune_option: bool = True) -> None:
+    """--memory (every registered policy) and --num-frame-to-prune."""
+    parser.add_argument("--memory", choices=policy_names(), default=DEFAULT_POLICY,
+                        help=f"memory policy: efp (Surgical SAM 2), fifo (SAM 2) (default {DEFAULT_POLICY})")  # fmt: skip
+    if prune_option:
+        parser.add_argument("--num-frame-to-prune", "--num_frame_to_prune", type=int,
+                            default=DEFAULT_NUM_FRAME_TO_PRUNE,
+                            help=f"efp: memories pruned from attention (default {DEFAULT_NUM_FRAME_TO_PRUNE})")  # fmt: skip
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--overwrite: replace what an earlier run of ours wrote (never anything else)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs an earlier surgsam2 run wrote there (never other files)")  # fmt: skip
+
+
+def add_quiet_option(parser: argparse.ArgumentParser, what: str = "no progress bar") -> None:
+    parser.add_argument("--quiet", action="store_true", help=what)
+
+
+def check_model_options(options: ModelOptions) -> torch.device:
+    """Everything about ``options`` that can fail before loading (device, CUDA graphs, weights
+    given or random weights asked for); returns the resolved device."""
+    from surgsam2.model.checkpoint import default_checkpoint
+
+    device = resolve_device(options.device)
+    if options.cuda_graphs and not is_cuda(device):
+        raise ValueError(f"--cuda-graphs needs a CUDA device (--device cuda), got device {str(device)!r}")
+    if options.checkpoint is not None and options.random_weights:
+        raise ValueError("--checkpoint and --random-weights exclude each other")
+    if options.checkpoint is not None and not Path(options.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {options.checkpoint}")
+    if options.checkpoint is None and default_checkpoint(options.name) is None and not options.random_weights:
+        raise ValueError(
+            f"model {options.name!r} has no packaged weights: pass --checkpoint FILE (official SAM 2 or"
+            " Surgical SAM 2 weights), or --random-weights to run an untrained network"
+        )
+    return device
+
+
+def load_model_for_run(options: ModelOptions, warn: Callable[[str], None]) -> SAM2Model:
+    """The programs' one model loader: options checked, weights loaded (random ones only when
+    asked for, with a warning), precision set, then CUDA graphs / compile when asked for."""
+    from surgsam2.model.checkpoint import default_checkpoint, load_model
+
+    device = check_model_options(options)
+    if options.checkpoint is None and default_checkpoint(options.name) is None:
+        torch.manual_seed(options.seed)
+        warn(f"warning: {options.name} runs with RANDOM weights (seed {options.seed}): its masks mean nothing")
+    model = load_model(options.name, options.checkpoint, options.image_size, device=device, dtype=options.dtype)
+    if options.cuda_graphs:
+        model.use_cuda_graphs()
+    if options.compile:
+        model.compile_parts()
+    return model
