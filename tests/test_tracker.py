@@ -238,7 +238,7 @@ def test_state_stays_flat_over_a_long_stream() -> None:
         (np.zeros((32, 40, 3), np.uint8), {2: Prompt(mask=np.ones((10, 10), bool))}, "object 2: mask prompt is 10x10"),
         (np.zeros((32, 40, 3), np.uint8), {2: Prompt(mask=np.zeros((32, 40), bool))}, "object 2: mask prompt is empty"),
         (np.zeros((32, 40, 3), np.uint8), {3: Prompt(box=(10, 10, 5, 20))}, "x0 < x1"),
-        (np.zeros((32, 40, 3), np.uint8), {-1: Prompt(points=[(5, 5)])}, "non-negative integers"),
+        (np.zeros((32, 40, 3), np.uint8), {-1: Prompt(points=[(5, 5)])}, r"object id -1 is not an integer in 1\.\.255"),
     ],
 )
 def test_bad_input_is_a_clear_error(model: SAM2Model, frame, prompts, message: str) -> None:
