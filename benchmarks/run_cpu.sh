@@ -35,10 +35,11 @@ run() {  # run NAME ARGS...: one bench, table to NAME.txt, numbers to NAME.json
 }
 
 # Hiera-S (SurgSAM2's model) at 512 px, one object: ours efp bf16 vs the official predictor in fp32
-# (its default), with the stage profile, and ours with the matmul attention path off and ours
-# without the memory key cache (before/after of each).
+# (its default), with the stage profile, and ours without the memory key cache (its before/after).
+# The README's runs 1 and 6 also had --sdpa-baseline (the matmul attention path off), which exists
+# up to commit b0fd6e3.
 run s512_1obj_bf16_vs_official_fp32 --model sam2.1_hiera_s --image-size 512 --objects 1 \
-    --dtype bf16 --against-official --official-dtype fp32 --profile --sdpa-baseline --key-cache-baseline
+    --dtype bf16 --against-official --official-dtype fp32 --profile --key-cache-baseline
 # Equal precision: both bf16 (the official under torch.autocast, as its users do).
 run s512_1obj_bf16_vs_official_bf16 --model sam2.1_hiera_s --image-size 512 --objects 1 \
     --dtype bf16 --against-official --official-dtype bf16 --profile
@@ -52,7 +53,7 @@ run s512_3obj_bf16_vs_official_fp32 --model sam2.1_hiera_s --image-size 512 --ob
     --dtype bf16 --against-official --official-dtype fp32 --frames 20 --profile --key-cache-baseline
 # The small model at 256 px with three instruments (random weights: speed only).
 run nano256_3obj_bf16 --model nano --image-size 256 --objects 3 --dtype bf16 --frames 100 --profile \
-    --sdpa-baseline --key-cache-baseline
+    --key-cache-baseline
 run nano256_3obj_fp32 --model nano --image-size 256 --objects 3 --dtype fp32 --frames 100 --profile
 # fp32 with bf16 memory attention: the fastest for nano on this CPU.
 run nano256_3obj_mixed --model nano --image-size 256 --objects 3 --dtype mixed --frames 100 --profile

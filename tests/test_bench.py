@@ -10,43 +10,54 @@ import torch
 
 from oracle import require_official
 
-from surgsam2 import bench
-from surgsam2.bench import BenchConfig, count_flops, run_bench, run_stream
-from surgsam2.cli import main
+from surgsam2.bench import (
+    STAGES,
+    BenchConfig,
+    OfficialUnavailableError,
+    count_flops,
+    run_bench,
+    run_stream,
+    write_json,
+)
+from surgsam2.bench.runners import official_config_file
 
 
-def test_bench_runs_and_writes_json(tmp_path, capsys) -> None:
+def test_bench_runs_and_writes_json(tmp_path) -> None:
+    """One side ("ours"), profiled through the tracker's stage hook, written as JSON."""
     output = tmp_path / "bench.json"
-    code = main(
-        ["bench", "--model", "nano", "--image-size", "64", "--frames", "3", "--warmup", "1",
-         "--profile", "--quiet", "--json", str(output)]
-    )  # fmt: skip
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "frames/s" in printed and "encode_image" in printed
-    result = json.loads(output.read_text())
-    ours = result["ours"]
+    config = BenchConfig(model="nano", image_size=64, frames=3, warmup=1, profile=True, progress=False)
+    result = run_bench(config)
+    table = result.format_table()
+    assert "frames/s" in table and "encode_image" in table
+    assert write_json(result, output) == output
+    written = json.loads(output.read_text())
+    assert list(written["sides"]) == ["ours"] and written["speedup_over"] == {}
+    ours = written["sides"]["ours"]
     assert len(ours["frame_seconds"]) == 3
     assert ours["flops_per_frame"] > 0 and ours["state_bytes"] > 0
-    assert result["official"] is None and result["peak"]["bf16_gflops"] > 0
-    assert set(ours["stage_ms"]) >= {"encode_image", "memory_attention", "decoder", "memory_encoder", "other"}
+    assert written["peak"]["bf16_gflops"] > 0
+    assert set(ours["stage_ms"]) == {*STAGES, "other", "total"}
+    # Every stage of a tracked frame reached the hook (a stage never reported would read 0).
+    assert all(ours["stage_ms"][stage] > 0 for stage in STAGES)
+    # Rewriting our own result is allowed.
+    write_json(result, output)
 
 
-def test_bench_bf16_with_baselines() -> None:
-    """bf16 runs; --sdpa-baseline adds ours with the matmul attention path off and
-    --key-cache-baseline ours recomputing memory keys (the befores of those optimisations)."""
+def test_bench_bf16_with_key_cache_baseline() -> None:
+    """bf16 runs; --key-cache-baseline adds the side "ours-nocache" (memory keys recomputed),
+    the before of the key cache, with its own profile."""
     config = BenchConfig(
-        model="nano", image_size=64, frames=2, warmup=1, dtype="bf16", memory="fifo", sdpa_baseline=True,
+        model="nano", image_size=64, frames=2, warmup=1, dtype="bf16", memory="fifo",
         key_cache_baseline=True, profile=True, progress=False,
     )  # fmt: skip
     result = run_bench(config)
+    assert list(result.sides) == ["ours", "ours-nocache"]
     assert result.ours.dtype == "bf16" and len(result.ours.frame_seconds) == 2
-    assert result.ours_sdpa is not None and result.ours_sdpa.name == "ours-sdpa"
-    assert result.ours_nocache is not None and result.ours_nocache.name == "ours-nocache"
-    assert result.ours_nocache.state_bytes < result.ours.state_bytes  # the cache is state
-    table = result.format_table()
-    assert result.speedup_over_sdpa is not None and "ours-sdpa" in table
-    assert result.speedup_over_nocache is not None and "ours-nocache" in table
+    nocache = result.sides["ours-nocache"]
+    assert nocache.name == "ours-nocache" and nocache.stage_ms is not None
+    assert nocache.state_bytes < result.ours.state_bytes  # the cache is state
+    assert set(result.speedup_over) == {"ours-nocache"} and result.speedup is None
+    assert "ours-nocache" in result.format_table()
 
 
 def test_flop_count_includes_attention() -> None:
@@ -58,7 +69,7 @@ def test_flop_count_includes_attention() -> None:
     assert counted.total == 4 * 2 * 3 * 16 * 32 * 8
 
 
-def test_stream_mode_reports_flat_state(capsys) -> None:
+def test_stream_mode_reports_flat_state() -> None:
     config = BenchConfig(model="nano", image_size=64, stream_frames=30, warmup=1, progress=False)
     result = run_stream(config, clip_frames=5, checkpoints=(5, 20))
     assert [p.frame for p in result.points] == [5, 20, 30]
@@ -67,13 +78,13 @@ def test_stream_mode_reports_flat_state(capsys) -> None:
     assert "state flat" in result.format_table()
 
 
-def test_against_official_without_the_package_is_one_clear_line(monkeypatch, capsys) -> None:
+def test_against_official_without_the_package_is_one_clear_line(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "sam2", None)  # import sam2 now raises ImportError
     monkeypatch.setitem(sys.modules, "sam2.build_sam", None)
-    code = main(["bench", "--model", "sam2.1_hiera_t", "--image-size", "64", "--frames", "1", "--quiet",
-                 "--against-official"])  # fmt: skip
-    assert code == 2
-    error = capsys.readouterr().err.strip()
+    config = BenchConfig(model="sam2.1_hiera_t", image_size=64, frames=1, against_official=True, progress=False)
+    with pytest.raises(OfficialUnavailableError) as raised:
+        run_bench(config)
+    error = str(raised.value)
     assert "\n" not in error and "pip install" in error and "sam2" in error
 
 
@@ -84,26 +95,49 @@ def test_against_official_runs_side_by_side() -> None:
         memory="fifo", profile=True, progress=False,
     )  # fmt: skip
     result = run_bench(config)
+    assert list(result.sides) == ["ours", "official"]
     assert result.official is not None and len(result.official.frame_seconds) == 2
-    assert result.speedup is not None and result.official.frame_buffer_bytes > 0
+    assert result.speedup == result.speedup_over["official"] and result.official.frame_buffer_bytes > 0
     # Same weights, same frames, SAM 2 memory on both sides: the masks agree.
     assert result.mask_agreement_iou is not None and result.mask_agreement_iou > 0.99
     assert result.official.stage_ms is not None and result.official.stage_ms["memory_attention"] >= 0
+    assert "ours / official" in result.format_table()
 
 
 def test_bad_config_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="objects"):
         BenchConfig(objects=0).validate()
     with pytest.raises(ValueError, match="official config"):
-        bench._official_config_file("nano")
-    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N"):
-        BenchConfig(device="tpu").validate()
+        official_config_file("nano")
+    for device in ("tpu", "tpu9", "cuda:x"):
+        with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N") as raised:
+            BenchConfig(device=device).validate()
+        assert "\n" not in str(raised.value)
 
 
-def test_device_option_on_a_machine_without_cuda_is_one_clear_line(monkeypatch, capsys) -> None:
-    """--device cuda where torch sees no GPU: exit 2 and one line naming the device."""
+def test_device_option_on_a_machine_without_cuda_is_one_clear_line(monkeypatch) -> None:
+    """--device cuda where torch sees no GPU, or cuda:N beyond its GPUs: one line naming the device."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code = main(["bench", "--model", "nano", "--image-size", "64", "--frames", "1", "--quiet", "--device", "cuda"])
-    assert code == 2
-    error = capsys.readouterr().err.strip()
+    with pytest.raises(ValueError) as raised:
+        BenchConfig(model="nano", image_size=64, device="cuda").validate()
+    error = str(raised.value)
     assert "\n" not in error and "device 'cuda'" in error and "CUDA is not available" in error
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:3': this machine has 1 CUDA device\(s\)"):
+        BenchConfig(model="nano", image_size=64, device="cuda:3").validate()
+
+
+def test_json_never_overwrites_a_file_that_is_not_a_bench_result(tmp_path) -> None:
+    """--json naming someone else's file (or a path under a file) is refused before the run; the
+    file is kept as it was."""
+    from surgsam2.bench import check_json_path
+
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}\n')
+    with pytest.raises(ValueError, match="is not a surgsam2 bench result; not overwriting it"):
+        check_json_path(notes)
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        check_json_path(notes / "bench.json")
+    assert notes.read_text() == '{"mine": true}\n'
+    assert check_json_path(tmp_path / "new" / "bench.json") == tmp_path / "new" / "bench.json"

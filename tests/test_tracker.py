@@ -238,7 +238,7 @@ def test_state_stays_flat_over_a_long_stream() -> None:
         (np.zeros((32, 40, 3), np.uint8), {2: Prompt(mask=np.ones((10, 10), bool))}, "object 2: mask prompt is 10x10"),
         (np.zeros((32, 40, 3), np.uint8), {2: Prompt(mask=np.zeros((32, 40), bool))}, "object 2: mask prompt is empty"),
         (np.zeros((32, 40, 3), np.uint8), {3: Prompt(box=(10, 10, 5, 20))}, "x0 < x1"),
-        (np.zeros((32, 40, 3), np.uint8), {-1: Prompt(points=[(5, 5)])}, "non-negative integers"),
+        (np.zeros((32, 40, 3), np.uint8), {-1: Prompt(points=[(5, 5)])}, r"object id -1 is not an integer in 1\.\.255"),
     ],
 )
 def test_bad_input_is_a_clear_error(model: SAM2Model, frame, prompts, message: str) -> None:
@@ -293,3 +293,58 @@ def test_segment_video_propagates_backward_from_a_later_prompt(model: SAM2Model)
         np.testing.assert_allclose(results[frame_index].logits[1], forward_only[frame_index].logits[1], atol=1e-5)
     for frame_index in range(3, 6):
         np.testing.assert_allclose(results[frame_index].logits[2], forward_only[frame_index].logits[2], atol=1e-5)
+
+
+class _RecordingHook:
+    """A stage hook that records the order in which stages start and end."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def stage(self, name: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def recorded():
+            self.events.append(f"+{name}")
+            yield
+            self.events.append(f"-{name}")
+
+        return recorded()
+
+
+def test_stage_hook_sees_every_stage_and_changes_no_mask(model: SAM2Model) -> None:
+    """The hook gets each named stage of a frame, unnested and in pipeline order, and the masks
+    and logits are bit-identical to a tracker without one."""
+    from surgsam2.tracking.stages import STAGES
+
+    frames, masks = moving_discs(3)
+    hook = _RecordingHook()
+    hooked, plain = Tracker(model, stage_hook=hook), Tracker(model)
+    prompts = {obj_id: Prompt(mask=mask) for obj_id, mask in masks.items()}
+    for index, frame in enumerate(frames):
+        hook.events.clear()
+        seen = hooked.step(frame, prompts if index == 0 else None)
+        expected = plain.step(frame, prompts if index == 0 else None)
+        for obj_id in masks:
+            assert np.array_equal(seen.logits[obj_id], expected.logits[obj_id])
+        starts = [event[1:] for event in hook.events[::2]]
+        assert hook.events[1::2] == [f"-{name}" for name in starts]  # each ends before the next starts
+        if index == 0:  # prompted frame: no memory yet
+            assert starts == ["encode_image", "decoder", "decoder", "decoder", "memory_encoder", "output"]
+        else:
+            assert starts == list(STAGES)
+
+
+def test_advance_then_result_is_step(model: SAM2Model) -> None:
+    """The public halves of `step`: outputs on the device, then the frame's result."""
+    frames, masks = moving_discs(2)
+    split, whole = Tracker(model), Tracker(model)
+    prompts = {1: Prompt(mask=masks[1])}
+    for index, frame in enumerate(frames):
+        outputs = split.advance(frame, prompts if index == 0 else None)
+        assert list(outputs) == [1] and outputs[1].low_res_masks.shape[:2] == (1, 1)
+        got = split.result(outputs, index)
+        expected = whole.step(frame, prompts if index == 0 else None)
+        assert got.frame_index == expected.frame_index == index
+        assert np.array_equal(got.logits[1], expected.logits[1])

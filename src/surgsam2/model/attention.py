@@ -11,10 +11,7 @@ value projection is applied after the attention (see `Attention._attend_raw_valu
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,23 +40,6 @@ MATMUL_ATTENTION_MIN_TOKENS = 16
 # 159 ms, hence the bound.
 TRAINING_MATMUL_MAX_KEYS = 1024
 
-# Whether the bf16 CPU path may be used in the current context (see `sdpa_only`).
-_MATMUL_ATTENTION_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "surgsam2_matmul_attention_allowed", default=True
-)
-
-
-@contextlib.contextmanager
-def sdpa_only() -> Iterator[None]:
-    """Within this context every attention uses SDPA (the bf16 CPU matmul path is off), e.g. to
-    measure what the matmul path gains (`surgsam2 bench --sdpa-baseline`)."""
-    token = _MATMUL_ATTENTION_ALLOWED.set(False)
-    try:
-        yield
-    finally:
-        _MATMUL_ATTENTION_ALLOWED.reset(token)
-
-
 def use_matmul_attention(q: torch.Tensor, key_length: int, training: bool) -> bool:
     """Whether `matmul_attention` replaces SDPA: inference of a bf16 model on CPU only, for
     attentions of at least MATMUL_ATTENTION_MIN_TOKENS queries and keys. float32 keeps the exact
@@ -67,7 +47,6 @@ def use_matmul_attention(q: torch.Tensor, key_length: int, training: bool) -> bo
     computation follows the official mixed-precision run op for op."""
     return (
         not training
-        and _MATMUL_ATTENTION_ALLOWED.get()
         and min(q.shape[-2], key_length) >= MATMUL_ATTENTION_MIN_TOKENS
         and q.dtype == torch.bfloat16
         and q.device.type == "cpu"
@@ -79,8 +58,7 @@ def use_training_matmul_attention(q: torch.Tensor, key_length: int, dropout_p: f
     """Whether a training-mode attention takes `dense_attention` (matmuls, differentiable like
     SDPA): bf16 on CPU, no dropout, at most TRAINING_MATMUL_MAX_KEYS keys."""
     return (
-        _MATMUL_ATTENTION_ALLOWED.get()
-        and dropout_p == 0.0
+        dropout_p == 0.0
         and key_length <= TRAINING_MATMUL_MAX_KEYS
         and q.dtype == torch.bfloat16
         and q.device.type == "cpu"

@@ -8,9 +8,9 @@ import numpy as np
 
 from surgsam2.memory.policies import MemoryPolicy
 from surgsam2.model.sam2 import SAM2Model
-from surgsam2.tracking.prompts import Prompt
-from surgsam2.tracking.results import FrameResult
-from surgsam2.tracking.tracker import Tracker, _ObjectOutput
+from surgsam2.tracking.prompts import Prompt, validate_object_id
+from surgsam2.tracking.results import FrameResult, ObjectOutput
+from surgsam2.tracking.tracker import Tracker
 
 
 def segment_video(
@@ -37,6 +37,9 @@ def segment_video(
     bad = [index for index in prompts if not isinstance(index, (int, np.integer)) or index < 0]
     if bad:
         raise ValueError(f"prompt frame indices must be non-negative integers, got {bad}")
+    for frame_prompts in prompts.values():
+        for obj_id in frame_prompts:
+            validate_object_id(obj_id)  # before any frame runs, not when its frame comes
     if num_frames is None and isinstance(frames, Sized):
         num_frames = len(frames)
     if num_frames is not None:
@@ -53,19 +56,19 @@ def segment_video(
             num_frames=num_frames,
         )
 
-    earlier: dict[int, dict[int, _ObjectOutput]] = {}
+    earlier: dict[int, dict[int, ObjectOutput]] = {}
     if backward and isinstance(frames, Sequence):
         earlier = _track_backward(new_tracker(), frames, prompts)
     tracker = new_tracker()
     for frame_index, frame in enumerate(frames):
-        outputs = tracker._advance(frame, prompts.get(frame_index))
+        outputs = tracker.advance(frame, prompts.get(frame_index))
         merged = dict(sorted({**earlier.pop(frame_index, {}), **outputs}.items()))
-        yield tracker._result(merged, frame_index)
+        yield tracker.result(merged, frame_index)
 
 
 def _track_backward(
     tracker: Tracker, frames: Sequence[np.ndarray], prompts: Mapping[int, Mapping[int, Prompt]]
-) -> dict[int, dict[int, _ObjectOutput]]:
+) -> dict[int, dict[int, ObjectOutput]]:
     """Outputs of objects first prompted after frame 0 on the frames before their first prompt,
     from a pass over the frames in reverse order (SAM 2's reverse propagation)."""
     first_prompt: dict[int, int] = {}
@@ -75,12 +78,12 @@ def _track_backward(
     late = {obj_id: frame for obj_id, frame in first_prompt.items() if frame > 0}
     if not late:
         return {}
-    earlier: dict[int, dict[int, _ObjectOutput]] = {}
+    earlier: dict[int, dict[int, ObjectOutput]] = {}
     for frame_index in range(max(late.values()), -1, -1):
         frame_prompts = {
             obj_id: prompt for obj_id, prompt in prompts.get(frame_index, {}).items() if obj_id in late
         }
-        outputs = tracker._advance(frames[frame_index], frame_prompts)
+        outputs = tracker.advance(frames[frame_index], frame_prompts)
         before_first = {obj_id: out for obj_id, out in outputs.items() if frame_index < late[obj_id]}
         if before_first:
             earlier[frame_index] = before_first

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from surgsam2.data.masks import MAX_OBJECT_ID
+
 # SAM 2's point labels for the two box corners.
 BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL = 2, 3
 
@@ -61,10 +63,20 @@ def _as_mask_array(mask: np.ndarray | torch.Tensor, obj_id: int) -> np.ndarray:
     return array
 
 
+def validate_object_id(obj_id: object) -> None:
+    """Raise ValueError unless ``obj_id`` is an integer in 1..MAX_OBJECT_ID: 0 is the background
+    and 255 is the largest id a palette PNG mask (what results are written as) can store."""
+    if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool) or not 1 <= obj_id <= MAX_OBJECT_ID:
+        raise ValueError(
+            f"object id {obj_id!r} is not an integer in 1..{MAX_OBJECT_ID} "
+            f"(0 is the background, {MAX_OBJECT_ID} the most a palette PNG mask stores)"
+        )
+
+
 def validate_prompt(prompt: Prompt, obj_id: int, frame_size: tuple[int, int]) -> None:
-    """Raise ValueError naming the problem if ``prompt`` is unusable on a frame of (H, W)."""
-    if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool) or obj_id < 0:
-        raise ValueError(f"object ids must be non-negative integers, got {obj_id!r}")
+    """Raise ValueError naming the problem if ``prompt`` is unusable on a frame of (H, W), or
+    ``obj_id`` is not in 1..MAX_OBJECT_ID (see `validate_object_id`)."""
+    validate_object_id(obj_id)
     if not isinstance(prompt, Prompt):
         raise ValueError(f"object {obj_id}: expected a surgsam2.Prompt, got {type(prompt).__name__}")
     height, width = frame_size

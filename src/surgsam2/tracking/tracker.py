@@ -6,12 +6,15 @@ shapes, e.g. after prompts on different frames, form a few batches). Prompts may
 frame: a new object starts from its prompt; a mask on a known object replaces its mask; clicks or
 a box on a known object correct the tracked mask (SAM 2's corrective clicks). Prompted frames
 become conditioning frames, always remembered.
+
+`Tracker.step` is `advance` (the network, outputs kept on the device) followed by `result`
+(masks at frame size, on the host); offline propagation calls the two apart to merge passes. The
+stages of a frame are reported to an optional hook (`surgsam2.tracking.stages`), e.g. a profiler.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -25,22 +28,11 @@ from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
 from surgsam2.tracking.frames import preprocess_frame, validate_frame
 from surgsam2.tracking.postprocess import fill_holes
 from surgsam2.tracking.prompts import ModelPrompt, Prompt, to_model_prompt, validate_prompts
-from surgsam2.tracking.results import FrameResult
+from surgsam2.tracking.results import FrameResult, ObjectOutput
+from surgsam2.tracking.stages import NO_STAGES, StageHook
 
 # Previous mask logits fed back with corrective clicks are clamped, as SAM 2 does.
 PREVIOUS_LOGITS_CLAMP = 32.0
-
-
-@dataclass
-class _ObjectOutput:
-    """One object's result on the current frame, before memory encoding."""
-
-    low_res_masks: torch.Tensor  # (1, 1, h, w), holes filled (what the user sees)
-    memory_masks: torch.Tensor  # (1, 1, h, w) logits the memory is encoded from
-    ious: torch.Tensor  # (1, M)
-    obj_ptr: torch.Tensor  # (1, D)
-    object_score_logits: torch.Tensor  # (1, 1)
-    conditioning: bool  # a prompted frame: remembered for good, mask binarised for memory
 
 
 def _rows(output: DecoderOutput, index: int) -> DecoderOutput:
@@ -74,6 +66,8 @@ class Tracker:
     frame it is attended to: less compute per frame for more state (Hiera-S at 512 px in bf16:
     2 MB per memory and object, plus 14 MB for the temporal slots' key terms). Same result up to
     rounding.
+    ``stage_hook``: receives the named stages of every frame (`surgsam2.tracking.stages`; also
+    settable later as the ``stage_hook`` attribute); default: none, at no cost.
     """
 
     def __init__(
@@ -85,6 +79,7 @@ class Tracker:
         num_frames: int | None = None,
         output_logits: bool = True,
         cache_memory_keys: bool = True,
+        stage_hook: StageHook | None = None,
     ) -> None:
         if not isinstance(model, SAM2Model):
             raise ValueError(f"model must be a surgsam2 SAM2Model, got {type(model).__name__}")
@@ -95,6 +90,7 @@ class Tracker:
         self.num_frames = num_frames
         self.output_logits = output_logits
         self.cache_memory_keys = cache_memory_keys
+        self.stage_hook: StageHook = NO_STAGES if stage_hook is None else stage_hook
         self.bank = MemoryBank(
             BankConfig(
                 num_maskmem=config.num_maskmem,
@@ -143,14 +139,16 @@ class Tracker:
 
     @torch.inference_mode()
     def step(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None) -> FrameResult:
-        """Track every object on the next frame (HxWx3 uint8 RGB), applying ``prompts`` first."""
+        """Track every object on the next frame (HxWx3 uint8 RGB), applying ``prompts`` first.
+        Object ids are integers in 1..255 (what a palette PNG mask stores)."""
         frame_index = self.frame_index
-        outputs = self._advance(frame, prompts)
-        return self._result(outputs, frame_index)
+        outputs = self.advance(frame, prompts)
+        return self.result(outputs, frame_index)
 
     @torch.inference_mode()
-    def _advance(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None) -> dict[int, _ObjectOutput]:
-        """Validate, run the network on one frame, remember it and move to the next frame."""
+    def advance(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None) -> dict[int, ObjectOutput]:
+        """Validate, run the network on one frame, remember it and move to the next frame.
+        Returns each object's output still on the device (`result` makes the masks of a frame)."""
         frame = validate_frame(frame, self.frame_index)
         frame_size = (int(frame.shape[0]), int(frame.shape[1]))
         if self.frame_size is not None and frame_size != self.frame_size:
@@ -160,12 +158,13 @@ class Tracker:
             )
         prompts = validate_prompts(prompts, frame_size)
         self.frame_size = frame_size
-        outputs: dict[int, _ObjectOutput] = {}
+        outputs: dict[int, ObjectOutput] = {}
         if prompts or self.bank.objects:  # otherwise nothing to track yet: no network time
             model = self.model
             device = model.device
             image = preprocess_frame(frame, model.image_size, device, model.dtype)
-            features = model.encode_image(image)
+            with self.stage_hook.stage("encode_image"):
+                features = model.encode_image(image)
             model_prompts = {
                 obj_id: to_model_prompt(prompt, frame_size, model.image_size, device)
                 for obj_id, prompt in prompts.items()
@@ -175,11 +174,20 @@ class Tracker:
         self.frame_index += 1
         return outputs
 
+    @torch.inference_mode()
+    def result(self, outputs: Mapping[int, ObjectOutput], frame_index: int) -> FrameResult:
+        """The result of frame ``frame_index`` from `advance` outputs (of this tracker, or of
+        another one over the same frames, e.g. a backward pass): masks at the frame's size."""
+        if outputs and self.frame_size is None:
+            raise ValueError("result() needs a frame size: call advance() on a frame first")
+        with self.stage_hook.stage("output"):
+            return self._host_result(dict(outputs), frame_index)
+
     # ------------------------------------------------------------------------------------
     # One frame
     # ------------------------------------------------------------------------------------
-    def _run_frame(self, features: ImageFeatures, prompts: dict[int, ModelPrompt]) -> dict[int, _ObjectOutput]:
-        outputs: dict[int, _ObjectOutput] = {}
+    def _run_frame(self, features: ImageFeatures, prompts: dict[int, ModelPrompt]) -> dict[int, ObjectOutput]:
+        outputs: dict[int, ObjectOutput] = {}
         known = [obj_id for obj_id in self.bank.objects]
         replaced = [obj_id for obj_id in known if obj_id in prompts and prompts[obj_id].mask is not None]
         tracked = [obj_id for obj_id in known if obj_id not in replaced]
@@ -188,43 +196,45 @@ class Tracker:
         for obj_id, (decoded, filled, pix_feat) in self._track(features, tracked).items():
             prompt = prompts.get(obj_id)
             if prompt is None:
-                outputs[obj_id] = _ObjectOutput(
+                outputs[obj_id] = ObjectOutput(
                     filled, decoded.low_res_masks, decoded.ious, decoded.obj_ptr,
                     decoded.object_score_logits, conditioning=False,
                 )
                 continue
             # 2. Corrective clicks: decode again with the clicks and the tracked mask as input.
-            corrected = self.model.decode(
-                pix_feat,
-                features.high_res,
-                point_coords=prompt.point_coords,
-                point_labels=prompt.point_labels,
-                mask_inputs=filled.clamp(-PREVIOUS_LOGITS_CLAMP, PREVIOUS_LOGITS_CLAMP),
-                multimask_output=self.model.use_multimask(False, prompt.num_points),
-            )
+            with self.stage_hook.stage("decoder"):
+                corrected = self.model.decode(
+                    pix_feat,
+                    features.high_res,
+                    point_coords=prompt.point_coords,
+                    point_labels=prompt.point_labels,
+                    mask_inputs=filled.clamp(-PREVIOUS_LOGITS_CLAMP, PREVIOUS_LOGITS_CLAMP),
+                    multimask_output=self.model.use_multimask(False, prompt.num_points),
+                )
             outputs[obj_id] = self._prompted_output(corrected)
 
         # 3. New objects, and known objects whose mask is replaced: decoded without memory.
         for obj_id, prompt in prompts.items():
             if obj_id in outputs:
                 continue
-            if prompt.mask is not None:
-                decoded = self.model.mask_as_output(features.embedding, features.high_res, prompt.mask)
-            else:
-                decoded = self.model.decode(
-                    self.model.features_without_memory(features, 1),
-                    features.high_res,
-                    point_coords=prompt.point_coords,
-                    point_labels=prompt.point_labels,
-                    multimask_output=self.model.use_multimask(True, prompt.num_points),
-                )
+            with self.stage_hook.stage("decoder"):
+                if prompt.mask is not None:
+                    decoded = self.model.mask_as_output(features.embedding, features.high_res, prompt.mask)
+                else:
+                    decoded = self.model.decode(
+                        self.model.features_without_memory(features, 1),
+                        features.high_res,
+                        point_coords=prompt.point_coords,
+                        point_labels=prompt.point_labels,
+                        multimask_output=self.model.use_multimask(True, prompt.num_points),
+                    )
             outputs[obj_id] = self._prompted_output(decoded)
         return outputs
 
-    def _prompted_output(self, decoded: DecoderOutput) -> _ObjectOutput:
+    def _prompted_output(self, decoded: DecoderOutput) -> ObjectOutput:
         """A prompted frame's output: its memory is encoded from the shown (hole-filled) mask."""
         filled = fill_holes(decoded.low_res_masks, self.fill_hole_area)
-        return _ObjectOutput(
+        return ObjectOutput(
             filled, filled, decoded.ious, decoded.obj_ptr, decoded.object_score_logits, conditioning=True
         )
 
@@ -245,9 +255,12 @@ class Tracker:
         tracked: dict[int, tuple[DecoderOutput, torch.Tensor, torch.Tensor]] = {}
         multimask = self.model.use_multimask(False, 0)
         for group in groups.values():
-            memory, memory_pos, num_ptr_tokens, keys = self._memory_inputs([layouts[i] for i in group])
-            pix_feat = self.model.attend_to_memory(features, memory, memory_pos, num_ptr_tokens, keys)
-            decoded = self.model.decode(pix_feat, features.high_res, multimask_output=multimask)
+            with self.stage_hook.stage("memory_assembly"):
+                memory, memory_pos, num_ptr_tokens, keys = self._memory_inputs([layouts[i] for i in group])
+            with self.stage_hook.stage("memory_attention"):
+                pix_feat = self.model.attend_to_memory(features, memory, memory_pos, num_ptr_tokens, keys)
+            with self.stage_hook.stage("decoder"):
+                decoded = self.model.decode(pix_feat, features.high_res, multimask_output=multimask)
             filled = fill_holes(decoded.low_res_masks, self.fill_hole_area)  # one host trip per group
             for row, obj_id in enumerate(group):
                 tracked[obj_id] = (_rows(decoded, row), filled[row : row + 1], pix_feat[row : row + 1])
@@ -283,7 +296,7 @@ class Tracker:
     # ------------------------------------------------------------------------------------
     # Memory and results
     # ------------------------------------------------------------------------------------
-    def _remember(self, features: ImageFeatures, outputs: dict[int, _ObjectOutput]) -> None:
+    def _remember(self, features: ImageFeatures, outputs: dict[int, ObjectOutput]) -> None:
         """Encode every object's memory of this frame in one batch and store it."""
         if not outputs:
             return
@@ -296,7 +309,8 @@ class Tracker:
         high_res_masks = model.upscale_masks(memory_masks).to(model.dtype)
         binarize = _flags_on(tuple(outputs[i].conditioning for i in obj_ids), model.device)
         object_scores = torch.cat([outputs[i].object_score_logits for i in obj_ids])
-        memory_features, memory_pos = model.encode_memory(features, high_res_masks, object_scores, binarize)
+        with self.stage_hook.stage("memory_encoder"):
+            memory_features, memory_pos = model.encode_memory(features, high_res_masks, object_scores, binarize)
         if self._memory_pos is None:
             self._memory_pos = memory_pos.flatten(2)[0].T.contiguous()  # (T, C)
         tokens = memory_features.flatten(2).transpose(1, 2)  # (B, T, C)
@@ -317,7 +331,7 @@ class Tracker:
                 keys=None if keys is None else (keys[row] if len(obj_ids) == 1 else keys[row].clone()),
             )
 
-    def _result(self, outputs: dict[int, _ObjectOutput], frame_index: int) -> FrameResult:
+    def _host_result(self, outputs: dict[int, ObjectOutput], frame_index: int) -> FrameResult:
         """Upsample every object's mask to the frame size in one batch, then move to the host."""
         result = FrameResult(frame_index=frame_index)
         if not outputs:

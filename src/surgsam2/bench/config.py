@@ -1,0 +1,90 @@
+"""What a `surgsam2 bench` run measures: its configuration, checked before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from surgsam2.model.sam2 import PRECISIONS
+
+# The official predictor's precisions (bf16: under torch.autocast, as its users run it).
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Ours also runs "mixed": fp32 with memory attention in bf16 (SAM2Model.to_precision).
+OUR_PRECISIONS = PRECISIONS
+MEMORY_POLICIES = ("efp", "fifo")
+# The synthetic clip draws at most this many instruments.
+MAX_OBJECTS = 8
+
+
+class OfficialUnavailableError(RuntimeError):
+    """The official `sam2` package (needed by --against-official) cannot be imported or built."""
+
+
+@dataclass
+class BenchConfig:
+    """What to run. ``frames`` are timed after ``warmup`` untimed ones (frame 0 is the prompt)."""
+
+    model: str = "sam2.1_hiera_s"
+    image_size: int = 512
+    objects: int = 1
+    frames: int = 40
+    warmup: int = 5
+    memory: str = "efp"
+    dtype: str = "fp32"
+    against_official: bool = False
+    official_dtype: str = "fp32"
+    threads: int | None = None
+    seed: int = 0
+    profile: bool = False
+    key_cache_baseline: bool = False  # also run ours recomputing memory keys every frame
+    compile: bool = False  # torch.compile our model's parts (SAM2Model.compile_parts)
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where every side runs
+    cuda_graphs: bool = False  # ours: parts replayed as CUDA graphs (SAM2Model.use_cuda_graphs)
+    stream_frames: int | None = None
+    progress: bool = True
+
+    def validate(self) -> BenchConfig:
+        """Raise ValueError naming the first bad field; returns self."""
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f"image size must be a positive multiple of 32, got {self.image_size}")
+        if not 1 <= self.objects <= MAX_OBJECTS:
+            raise ValueError(
+                f"objects must be in 1..{MAX_OBJECTS} (instruments of the synthetic clip), got {self.objects}"
+            )
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.warmup < 1:
+            raise ValueError(f"warmup must be >= 1 (frame 0 is the prompt frame), got {self.warmup}")
+        if self.memory not in MEMORY_POLICIES:
+            raise ValueError(f"memory must be efp or fifo, got {self.memory!r}")
+        if self.dtype not in OUR_PRECISIONS:
+            raise ValueError(f"dtype must be one of {list(OUR_PRECISIONS)}, got {self.dtype!r}")
+        if self.official_dtype not in DTYPES:
+            raise ValueError(f"official_dtype must be one of {sorted(DTYPES)}, got {self.official_dtype!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.stream_frames is not None and self.stream_frames < 1:
+            raise ValueError(f"stream frames must be >= 1, got {self.stream_frames}")
+        device = resolve_device(self.device)
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda graphs need a CUDA device, got device {self.device!r}")
+        return self
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` ("cpu", "cuda", "cuda:N"), or ValueError (one line) saying why
+    it cannot be used here: an unknown name, no CUDA in this torch, or no GPU of that index."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available to this torch ({torch.__version__})")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s), 0..{count - 1}")
+    return device
