@@ -21,12 +21,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from surgsam2.data.synthetic import write_synthetic_dataset
 from surgsam2.memory.policies import make_policy
-from surgsam2.model.attention import sdpa_only
+from surgsam2.model import attention as attention_kernels
 from surgsam2.train.config import load_config
 from surgsam2.train.losses import LOSS_NAMES, weighted_total
 from surgsam2.train.model_forward import ClipForward
@@ -35,6 +36,15 @@ from surgsam2.train.trainer import build_dataset, build_train_model
 
 VARIANTS = ("ours", "sdpa")
 PHASES = ("forward", "backward", "optimizer")
+
+
+def sdpa_only() -> contextlib.AbstractContextManager:
+    """Every attention on SDPA within the block: both bf16 matmul-path choices patched off."""
+    return mock.patch.multiple(
+        attention_kernels,
+        use_matmul_attention=lambda *args: False,
+        use_training_matmul_attention=lambda *args: False,
+    )
 
 
 def time_step(clip_forward, optimizer, config, clip, seed: int, sdpa: bool) -> dict[str, float]:

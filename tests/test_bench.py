@@ -110,7 +110,7 @@ def test_bad_config_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="official config"):
         official_config_file("nano")
     for device in ("tpu", "tpu9", "cuda:x"):
-        with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N") as raised:
+        with pytest.raises(ValueError, match=f"unknown device '{device}': use cpu, cuda, cuda:N") as raised:
             BenchConfig(device=device).validate()
         assert "\n" not in str(raised.value)
 
@@ -121,7 +121,7 @@ def test_device_option_on_a_machine_without_cuda_is_one_clear_line(monkeypatch) 
     with pytest.raises(ValueError) as raised:
         BenchConfig(model="nano", image_size=64, device="cuda").validate()
     error = str(raised.value)
-    assert "\n" not in error and "device 'cuda'" in error and "CUDA is not available" in error
+    assert "\n" not in error and "device 'cuda'" in error and "no CUDA device is available" in error
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"device 'cuda:3': this machine has 1 CUDA device\(s\)"):

@@ -10,6 +10,7 @@ would. Tolerance here: mean IoU over (frame, object) >= 0.95 and the worst objec
 from __future__ import annotations
 
 import contextlib
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -26,6 +27,15 @@ FRAME_IOU_MIN = 0.90
 IMAGE_SIZE = 256  # 16 x 16 tokens: memory attention takes the bf16 matmul path (>= 16 queries and keys)
 NUM_FRAMES = 10
 NUM_OBJECTS = 2
+
+
+def sdpa_only() -> contextlib.AbstractContextManager:
+    """Every attention on SDPA within the block: both bf16 matmul-path choices patched off."""
+    from surgsam2.model import attention
+
+    return mock.patch.multiple(
+        attention, use_matmul_attention=lambda *args: False, use_training_matmul_attention=lambda *args: False
+    )
 
 
 def random_nano(dtype: torch.dtype) -> SAM2Model:
@@ -149,7 +159,6 @@ def test_bf16_memory_attention_close_to_fp32(monkeypatch) -> None:
     """End to end, the bf16 memory attention (matmul kernel, values projected after) stays
     within bf16 rounding of float32, and closer than 5% of the output scale."""
     from surgsam2.model import attention
-    from surgsam2.model.attention import sdpa_only
 
     raw_values = []
     original = attention.Attention._attend_raw_values
@@ -187,7 +196,6 @@ def test_bf16_image_encoder_matmul_path_close_to_sdpa(monkeypatch) -> None:
     """Hiera's window and global attentions take the bf16 matmul path, and the encoder's features
     stay within bf16 rounding of the SDPA run (max error <= 3% of each level's scale, seen 1.1%)."""
     from surgsam2.model import attention, hiera
-    from surgsam2.model.attention import sdpa_only
 
     calls = []
     original = attention.matmul_attention
@@ -228,7 +236,7 @@ def test_bf16_training_attention_takes_matmul_path_with_sdpa_gradients(monkeypat
     def forward_backward(use_sdpa: bool) -> list[torch.Tensor]:
         for leaf in leaves:
             leaf.grad = None
-        context = attention.sdpa_only() if use_sdpa else contextlib.nullcontext()
+        context = sdpa_only() if use_sdpa else contextlib.nullcontext()
         with context, torch.autocast("cpu", dtype=torch.bfloat16):
             out = attention.attend(*(leaf.bfloat16() for leaf in leaves), training=True)
         weights = torch.linspace(-1, 1, out.numel()).view_as(out)

@@ -34,7 +34,7 @@ A benchmark, never a test: nothing here asserts on time. Absolute numbers mean l
 machine: the load average before and after is recorded with the results.
 """
 
-from surgsam2.bench.config import BenchConfig, OfficialUnavailableError, resolve_device
+from surgsam2.bench.config import BenchConfig, OfficialUnavailableError
 from surgsam2.bench.machine import FlopCount, MachineInfo, MatmulPeak, count_flops, measure_matmul_peak
 from surgsam2.bench.report import BenchResult, SideResult, StreamPoint, StreamResult, check_json_path, write_json
 from surgsam2.bench.run import BASELINES, run_bench, run_stream
@@ -60,7 +60,6 @@ __all__ = [
     "count_flops",
     "make_clip",
     "measure_matmul_peak",
-    "resolve_device",
     "run_bench",
     "run_stream",
     "write_json",

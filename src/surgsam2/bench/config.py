@@ -6,13 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
+from surgsam2.app.options import ModelOptions, check_model_options
+from surgsam2.memory.policies import policy_names
+from surgsam2.model.configs import check_image_size
 from surgsam2.model.sam2 import PRECISIONS
 
 # The official predictor's precisions (bf16: under torch.autocast, as its users run it).
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Ours also runs "mixed": fp32 with memory attention in bf16 (SAM2Model.to_precision).
 OUR_PRECISIONS = PRECISIONS
-MEMORY_POLICIES = ("efp", "fifo")
 # The synthetic clip draws at most this many instruments.
 MAX_OBJECTS = 8
 
@@ -46,8 +48,7 @@ class BenchConfig:
 
     def validate(self) -> BenchConfig:
         """Raise ValueError naming the first bad field; returns self."""
-        if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(f"image size must be a positive multiple of 32, got {self.image_size}")
+        check_image_size(self.image_size)
         if not 1 <= self.objects <= MAX_OBJECTS:
             raise ValueError(
                 f"objects must be in 1..{MAX_OBJECTS} (instruments of the synthetic clip), got {self.objects}"
@@ -56,8 +57,8 @@ class BenchConfig:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
         if self.warmup < 1:
             raise ValueError(f"warmup must be >= 1 (frame 0 is the prompt frame), got {self.warmup}")
-        if self.memory not in MEMORY_POLICIES:
-            raise ValueError(f"memory must be efp or fifo, got {self.memory!r}")
+        if self.memory not in policy_names():
+            raise ValueError(f"unknown memory policy {self.memory!r}; choose one of {', '.join(policy_names())}")
         if self.dtype not in OUR_PRECISIONS:
             raise ValueError(f"dtype must be one of {list(OUR_PRECISIONS)}, got {self.dtype!r}")
         if self.official_dtype not in DTYPES:
@@ -66,25 +67,8 @@ class BenchConfig:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.stream_frames is not None and self.stream_frames < 1:
             raise ValueError(f"stream frames must be >= 1, got {self.stream_frames}")
-        device = resolve_device(self.device)
-        if self.cuda_graphs and device.type != "cuda":
-            raise ValueError(f"cuda graphs need a CUDA device, got device {self.device!r}")
+        # Ours runs seeded random weights (or the official ones, shared): the same checks as every command.
+        check_model_options(
+            ModelOptions(name=self.model, device=self.device, cuda_graphs=self.cuda_graphs, random_weights=True)
+        )
         return self
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device ``name`` ("cpu", "cuda", "cuda:N"), or ValueError (one line) saying why
-    it cannot be used here: an unknown name, no CUDA in this torch, or no GPU of that index."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: CUDA is not available to this torch ({torch.__version__})")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s), 0..{count - 1}")
-    return device

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from surgsam2.bench.config import BenchConfig
 from surgsam2.bench.machine import MachineInfo, MatmulPeak
+from surgsam2.data.outputs import atomic_write
 from surgsam2.model.cuda_graphs import GraphStats
 from surgsam2.tracking.stages import STAGES
 
@@ -228,25 +228,9 @@ def check_json_path(path: str | Path) -> Path:
     return target
 
 
-def _umask() -> int:
-    """This process's file-creation mask (read by setting it, then restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_json(result: BenchResult | StreamResult, path: str | Path) -> Path:
-    """Write the result as JSON (a previous result there is rewritten, never appended), atomically:
-    a temporary file next to it, then renamed over it. ValueError for a path `check_json_path` refuses."""
+    """Write the result as JSON, atomically (a previous result there is rewritten, never appended).
+    ValueError for a path `check_json_path` refuses."""
     path = check_json_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
-        os.chmod(temporary, 0o666 & ~_umask())  # readable as a plainly created file (mkstemp: 0600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, json.dumps(result.to_json(), indent=2, default=str) + "\n")

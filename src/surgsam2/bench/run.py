@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from surgsam2.bench.config import BenchConfig, resolve_device
+from surgsam2.bench.config import BenchConfig
 from surgsam2.bench.machine import (
     FlopCount,
     MachineInfo,
@@ -41,6 +41,7 @@ from surgsam2.bench.runners import (
     mask_iou,
 )
 from surgsam2.model.cuda_graphs import CudaGraphed
+from surgsam2.runtime.devices import resolve_device
 
 # Ours before one optimisation, run as its own side: side name -> (the BenchConfig flag asking
 # for it, the Tracker options that undo the optimisation).

@@ -52,7 +52,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from surgsam2.bench import BenchConfig, OfficialUnavailableError, run_bench, run_stream, write_json
+    from surgsam2.bench import BenchConfig, OfficialUnavailableError, check_json_path, run_bench, run_stream, write_json
+
+    if args.json:
+        check_json_path(args.json)  # a bad --json fails before the run, not after it
 
     config = BenchConfig(
         model=args.model, image_size=args.image_size, objects=args.objects, frames=args.frames,
