@@ -149,6 +149,20 @@ def test_protected_folders_are_refused(tmp_path: Path, monkeypatch: pytest.Monke
     assert check_output_location("out") == work.resolve() / "out"
 
 
+def test_a_failed_run_leaves_a_folder_it_made_as_it_found_it(tmp_path: Path) -> None:
+    made, existing = tmp_path / "made", tmp_path / "existing"
+    existing.mkdir()
+    for out in (made, existing):
+        with pytest.raises(RuntimeError), OutputFolder(out) as folder:
+            with folder.stage_dir("video"):
+                raise RuntimeError("boom")
+    assert not made.exists()  # made by the run, nothing published: removed
+    assert sorted(p.name for p in existing.iterdir()) == [LOCK_NAME]  # the user's folder stays
+    with OutputFolder(made) as folder:
+        folder.write_file("results.json", "{}")
+    assert sorted(p.name for p in made.iterdir()) == sorted([LOCK_NAME, MARKER_NAME, "results.json"])
+
+
 def test_output_folder_that_is_a_file_or_under_a_file(tmp_path: Path) -> None:
     existing = tmp_path / "results.txt"
     existing.write_text("mine")
@@ -285,12 +299,12 @@ def test_staging_removed_and_nothing_published_on_failure(tmp_path: Path, failur
                 assert temp.name.endswith("overlay.mp4") and temp.parent == out
                 temp.write_bytes(b"half")
                 raise failure
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    assert not out.exists()  # made by this run, which published nothing: removed again
     with pytest.raises(type(failure)):
         with staged_folder(tmp_path / "ds") as staging:
             (staging / "meta.json").write_text("{}")
             raise failure
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_stage_file_publishes_with_suffix(tmp_path: Path) -> None:
@@ -380,7 +394,7 @@ def test_os_errors_inside_staging(tmp_path: Path) -> None:
             with folder.stage_file("results.json"):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         assert _one_line(error) == f"cannot write {out / 'results.json'}: No space left on device"
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    assert not out.exists()  # made by this run, which published nothing: removed again
 
 
 def test_results_files_are_readable_like_masks(tmp_path: Path) -> None:
@@ -473,10 +487,10 @@ def test_sigterm_cleans_staging_and_publishes_nothing(tmp_path: Path) -> None:
     process = _helper("stage", out, "term")
     assert _staging(out)
     assert _stop(process, signal.SIGTERM) == 143
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # no staging, no "video", no marker
+    assert not out.exists()  # no staging, no "video", no marker: the folder the run made is gone
     process = _helper("whole", tmp_path / "ds", "term")
     assert _stop(process, signal.SIGTERM) == 143
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     with OutputFolder(out) as folder:  # the lock went with the process
         folder.write_file("results.json", "{}")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, policy_names
-from surgsam2.model.configs import MODEL_CONFIGS
+from surgsam2.model.configs import MODEL_CONFIGS, get_config
 from surgsam2.model.sam2 import PRECISIONS, SAM2Model
 from surgsam2.runtime.devices import DEVICE_HELP, is_cuda, resolve_device
 
@@ -97,6 +97,7 @@ def check_model_options(options: ModelOptions) -> torch.device:
     given or random weights asked for); returns the resolved device."""
     from surgsam2.model.checkpoint import default_checkpoint
 
+    get_config(options.name, options.image_size)  # an unknown model or a bad size fails first
     device = resolve_device(options.device)
     if options.cuda_graphs and not is_cuda(device):
         raise ValueError(f"--cuda-graphs needs a CUDA device (--device cuda), got device {str(device)!r}")
