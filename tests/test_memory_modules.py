@@ -14,7 +14,7 @@ import torch
 from oracle import assert_close, perturb_, require_official
 
 from surgsam2.model.configs import MemoryAttentionConfig, MemoryEncoderConfig
-from surgsam2.model.memory_attention import MemoryAttention
+from surgsam2.model.memory_attention import MemoryAttention, MemoryAttentionLayer
 from surgsam2.model.memory_encoder import MemoryEncoder
 
 HIDDEN_DIM = 256
@@ -238,12 +238,15 @@ def test_bf16_autocast_as_accurate_as_official(attention_pair, encoder_pair) -> 
         assert deviation <= 1e-2 * max(1.0, theirs.float().abs().max().item())
 
 
+def _stack(num_layers: int, **layer_options) -> MemoryAttention:
+    """Memory attention of ``num_layers`` layers built with ``layer_options``."""
+    return MemoryAttention([MemoryAttentionLayer(**layer_options) for _ in range(num_layers)])
+
+
 def test_training_mode_dropout_and_gradients() -> None:
     """In training, dropout is active and every parameter receives a finite gradient."""
     torch.manual_seed(0)
-    attention = MemoryAttention(
-        d_model=64, num_layers=2, dim_feedforward=128, kv_in_dim=16, dropout=0.1
-    ).train()
+    attention = _stack(2, d_model=64, dim_feedforward=128, kv_in_dim=16, dropout=0.1).train()
     encoder = MemoryEncoder(out_dim=16, in_dim=64, drop_path=0.1).train()
     perturb_(encoder, 1)
     pix_feat = torch.randn(2, 64, 8, 8)
@@ -299,9 +302,7 @@ def test_precomputed_keys_and_shared_frame_equal_the_plain_forward(num_heads: in
     (float64 except the RoPE rotation, computed in float32: max |d| <= 1e-7, seen ~1.2e-8)."""
     torch.manual_seed(0)
     grid, channels, frames, batch, pointers = 16, 16, 3, 2, 4
-    attention = MemoryAttention(
-        d_model=64, num_layers=2, dim_feedforward=128, num_heads=num_heads, kv_in_dim=channels
-    ).eval().double()
+    attention = _stack(2, d_model=64, dim_feedforward=128, num_heads=num_heads, kv_in_dim=channels).eval().double()
     perturb_(attention, 1)
     features = torch.randn(frames, batch, grid, channels, dtype=torch.float64)
     spatial = torch.randn(grid, channels, dtype=torch.float64)
@@ -334,7 +335,7 @@ def test_precomputed_keys_and_shared_frame_equal_the_plain_forward(num_heads: in
 
 
 def test_bad_inputs_raise() -> None:
-    attention = MemoryAttention(d_model=32, num_layers=1, dim_feedforward=64, kv_in_dim=16).eval()
+    attention = _stack(1, d_model=32, dim_feedforward=64, kv_in_dim=16).eval()
     with pytest.raises(ValueError, match="batch"):
         attention(torch.randn(16, 2, 32), torch.randn(16, 1, 16))
     with pytest.raises(ValueError, match="num_obj_ptr_tokens"):

@@ -453,7 +453,7 @@ def test_evaluation_scores_objects_alone_and_classes_on_all(tmp_path: Path) -> N
         write_mask(out / "all" / f"{index:05d}.png", combined)
     meta = {"classes": {"1": "a", "2": "b"}, "videos": {"v": {"objects": {"1": {"class_id": 1}, "2": {"class_id": 2}}}}}
 
-    from surgsam2.eval.vos_inference import evaluate_vos_output
+    from surgsam2.eval.vos_output import evaluate_vos_output
 
     result = evaluate_vos_output(tmp_path / "gt", tmp_path / "out", ["v"], meta=meta)
     j_values = {row.object_id: row.J for row in result.per_object}

@@ -1,5 +1,5 @@
 """`surgsam2 <command>`: the command line. Each command lives in `surgsam2.commands.<name>`
-(its arguments and what it runs); this module puts them together and turns every failure into
+(its name, help, arguments and what it runs); this module puts them together and turns every failure into
 one line on stderr and an exit code: 2 bad input, 130 interrupted, 143 terminated (SIGTERM).
 """
 
@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
-        command.add_parser(commands)
+        command_parser = commands.add_parser(command.NAME, help=command.HELP, description=command.__doc__)
+        command.add_arguments(command_parser)
+        command_parser.set_defaults(func=command.run)
     return parser
 
 

@@ -62,14 +62,19 @@ def add_model_options(
     group.add_argument("--checkpoint", help="weights (.pt/.pth/.safetensors); default: the packaged ones (nano)")
     group.add_argument("--image-size", "--image_size", type=int,
                        help="model input side (default: the checkpoint's, else the config's)")  # fmt: skip
-    group.add_argument("--device", default=default_device, help=f"{DEVICE_HELP} (default {default_device})")
-    group.add_argument("--dtype", choices=PRECISIONS, default="fp32",
-                       help="precision; mixed = fp32 with bf16 memory attention (default fp32)")  # fmt: skip
-    group.add_argument("--cuda-graphs", action="store_true",
-                       help="with a CUDA device: replay the model's parts as CUDA graphs (faster)")  # fmt: skip
+    add_runtime_options(group, default_device)
     group.add_argument("--random-weights", action="store_true",
                        help="run a model that has no packaged weights with a random initialisation"
                        " (tests, speed); without it such a model needs --checkpoint")  # fmt: skip
+
+
+def add_runtime_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default_device: str = "cpu") -> None:
+    """--device --dtype --cuda-graphs: where and in which precision the network runs."""
+    parser.add_argument("--device", default=default_device, help=f"{DEVICE_HELP} (default {default_device})")
+    parser.add_argument("--dtype", choices=PRECISIONS, default="fp32",
+                        help="precision; mixed = fp32 with bf16 memory attention (default fp32)")  # fmt: skip
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="with a CUDA device: replay the model's parts as CUDA graphs (faster)")  # fmt: skip
 
 
 def add_memory_options(parser: argparse.ArgumentParser, prune_option: bool = True) -> None:

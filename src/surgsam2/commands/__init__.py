@@ -1,6 +1,7 @@
-"""One module per ``surgsam2`` command: ``add_parser(commands)`` declares its arguments (shared
-ones from `surgsam2.app.options`), ``run(args) -> exit code`` calls the library or a pipeline and
-reports. `surgsam2.cli` puts them together."""
+"""One module per ``surgsam2`` command. Its docstring is what ``surgsam2 NAME --help`` says; it
+holds ``NAME`` and ``HELP`` (its line in ``surgsam2 --help``), ``add_arguments(parser)`` (its
+arguments, the shared ones from `surgsam2.app.options`) and ``run(args) -> exit code`` (calls the
+library or a pipeline and reports). `surgsam2.cli` puts them together."""
 
 from surgsam2.commands import bench, convert_endovis, demo, evaluate, segment, synth, train, vos_inference
 

@@ -1,33 +1,29 @@
-"""`surgsam2 bench`: ours vs the official predictor on the same clip and weights, or a long stream."""
+"""Track a synthetic clip at --image-size with random weights and report per-frame latency (median,
+p90), frames/s, achieved GFLOP/s against this machine's matmul peak, state held and peak memory;
+with --against-official the official sam2 video predictor runs on the same frames and weights in
+the same process, frame by frame in alternation. See benchmarks/README.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from surgsam2.app.options import add_memory_options, add_quiet_option
-from surgsam2.model.sam2 import PRECISIONS
-from surgsam2.runtime.devices import DEVICE_HELP
+from surgsam2.app.options import add_memory_options, add_quiet_option, add_runtime_options
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "bench",
-        help="speed and memory of our tracker, side by side with the official SAM 2 predictor",
-        description="Track a synthetic clip at --image-size with random weights and report per-frame"
-        " latency (median, p90), frames/s, achieved GFLOP/s against this machine's matmul peak, state"
-        " held and peak memory; with --against-official the official sam2 video predictor runs on the"
-        " same frames and weights in the same process, frame by frame in alternation."
-        " See benchmarks/README.md.",
-    )
+NAME = "bench"
+HELP = "speed and memory of our tracker, side by side with the official SAM 2 predictor"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="sam2.1_hiera_s", help="model config (default sam2.1_hiera_s)")
     parser.add_argument("--image-size", type=int, default=512, help="input size, frames drawn at it (default 512)")
     parser.add_argument("--objects", type=int, default=1, help="objects prompted on frame 0 (default 1)")
     parser.add_argument("--frames", type=int, default=40, help="timed frames (default 40)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames first, incl. the prompt (default 5)")
     add_memory_options(parser, prune_option=False)
-    parser.add_argument("--dtype", choices=PRECISIONS, default="fp32",
-                        help="our precision; mixed = fp32 with bf16 memory attention (default fp32)")  # fmt: skip
+    add_runtime_options(parser)  # both sides run on --device; --dtype and --cuda-graphs are ours
     parser.add_argument("--against-official", action="store_true",
                         help="also run the official sam2 predictor (test-only dependency)")  # fmt: skip
     parser.add_argument("--official-dtype", choices=("fp32", "bf16"), default="fp32",
@@ -41,14 +37,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile our model (compile time falls in the warm-up: use --warmup 20,"
                         " memory and pointer counts grow until frame 16)")  # fmt: skip
-    parser.add_argument("--device", default="cpu", help=f"where both sides run: {DEVICE_HELP} (default cpu)")
-    parser.add_argument("--cuda-graphs", action="store_true",
-                        help="with --device cuda: replay our model's parts as CUDA graphs")  # fmt: skip
     parser.add_argument("--stream-frames", type=int, metavar="N",
                         help="instead: run our tracker N frames, report state MB along the way")  # fmt: skip
     parser.add_argument("--json", help="also write the results to this JSON file (rewritten)")
     add_quiet_option(parser, "no progress lines on stderr")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""`surgsam2 convert-endovis`: raw EndoVis 2017/2018 data to the VOS layout, standard splits."""
+"""Read the raw EndoVis 2017 (instrument_dataset_<k>/left_frames + ground_truth) or 2018
+(seq_<k>/left_frames + ISINet instrument-type labels) layout and write
+DST/<split>/{JPEGImages,Annotations,VOS/Annotations_vos_instrument,meta.json}. See
+docs/endovis.md for the exact layouts, classes and splits.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,11 @@ import argparse
 from surgsam2.app.options import add_output_options, add_quiet_option
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "convert-endovis",
-        help="convert raw EndoVis 2017/2018 data to the VOS layout with the standard splits",
-        description="Read the raw EndoVis 2017 (instrument_dataset_<k>/left_frames + ground_truth) or"
-        " 2018 (seq_<k>/left_frames + ISINet instrument-type labels) layout and write"
-        " DST/<split>/{JPEGImages,Annotations,VOS/Annotations_vos_instrument,meta.json}."
-        " See docs/endovis.md for the exact layouts, classes and splits.",
-    )
+NAME = "convert-endovis"
+HELP = "convert raw EndoVis 2017/2018 data to the VOS layout with the standard splits"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--year", type=int, choices=(2017, 2018), required=True, help="challenge year")
     parser.add_argument("--src", required=True, help="raw data folder")
     parser.add_argument("--dst", required=True, help="output folder; each split goes to DST/<split>/")
@@ -35,7 +35,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=4, help="videos converted in parallel (default 4)")
     add_output_options(parser)
     add_quiet_option(parser, "no per-video lines")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,6 @@
-"""`surgsam2 demo`: the embedded default end to end (synthetic clip -> tracking -> J&F)."""
+"""Generate a held-out synthetic surgical clip, track its instruments from their first-appearance
+masks with the packaged model, write masks and an overlay video, print J&F.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +10,11 @@ import sys
 from surgsam2.app.options import add_memory_options, add_quiet_option
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "demo",
-        help="the embedded default end to end: synthetic clip, tracking, masks, overlay, J&F",
-        description="Generate a held-out synthetic surgical clip, track its instruments from their"
-        " first-appearance masks with the packaged model, write masks and an overlay video, print J&F.",
-    )
+NAME = "demo"
+HELP = "the embedded default end to end: synthetic clip, tracking, masks, overlay, J&F"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
     parser.add_argument("--model", default="nano", help="model config (default nano)")
     parser.add_argument("--checkpoint", help="checkpoint (default: the packaged one)")
@@ -23,7 +23,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_memory_options(parser, prune_option=False)
     parser.add_argument("--frames", type=int, default=60, help="clip length (default 60)")
     add_quiet_option(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,7 @@
-"""`surgsam2 evaluate`: score a prediction folder, write JSON + CSV, print the table."""
+"""Evaluate a prediction folder against a ground-truth folder of palette PNGs
+(<dir>/<video>/<frame>.png, frames matched by name). Writes a JSON (rewritten each run) and a
+CSV next to it.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,11 @@ import argparse
 import sys
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "evaluate",
-        help="score predicted masks against ground truth (J, F, J&F, Dice, EndoVis IoUs)",
-        description="Evaluate a prediction folder against a ground-truth folder of palette PNGs"
-        " (<dir>/<video>/<frame>.png, frames matched by name). Writes a JSON (rewritten each run)"
-        " and a CSV next to it.",
-    )
+NAME = "evaluate"
+HELP = "score predicted masks against ground truth (J, F, J&F, Dice, EndoVis IoUs)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-dir", required=True, help="ground-truth folder: <video>/<frame>.png")
     parser.add_argument("--pred-dir", required=True,
                         help="prediction folder, same layout (a vos-inference output folder also works)")  # fmt: skip
@@ -28,7 +28,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-missing-videos", action="store_true",
                         help="score a video missing from --pred-dir, or without any matching frame, as empty"
                         " instead of failing")  # fmt: skip
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

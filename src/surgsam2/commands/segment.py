@@ -1,4 +1,7 @@
-"""`surgsam2 segment`: track prompted objects through a video and write masks (+ overlay)."""
+"""Prompt objects on one frame (a mask PNG, points or a box) and track them through INPUT with a
+bounded memory. Writes <out>/<video>/<frame>.png (pixel = object id), each mask named after its
+input frame.
+"""
 
 from __future__ import annotations
 
@@ -38,14 +41,11 @@ def _box_argument(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "segment",
-        help="track prompted instruments through a video, folder of frames, camera or stream",
-        description="Prompt objects on one frame (a mask PNG, points or a box) and track them through"
-        " INPUT with a bounded memory. Writes <out>/<video>/<frame>.png (pixel = object id), each"
-        " mask named after its input frame.",
-    )
+NAME = "segment"
+HELP = "track prompted instruments through a video, folder of frames, camera or stream"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="video file, folder of numbered frames, camera index or stream URL")
     add_model_options(parser)
     add_memory_options(parser)
@@ -61,7 +61,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-frames", type=int, help="stop after this many frames (e.g. for a camera)")
     add_output_options(parser)
     add_quiet_option(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,6 @@
-"""`surgsam2 synth`: write a synthetic surgical-video dataset in the VOS layout."""
+"""Procedurally draw surgical clips (tissue, 1-4 instruments of the 7 EndoVis18 classes, smoke,
+blur, flicker) with exact masks, deterministic per seed, in the VOS layout.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +18,11 @@ def _synth_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "synth",
-        help="write a synthetic surgical-video dataset (VOS layout, meta.json, prompt masks)",
-        description="Procedurally draw surgical clips (tissue, 1-4 instruments of the 7 EndoVis18"
-        " classes, smoke, blur, flicker) with exact masks, deterministic per seed, in the VOS layout.",
-    )
+NAME = "synth"
+HELP = "write a synthetic surgical-video dataset (VOS layout, meta.json, prompt masks)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output dataset folder")
     parser.add_argument("--videos", type=int, default=4, help="number of clips, 1-10000 (default 4)")
     parser.add_argument("--frames", type=int, default=100, help="frames per clip, 1-100000 (default 100)")
@@ -34,7 +34,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--reentry", type=float, default=0.3,
                         help="probability that an instrument leaves the view and comes back (default 0.3)")  # fmt: skip
     add_output_options(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,9 @@
-"""`surgsam2 vos-inference`: track every prompted object of a VOS dataset, write masks, evaluate."""
+"""Surgical SAM 2's vos_inference: each object is prompted on its first appearance in
+--input_mask_dir and tracked forward (all objects of a video batched). Writes
+<out>/<video>/<id:03d>/<frame>.png per object and <out>/<video>/all/<frame>.png combined. Under
+torchrun the videos are split over the processes (video i -> rank i % world size). Exit code 1
+when a video failed (named on stderr; the others complete).
+"""
 
 from __future__ import annotations
 
@@ -15,16 +20,11 @@ from surgsam2.app.options import (
 from surgsam2.pipelines.prompts import PROMPT_TYPES
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "vos-inference",
-        help="track every prompted instrument of a VOS dataset, write masks, optionally evaluate",
-        description="Surgical SAM 2's vos_inference: each object is prompted on its first appearance"
-        " in --input_mask_dir and tracked forward (all objects of a video batched). Writes"
-        " <out>/<video>/<id:03d>/<frame>.png per object and <out>/<video>/all/<frame>.png combined."
-        " Under torchrun the videos are split over the processes (video i -> rank i % world size)."
-        " Exit code 1 when a video failed (named on stderr; the others complete).",
-    )
+NAME = "vos-inference"
+HELP = "track every prompted instrument of a VOS dataset, write masks, optionally evaluate"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base_video_dir", "--base-video-dir", required=True,
                         help="frames: <dir>/<video>/<frame>.jpg|png (e.g. <dataset>/JPEGImages)")  # fmt: skip
     parser.add_argument("--input_mask_dir", "--input-mask-dir", required=True,
@@ -49,7 +49,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="seed of random-init weights and of the 5-point samples (default 0)")  # fmt: skip
     add_output_options(parser)
     add_quiet_option(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

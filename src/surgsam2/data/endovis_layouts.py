@@ -13,7 +13,6 @@ from pathlib import Path
 from types import MappingProxyType
 
 from surgsam2.data.endovis_raw import (
-    RAW_IMAGE_EXTENSIONS,
     EndoVis17TypeMapVideo,
     EndoVis17Video,
     EndoVis18Video,
@@ -22,6 +21,7 @@ from surgsam2.data.endovis_raw import (
     check_matching_frames,
     endovis17_class_of_folder,
     list_raw_frames,
+    raw_image_files,
     video_name,
 )
 from surgsam2.data.vos import natural_key
@@ -123,9 +123,7 @@ def _find_flat_2018(src: Path, labels_dir: str | None) -> tuple[dict[int, VideoL
 def _list_flat(folder: Path) -> dict[int, dict[int, Path]]:
     """{sequence: {frame number: file}} of the seq<k>_frame<NNN>.png files of one flat folder."""
     out: dict[int, dict[int, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in RAW_IMAGE_EXTENSIONS or not path.is_file():
-            continue
+    for path in raw_image_files(folder):
         match = FLAT_FILE.match(path.stem)
         if match is None:
             raise ValueError(

@@ -7,7 +7,7 @@ The layouts themselves (where the videos are under SRC, how they are split) are 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,13 @@ def numbers_text(numbers: Iterable[int], limit: int = 5) -> str:
 # listing raw folders
 
 
+def raw_image_files(folder: Path) -> Iterator[Path]:
+    """The image files of a raw folder in name order (hidden and non-image files skipped)."""
+    for path in sorted(folder.iterdir()):
+        if not path.name.startswith(".") and path.suffix.lower() in RAW_IMAGE_EXTENSIONS and path.is_file():
+            yield path
+
+
 def list_raw_frames(folder: Path, pattern: re.Pattern[str] = FRAME_FILE) -> dict[int, Path]:
     """{frame number: file} of the ``frame<NNN>.<png|jpg|bmp>`` files of one raw folder.
 
@@ -76,9 +83,7 @@ def list_raw_frames(folder: Path, pattern: re.Pattern[str] = FRAME_FILE) -> dict
     if not folder.is_dir():
         raise FileNotFoundError(f"missing folder {folder}")
     frames: dict[int, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in RAW_IMAGE_EXTENSIONS or not path.is_file():
-            continue
+    for path in raw_image_files(folder):
         match = pattern.match(path.stem)
         if match is None:
             raise ValueError(

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -390,7 +390,31 @@ class _AbortWrite(Exception):
     """Thrown into a staging context to discard its output without a caller's exception."""
 
 
-class MaskWriter:
+WriterT = TypeVar("WriterT", bound="_Writer")
+
+
+class _Writer:
+    """A writer used as a context manager: `close()` publishes on success, `abort(error)` discards."""
+
+    def close(self) -> Any:
+        raise NotImplementedError
+
+    def abort(self, error: BaseException | None = None) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: WriterT) -> WriterT:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+class MaskWriter(_Writer):
     """Writes one video's id maps as palette PNGs in the VOS layout: `<root>/<video>/<frame>.png`.
 
     A frame is named by the caller (`VideoSource.frame_name(i)`, so masks carry the input frame's
@@ -473,19 +497,8 @@ class MaskWriter:
         with contextlib.suppress(_AbortWrite):
             self._staging_context.__exit__(type(error), error, error.__traceback__)
 
-    def __enter__(self) -> MaskWriter:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)
-
-
-class OverlayVideoWriter:
+class OverlayVideoWriter(_Writer):
     """Writes frames with their masks drawn on them (`data.overlay.overlay_masks`) to a video file.
 
     mp4/mov/m4v/mkv use the `mp4v` codec, .avi uses MJPG; if mp4v cannot be opened the writer falls
@@ -613,7 +626,7 @@ class OverlayVideoWriter:
         os.replace(temp, self.path)
         return self.path
 
-    def abort(self) -> None:
+    def abort(self, error: BaseException | None = None) -> None:
         """Stop writing and delete the temporary file; the final path is left as it was."""
         self._finished = True
         if self._writer is not None:
@@ -622,17 +635,6 @@ class OverlayVideoWriter:
         if self._temp is not None:
             self._temp.unlink(missing_ok=True)
             self._temp = None
-
-    def __enter__(self) -> OverlayVideoWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort()
 
     def __del__(self) -> None:
         # A writer dropped without close() leaves no stray temp file behind.

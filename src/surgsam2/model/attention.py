@@ -12,6 +12,7 @@ value projection is applied after the attention (see `Attention._attend_raw_valu
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -195,16 +196,15 @@ class RoPEAttention(Attention):
 
     def __init__(
         self,
-        embedding_dim: int,
-        num_heads: int,
-        downsample_rate: int = 1,
-        dropout: float = 0.0,
-        kv_in_dim: int | None = None,
+        *args: Any,
         rope_theta: float = 10000.0,
         rope_k_repeat: bool = False,
         feat_sizes: tuple[int, int] = (64, 64),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(embedding_dim, num_heads, downsample_rate, dropout, kv_in_dim)
+        """`Attention`'s arguments, plus the RoPE base, whether keys repeat the query grid's
+        rotations per memory frame, and the default grid size."""
+        super().__init__(*args, **kwargs)
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self.feat_sizes = tuple(feat_sizes)

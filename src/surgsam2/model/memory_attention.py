@@ -8,6 +8,8 @@ official SAM 2 modules, so official checkpoints load unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,57 +136,34 @@ class MemoryAttention(nn.Module):
     object-pointer tokens. Returns (L, B, d_model).
     """
 
-    def __init__(
-        self,
-        d_model: int = 256,
-        num_layers: int = 4,
-        dim_feedforward: int = 2048,
-        num_heads: int = 1,
-        dropout: float = 0.1,
-        kv_in_dim: int = 64,
-        rope_theta: float = 10000.0,
-        activation: str = "relu",
-        pos_enc_at_input: bool = True,
-        pos_enc_at_attn: bool = False,
-        pos_enc_at_cross_attn_keys: bool = True,
-        pos_enc_at_cross_attn_queries: bool = False,
-    ) -> None:
+    def __init__(self, layers: Sequence[MemoryAttentionLayer], pos_enc_at_input: bool = True) -> None:
         super().__init__()
-        self.d_model = d_model
-        self.num_layers = num_layers
+        if not layers:
+            raise ValueError("memory attention needs at least one layer")
+        self.d_model = layers[0].d_model
+        self.num_layers = len(layers)
         self.pos_enc_at_input = pos_enc_at_input
-        self.layers = nn.ModuleList(
-            MemoryAttentionLayer(
-                d_model=d_model,
-                dim_feedforward=dim_feedforward,
-                num_heads=num_heads,
-                dropout=dropout,
-                kv_in_dim=kv_in_dim,
-                rope_theta=rope_theta,
-                activation=activation,
-                pos_enc_at_attn=pos_enc_at_attn,
-                pos_enc_at_cross_attn_keys=pos_enc_at_cross_attn_keys,
-                pos_enc_at_cross_attn_queries=pos_enc_at_cross_attn_queries,
-            )
-            for _ in range(num_layers)
-        )
-        self.norm = nn.LayerNorm(d_model)
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(self.d_model)
 
     @classmethod
     def from_config(
         cls, config: MemoryAttentionConfig, *, d_model: int, kv_in_dim: int
     ) -> "MemoryAttention":
         """Build from our config; ``d_model`` is the hidden dim, ``kv_in_dim`` the memory dim."""
-        return cls(
-            d_model=d_model,
-            num_layers=config.num_layers,
-            dim_feedforward=config.dim_feedforward,
-            num_heads=config.num_heads,
-            dropout=config.dropout,
-            kv_in_dim=kv_in_dim,
-            rope_theta=config.rope_theta,
-            activation=config.activation,
-        )
+        layers = [
+            MemoryAttentionLayer(
+                d_model=d_model,
+                dim_feedforward=config.dim_feedforward,
+                num_heads=config.num_heads,
+                dropout=config.dropout,
+                kv_in_dim=kv_in_dim,
+                rope_theta=config.rope_theta,
+                activation=config.activation,
+            )
+            for _ in range(config.num_layers)
+        ]
+        return cls(layers)
 
     @property
     def dtype(self) -> torch.dtype:

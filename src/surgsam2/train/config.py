@@ -14,7 +14,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,18 +288,27 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {_type_name(annotation)}")
 
 
-def _section_from_mapping(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {values!r}")
-    hints = typing.get_type_hints(cls)
+def _field_hints(
+    cls: type, values: Mapping[str, Any], unknown_message: Callable[[list[str], set[str]], str]
+) -> dict[str, Any]:
+    """The type hints of dataclass ``cls``; ConfigError (``unknown_message(unknown, fields)``) for
+    keys of ``values`` that are not its fields."""
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = [str(key) for key in values if key not in fields]
     if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}.{unknown[0]}"
-            + (f" (and {', '.join(f'{prefix}.{k}' for k in unknown[1:])})" if len(unknown) > 1 else "")
-            + f"; valid keys in {prefix}: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(unknown_message(unknown, fields))
+    return typing.get_type_hints(cls)
+
+
+def _section_from_mapping(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {values!r}")
+    hints = _field_hints(
+        cls, values,
+        lambda unknown, fields: f"unknown config key {prefix}.{unknown[0]}"
+        + (f" (and {', '.join(f'{prefix}.{k}' for k in unknown[1:])})" if len(unknown) > 1 else "")
+        + f"; valid keys in {prefix}: {', '.join(sorted(fields))}",
+    )  # fmt: skip
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
@@ -312,13 +321,10 @@ def _section_from_mapping(cls: type, values: Mapping[str, Any], prefix: str) -> 
 def config_from_dict(values: Mapping[str, Any] | None) -> TrainConfig:
     """A TrainConfig from nested plain data; unknown sections or keys are a ConfigError."""
     values = dict(values or {})
-    hints = typing.get_type_hints(TrainConfig)
-    sections = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = [str(key) for key in values if key not in sections]
-    if unknown:
-        raise ConfigError(
-            f"unknown config section {unknown[0]!r}; valid sections: {', '.join(sorted(sections))}"
-        )
+    hints = _field_hints(
+        TrainConfig, values,
+        lambda unknown, sections: f"unknown config section {unknown[0]!r}; valid sections: {', '.join(sorted(sections))}",
+    )  # fmt: skip
     built = {
         name: _section_from_mapping(hints[name], values[name] or {}, name) for name in values
     }
