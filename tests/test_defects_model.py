@@ -11,7 +11,8 @@ Defects covered (one test each, in this order):
 8. a non-finite training loss does not stop the run (it must: non-zero exit, the last good
    checkpoint kept, no ``model_final.pt``);
 9. a corrupt trainer state on ``--resume`` is a traceback (trainer-state files must be loaded with
-   the same guarded loader as models).
+   the same guarded loader as models);
+10. a training run into its own data or into a folder another run is writing is not refused.
 
 Everything runs the `nano` model (64 px for training) on CPU with one thread.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +32,7 @@ import torch
 import yaml
 
 from surgsam2.cli import main
+from surgsam2.data.outputs import OutputError
 from surgsam2.data.synthetic import write_synthetic_dataset
 from surgsam2.model import checkpoint as checkpoint_module
 from surgsam2.model.checkpoint import CheckpointError, load_model, load_weights, read_checkpoint, save_checkpoint
@@ -272,3 +276,27 @@ def test_corrupt_trainer_state_on_resume_is_one_line(
     torch.save({"format": "surgsam2-trainer-state", "rng": _CustomObject()}, state_path)
     with pytest.raises(CheckpointError, match=r"trainer_step0000002\.pt: refused to load as unsafe"):
         load_trainer_state(state_path)
+
+
+def test_training_output_inside_its_data_or_in_use_is_refused(tmp_path: Path, synthetic_root: Path) -> None:
+    """Defect (every command writes through one safe way): a training run into its own dataset, or
+    into a folder another run is writing, was not refused."""
+    inside = load_config(write_train_config(tmp_path / "a.yaml", synthetic_root, synthetic_root / "runs"))
+    with pytest.raises(OutputError, match="lies inside the input data.roots") as caught:
+        run_training(inside)
+    one_line(caught.value)
+    assert not (synthetic_root / "runs").exists()
+    busy = load_config(write_train_config(tmp_path / "b.yaml", synthetic_root, tmp_path / "busy"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from surgsam2.data.outputs import OutputFolder\n"
+         f"with OutputFolder({str(tmp_path / 'busy')!r}, command='train'):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match="in use by another surgsam2 run"):
+            run_training(busy)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -227,13 +227,12 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def atomic_write(path: PathLike, data: bytes | str) -> Path:
-    """Write a file atomically (temp file beside it, fsync, rename); permissions as any new file.
-
-    The file is either the old one or the complete new one, never partial. OSErrors become one line.
-    """
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that needs a file name (torch.save, a
+    safetensors writer); on success it is fsynced and renamed over ``path``, on any exception
+    removed. The file is either the old one or the complete new one, never partial."""
     target = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     if target.is_dir():
         raise OutputError(f"cannot write {target}: it is a folder; give a file path")
     try:
@@ -241,17 +240,25 @@ def atomic_write(path: PathLike, data: bytes | str) -> Path:
     except OSError as error:
         raise _os_error(target, error, "write") from None
     try:
+        yield staging.path
         with deferred_termination():
-            _write_all(staging.fd, payload)
+            os.fsync(staging.fd)
             os.replace(staging.path, target)
     except BaseException as error:
         staging.discard()
-        if isinstance(error, OSError):
+        if isinstance(error, OSError) and _concerns(error, (staging.path, target)):
             raise _os_error(target, error, "write") from None
         raise
     staging.release()
     _fsync_folder(target.parent)
-    return target
+
+
+def atomic_write(path: PathLike, data: bytes | str) -> Path:
+    """Write a file atomically (`atomic_file`); permissions as any new file. OSErrors become one line."""
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    with atomic_file(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(payload)
+    return Path(path)
 
 
 def _write_all(fd: int, payload: bytes) -> None:

@@ -18,9 +18,7 @@ metadata under ``"surgsam2"``, which the official loader ignores), so they load 
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import secrets
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgsam2.data.outputs import atomic_file
 from surgsam2.model.configs import MODEL_CONFIGS, SAM2Config, check_image_size, get_config
 from surgsam2.model.sam2 import SAM2Model
 
@@ -538,33 +537,12 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
     metadata = _metadata_for(model, extra)
     tensors = _cpu_state_dict(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_file(path) as temporary:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(tensors, str(temporary), metadata={"format": "pt", METADATA_KEY: json.dumps(metadata)})
         else:
-            with open(temporary, "xb") as handle:
+            with open(temporary, "wb") as handle:
                 torch.save({MODEL_KEY: tensors, METADATA_KEY: metadata}, handle)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(path.parent)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable where the OS allows it (not on Windows)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

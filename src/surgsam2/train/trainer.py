@@ -23,6 +23,7 @@ Files under ``train.out_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -41,6 +42,7 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from surgsam2.data.outputs import OutputFolder, atomic_file
 from surgsam2.memory.policies import make_policy
 from surgsam2.model.checkpoint import load_weights, read_torch_file, save_checkpoint
 from surgsam2.model.configs import get_config
@@ -422,9 +424,8 @@ class _Trainer:
                 "config": self.config.to_dict(),
                 "model_file": model_path.name,
             }
-            temporary = state_path.with_name(f".{state_path.name}.tmp")
-            torch.save(state, temporary)
-            temporary.replace(state_path)
+            with atomic_file(state_path) as temporary:
+                torch.save(state, temporary)
             keep = self.config.train.keep_checkpoints
             if keep > 0:
                 for old in checkpoint_steps(self.out_dir)[:-keep]:
@@ -511,6 +512,14 @@ class _Trainer:
         return summary
 
 
+def _training_inputs(config: TrainConfig) -> dict[str, list[str]]:
+    """What a training run reads, by config key: its output folder may not touch any of them."""
+    inputs = {"data.roots": list(config.data.roots)}
+    if config.model.init_checkpoint:
+        inputs["model.init_checkpoint"] = [config.model.init_checkpoint]
+    return inputs
+
+
 def run_training(config: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainSummary:
     """Train (or, with ``resume``, continue from the newest checkpoint in ``train.out_dir``).
 
@@ -527,9 +536,12 @@ def run_training(config: TrainConfig, resume: bool = False, stop_after: int | No
             # DDP notes that depthwise-conv weight gradients come in another memory layout than
             # its buckets: a copy per step on small tensors, not an error.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            trainer = _Trainer(config, context)
-            trainer.setup(resume)
-            return trainer.run(stop_after)
+            with contextlib.ExitStack() as stack:
+                if context.is_main:  # one run at a time in an output folder, never inside its inputs
+                    stack.enter_context(OutputFolder(config.train.out_dir, inputs=_training_inputs(config), command="train"))
+                trainer = _Trainer(config, context)
+                trainer.setup(resume)
+                return trainer.run(stop_after)
     finally:
         torch.set_num_threads(threads_before)
         context.leave()
