@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from surgsam2.app.options import ModelOptions, check_model_options
-from surgsam2.memory.policies import policy_names
+from surgsam2.memory.policies import DEFAULT_POLICY, policy_names
 from surgsam2.model.configs import check_image_size
 from surgsam2.model.sam2 import PRECISIONS
 
@@ -32,7 +32,7 @@ class BenchConfig:
     objects: int = 1
     frames: int = 40
     warmup: int = 5
-    memory: str = "efp"
+    memory: str = DEFAULT_POLICY
     dtype: str = "fp32"
     against_official: bool = False
     official_dtype: str = "fp32"

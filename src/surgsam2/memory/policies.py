@@ -106,7 +106,7 @@ class EfpPolicy(MemoryPolicy):
     are never dropped. Ties drop the older memory first. Selection is per object.
     """
 
-    num_frame_to_prune: int = 2
+    num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE
     name: str = "efp"
 
     def __post_init__(self) -> None:

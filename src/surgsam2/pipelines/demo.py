@@ -14,6 +14,7 @@ from surgsam2.data.outputs import OutputFolder
 from surgsam2.data.synthetic import write_synthetic_dataset
 from surgsam2.data.video import OverlayVideoWriter
 from surgsam2.data.vos import VOSDataset
+from surgsam2.memory.policies import DEFAULT_POLICY
 from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inference
 
 # Seeds >= this are never used to generate training data, so the demo clip is held out.
@@ -51,7 +52,7 @@ def run_demo(
     out_dir: str | Path,
     model_name: str = "nano",
     checkpoint: str | Path | None = None,
-    memory: str = "efp",
+    memory: str = DEFAULT_POLICY,
     frames: int = 60,
     size: tuple[int, int] = (320, 256),
     seed: int = DEMO_SEED,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from surgsam2.data.masks import id_map_to_masks, read_mask, write_mask
 from surgsam2.data.outputs import OutputFolder
 from surgsam2.data.video import OverlayVideoWriter, VideoSource, open_video
-from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, MemoryPolicy
+from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, MemoryPolicy
 from surgsam2.model.sam2 import SAM2Model
 from surgsam2.tracking.prompts import Prompt, validate_prompts
 from surgsam2.tracking.tracker import Tracker
@@ -116,7 +116,7 @@ def segment_source(
     prompts: Mapping[int, Prompt],
     out_dir: str | Path,
     prompt_frame: int = 0,
-    memory: str | MemoryPolicy = "efp",
+    memory: str | MemoryPolicy = DEFAULT_POLICY,
     num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE,
     overlay: str | Path | None = None,
     overwrite: bool = False,

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 
 import numpy as np
 
-from surgsam2.memory.policies import MemoryPolicy
+from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, MemoryPolicy
 from surgsam2.model.sam2 import SAM2Model
 from surgsam2.tracking.prompts import Prompt, validate_object_id
 from surgsam2.tracking.results import FrameResult, ObjectOutput
@@ -17,8 +17,8 @@ def segment_video(
     model: SAM2Model,
     frames: Iterable[np.ndarray],
     prompts: Mapping[int, Mapping[int, Prompt]],
-    memory: str | MemoryPolicy = "efp",
-    num_frame_to_prune: int = 2,
+    memory: str | MemoryPolicy = DEFAULT_POLICY,
+    num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE,
     fill_hole_area: int | None = None,
     num_frames: int | None = None,
     backward: bool = True,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from surgsam2.memory.assembly import cached_rotated_keys, gather_candidates, memory_tokens, select_memories
 from surgsam2.memory.bank import BankConfig, MemoryBank, MemoryLayout
-from surgsam2.memory.policies import MemoryPolicy, make_policy
+from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, MemoryPolicy, make_policy
 from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
 from surgsam2.tracking.frames import preprocess_frame, validate_frame
 from surgsam2.tracking.postprocess import fill_holes
@@ -73,8 +73,8 @@ class Tracker:
     def __init__(
         self,
         model: SAM2Model,
-        memory: str | MemoryPolicy = "efp",
-        num_frame_to_prune: int = 2,
+        memory: str | MemoryPolicy = DEFAULT_POLICY,
+        num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE,
         fill_hole_area: int | None = None,
         num_frames: int | None = None,
         output_logits: bool = True,
