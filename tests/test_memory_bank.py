@@ -1,6 +1,6 @@
-"""Specification of the memory bank (DESIGN §4): the candidate memories and object pointers of a
-frame follow SAM 2's rules (`_prepare_memory_conditioned_features`), and the bank forgets exactly
-what no later frame can select, so its size is flat over a stream.
+"""Specification of the memory bank (docs/architecture.md, "The memory rules"): the candidate memories
+and object pointers of a frame follow SAM 2's rules (`_prepare_memory_conditioned_features`), and
+the bank forgets exactly what no later frame can select, so its size is flat over a stream.
 
 Pure tensors, no model: tiny memories (T=4 tokens, C=8 channels) and pointers (D=16).
 """

@@ -1,6 +1,6 @@
-"""Specification of the memory policies (DESIGN §4): fifo keeps every candidate (SAM 2); efp is
-Surgical SAM 2's Efficient Frame Pruning, with every conditioning frame protected and a per-object
-selection.
+"""Specification of the memory policies (docs/architecture.md, "The memory rules"): fifo keeps every
+candidate (SAM 2); efp is Surgical SAM 2's Efficient Frame Pruning, with every conditioning frame
+protected and a per-object selection.
 
 Candidate memories are (N, B, T, C) tensors in bank order [conditioning..., oldest ... newest]; a
 policy returns the kept indices (K, B), ascending per object.
@@ -297,7 +297,7 @@ def test_efp_select_does_not_synchronise_with_the_host():
 # --- efp: equals the published rule ---------------------------------------------------------------
 def published_efp_kept(memories: list[torch.Tensor], num_maskmem: int, num_frame_to_prune: int) -> list[int]:
     """Independent reference of the published SurgSAM2 rule (one conditioning frame, one object),
-    as DESIGN §4 states it: memories [cond, ..., newest], each (T, C); if len + P > num_maskmem,
+    as docs/architecture.md states it: memories [cond, ..., newest], each (T, C); if len + P > num_maskmem,
     drop the k = len + P - num_maskmem entries among 1 .. n-2 with the highest summed cosine
     similarity to the last entry. Returns the kept positions."""
     count = len(memories)
