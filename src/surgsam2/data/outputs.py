@@ -553,7 +553,7 @@ class OutputFolder:
         self._is_open = False
         if self.lock:
             _unlock_folder(self.path)
-        if self._created and not self.published and self.path not in _held_locks:
+        if self.lock and self._created and not self.published and self.path not in _held_locks:
             with contextlib.suppress(OSError):
                 (self.path / LOCK_NAME).unlink(missing_ok=True)
                 self.path.rmdir()  # only when empty
@@ -606,6 +606,7 @@ class OutputFolder:
                 self.check_entry(name, replace_own)
                 if not record:
                     _publish(staging.path, self.path / name)
+                    self.published.add(name)
                     return
                 previous = self._mark(name, _record(self.command))
                 try:
