@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +64,9 @@ class BenchConfig:
             raise ValueError(f"dtype must be one of {list(OUR_PRECISIONS)}, got {self.dtype!r}")
         if self.official_dtype not in DTYPES:
             raise ValueError(f"official_dtype must be one of {sorted(DTYPES)}, got {self.official_dtype!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        cpus = os.cpu_count() or 1  # more torch threads than CPUs only slows down (far more crash OpenMP)
+        if self.threads is not None and not 1 <= self.threads <= cpus:
+            raise ValueError(f"threads must be in 1..{cpus} (this machine's CPUs), got {self.threads}")
         if self.stream_frames is not None and self.stream_frames < 1:
             raise ValueError(f"stream frames must be >= 1, got {self.stream_frames}")
         # Ours runs seeded random weights (or the official ones, shared): the same checks as every command.

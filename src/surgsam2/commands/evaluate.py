@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 NAME = "evaluate"
@@ -31,14 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from surgsam2.eval.evaluate import evaluate, write_results
+    from surgsam2.eval.evaluate import evaluate
+    from surgsam2.eval.results import check_results_path, write_results
 
+    inputs = {"--gt-dir": args.gt_dir, "--meta": args.meta}
+    if Path(args.output).resolve().parent != Path(args.pred_dir).resolve():
+        inputs["--pred-dir"] = args.pred_dir  # results may sit beside the video folders, never in one
+    check_results_path(args.output, inputs)  # before the scoring
     result = evaluate(
         args.gt_dir, args.pred_dir, protocol=args.protocol, meta=args.meta, workers=args.workers,
         allow_missing_videos=args.allow_missing_videos,
         warn=lambda message: print(f"surgsam2 evaluate: warning: {message}", file=sys.stderr),
     )  # fmt: skip
-    json_path, csv_path = write_results(result, args.output, inputs={"--gt-dir": args.gt_dir, "--meta": args.meta})
+    json_path, csv_path = write_results(result, args.output, inputs=inputs)
     print(result.format_table())
     print(f"wrote {json_path} and {csv_path}")
     return 0

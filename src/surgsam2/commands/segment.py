@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prompt_group.add_argument("--points", nargs="+", type=_point_argument, metavar="X,Y[:LABEL]",
                               help="clicks in frame pixels, label 1 object (default) or 0 background")  # fmt: skip
     prompt_group.add_argument("--box", type=_box_argument, metavar="X0,Y0,X1,Y1", help="box around the object")
-    parser.add_argument("--object-id", type=int, default=1, help="id (1-255) of the object prompted by points/box")
+    parser.add_argument("--object-id", type=int,
+                        help="id (1-255) of the object prompted by points/box (default 1)")  # fmt: skip
     parser.add_argument("--prompt-frame", type=int, default=0, help="frame the prompt is on (position, default 0)")
     parser.add_argument("--out", required=True, help="output folder for the masks")
     parser.add_argument("--overlay", help="also write this .mp4 with the masks drawn on the frames")
@@ -68,11 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from surgsam2.tracking.prompts import Prompt
 
     if args.prompt_mask:
+        if args.object_id is not None:
+            raise ValueError("--object-id applies to --points/--box; a --prompt-mask's pixel values are its object ids")
         prompts = prompts_from_mask_file(args.prompt_mask)
     else:
         points = [(x, y) for x, y, _ in args.points] if args.points else None
         labels = [label for _, _, label in args.points] if args.points else None
-        prompts = {args.object_id: Prompt(points=points, labels=labels, box=args.box)}
+        prompts = {1 if args.object_id is None else args.object_id: Prompt(points=points, labels=labels, box=args.box)}
     options = ModelOptions.from_args(args)
     inputs = {"--prompt-mask": args.prompt_mask, "--checkpoint": options.checkpoint}
     model = load_model_for_run(options, warn=lambda message: print(message, file=sys.stderr))

@@ -97,6 +97,7 @@ from surgsam2.data.endovis_raw import (
     video_name,
 )
 from surgsam2.data.masks import object_ids
+from surgsam2.data.outputs import check_output_location
 from surgsam2.data.vos import DatasetMeta, VOSWriter, new_object_prompt, staged_output_dir
 
 __all__ = [
@@ -215,8 +216,9 @@ def _run_parallel(func: Callable[[T], R], items: Sequence[T], workers: int) -> l
             raise
 
 
-def _check_targets(src: Path, targets: Iterable[Path], overwrite: bool) -> None:
-    """Refuse, before anything is written, a non-empty target (without overwrite) or one holding SRC."""
+def _check_targets(src: Path, dst: Path, targets: Iterable[Path], overwrite: bool) -> None:
+    """Refuse, before anything is written, a DST that is, contains or lies inside SRC (or is a
+    protected folder such as the current one), and a non-empty target (without overwrite)."""
     resolved_src = src.resolve()
     for target in targets:
         if target.exists() and not target.is_dir():
@@ -228,6 +230,7 @@ def _check_targets(src: Path, targets: Iterable[Path], overwrite: bool) -> None:
             raise ValueError(
                 f"output folder {target} is not empty (use --overwrite / overwrite=True to replace it)"
             )
+    check_output_location(dst, {"--src": src})
 
 
 @dataclass(frozen=True)
@@ -428,7 +431,7 @@ def convert_endovis(
     )  # fmt: skip
     layout, locations = discover_videos(year, options.src, labels_dir, split)
     plan, selected, ignored = _plan_splits(options, split, locations)
-    _check_targets(options.src, [options.dst / name for name in plan], overwrite)
+    _check_targets(options.src, options.dst, [options.dst / name for name in plan], overwrite)
     videos = _build_videos(options, selected, locations)
     summaries = []
     for name, numbers in plan.items():

@@ -102,14 +102,16 @@ def _input_paths(value: PathLike | Iterable[PathLike] | None) -> list[Path]:
     return [Path(item) for item in value]
 
 
-def check_output_location(output: PathLike, inputs: InputPaths | None = None) -> Path:
+def check_output_location(output: PathLike, inputs: InputPaths | None = None, files_only: bool = False) -> Path:
     """Refuse an output that is, contains or lies inside an input, or is a protected folder.
 
     `inputs` maps a role ("--gt_root", "frames", ...) to a file or folder (or several, or None).
-    Symlinks are followed, also for an output that does not exist yet. Returns the resolved output.
+    `files_only`: the output is a file, or a folder that only receives named files, so it may be a
+    protected folder or contain an input. Symlinks are followed, also for an output that does not
+    exist yet. Returns the resolved output.
     """
     target = Path(output).resolve()
-    reason = protected_reason(target)
+    reason = None if files_only else protected_reason(target)
     if reason is not None:
         raise OutputError(f"output folder {output} is {reason}; choose a dedicated output folder")
     for role, value in (inputs or {}).items():
@@ -119,7 +121,7 @@ def check_output_location(output: PathLike, inputs: InputPaths | None = None) ->
                 relation = "is"
             elif source in target.parents:
                 relation = "lies inside"
-            elif target in source.parents:
+            elif target in source.parents and not files_only:
                 relation = "contains"
             else:
                 continue
@@ -514,8 +516,12 @@ class OutputFolder:
         command: str = "",
         notice: Notice | None = None,
         lock: bool = True,
+        files_only: bool = False,
     ) -> None:
         self.given = Path(path)
+        # True: the folder only receives named files (a results JSON, an overlay video), so it may be
+        # the current or home folder; nothing else in it is ever touched.
+        self.files_only = files_only
         self.path = self.given
         self.inputs = dict(inputs or {})
         self.overwrite = bool(overwrite)
@@ -531,7 +537,7 @@ class OutputFolder:
         """Check the location, create the folder, take its lock and remove a killed run's staging."""
         if self._is_open:
             return self
-        target = check_output_location(self.given, self.inputs)
+        target = check_output_location(self.given, self.inputs, files_only=self.files_only)
         if os.path.lexists(target) and not target.is_dir():
             raise OutputError(f"output folder {self.given} exists and is a file; choose a folder path")
         created = not os.path.lexists(target)

@@ -509,6 +509,12 @@ class OverlayVideoWriter(_Writer):
 
     _CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 
+    @classmethod
+    def check_extension(cls, path: str | Path) -> None:
+        """ValueError naming `path` unless it ends in an extension this writer encodes."""
+        if Path(path).suffix.lower() not in cls._CODECS:
+            raise ValueError(f"overlay video {path}: extension must be one of {', '.join(cls._CODECS)}")
+
     def __init__(
         self,
         path: str | Path,
@@ -519,8 +525,7 @@ class OverlayVideoWriter(_Writer):
     ) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
-        if suffix not in self._CODECS:
-            raise ValueError(f"overlay video {self.path}: extension must be one of {', '.join(self._CODECS)}")
+        self.check_extension(self.path)
         self.fps = DEFAULT_WRITER_FPS if fps is None else float(fps)
         if not math.isfinite(self.fps) or self.fps <= 0:
             raise ValueError(f"overlay video {self.path}: fps must be > 0, got {fps}")

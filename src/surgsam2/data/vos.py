@@ -124,8 +124,9 @@ class DatasetMeta:
         )
 
     def check_videos(self, videos: Iterable[str], source: str = META_FILE) -> None:
-        """ValueError naming the videos that meta.json does not list (before any of them is run)."""
-        absent = [video for video in videos if video not in self.objects]
+        """ValueError naming the videos that meta.json does not list, or lists without objects
+        (before any of them is run)."""
+        absent = [video for video in videos if not self.objects.get(video)]
         if absent:
             raise ValueError(f"{source} lists no objects for video(s) {', '.join(absent)}")
 

@@ -193,6 +193,20 @@ def csv_path_for(json_path: str | os.PathLike[str]) -> Path:
     return path.with_suffix(".csv")
 
 
+def check_results_path(json_path: str | os.PathLike[str], inputs: InputPaths | None = None) -> tuple[Path, Path]:
+    """The results JSON and CSV paths, or ValueError (before any work): a folder, a .csv name, or a
+    path that is or lies inside one of ``inputs``."""
+    json_file = Path(json_path)
+    csv_file = csv_path_for(json_file)
+    if csv_file == json_file:
+        raise ValueError(f"output {json_file} must not end in .csv (the CSV goes next to the JSON)")
+    if json_file.is_dir():
+        raise ValueError(f"results path {json_file} is a folder: give the path of the results JSON file")
+    for path in (json_file, csv_file):
+        check_output_location(path, inputs, files_only=True)
+    return json_file, csv_file
+
+
 def write_results(
     result: EvaluationResult, json_path: str | os.PathLike[str], inputs: InputPaths | None = None
 ) -> tuple[Path, Path]:
@@ -202,20 +216,13 @@ def write_results(
     other): our own earlier results are rewritten, any other file of that name is refused, and so is
     a results path that is, or lies inside, one of ``inputs`` (e.g. the ground truth).
     """
-    json_file = Path(json_path)
-    csv_file = csv_path_for(json_file)
-    if csv_file == json_file:
-        raise ValueError(f"output {json_file} must not end in .csv (the CSV goes next to the JSON)")
-    if json_file.is_dir():
-        raise ValueError(f"results path {json_file} is a folder: give the path of the results JSON file")
-    for path in (json_file, csv_file):
-        check_output_location(path, inputs)
+    json_file, csv_file = check_results_path(json_path, inputs)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(OBJECT_FIELDS), lineterminator="\n")
     writer.writeheader()
     for row in result.per_object:
         writer.writerow(row.to_dict())
-    with OutputFolder(json_file.parent, command="evaluate") as folder:
+    with OutputFolder(json_file.parent, command="evaluate", files_only=True) as folder:
         for path in (json_file, csv_file):
             folder.claim(path.name, replace_own=True)
         folder.write_file(json_file.name, json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n", replace_own=True)

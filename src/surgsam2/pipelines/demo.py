@@ -64,6 +64,19 @@ def run_demo(
     demo's outputs there, never anything else) and return what was measured."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    inputs = {"--checkpoint": Path(checkpoint)} if checkpoint is not None else {}
+    # Held for the whole run: the folder is checked (not the current/home folder, no input inside,
+    # not a file) and locked before anything is written.
+    with OutputFolder(out_dir, inputs=inputs, overwrite=True, command="demo"):
+        return _demo_into(out_dir, model_name, checkpoint, memory, frames, size, seed, progress, random_weights, warn, started)
+
+
+def _demo_into(
+    out_dir: Path, model_name: str, checkpoint: str | Path | None, memory: str, frames: int,
+    size: tuple[int, int], seed: int, progress: bool, random_weights: bool, warn: Callable[[str], None],
+    started: float,
+) -> DemoSummary:  # fmt: skip
+    """`run_demo`'s work, in its checked and locked output folder."""
     dataset_dir, masks_dir, results_path = out_dir / "data", out_dir / "masks", out_dir / "results.json"
     summary = write_synthetic_dataset(dataset_dir, videos=1, frames=frames, size=size, seed=seed, overwrite=True)
     config = VOSInferenceConfig(

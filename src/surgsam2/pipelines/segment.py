@@ -75,7 +75,9 @@ def _overlay_target(
     if path.parent.resolve() == masks_folder.path.resolve():
         yield masks_folder, path.name
         return
-    with OutputFolder(path.parent, inputs=inputs, overwrite=overwrite, command="segment", notice=notice) as folder:
+    with OutputFolder(
+        path.parent, inputs=inputs, overwrite=overwrite, command="segment", notice=notice, files_only=True
+    ) as folder:  # fmt: skip
         yield folder, path.name
 
 
@@ -136,11 +138,15 @@ def segment_source(
         raise ValueError("no prompt given: pass a prompt mask, points or a box")
     if prompt_frame < 0:
         raise ValueError(f"--prompt-frame must be >= 0, got {prompt_frame}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {max_frames}")
+    if overlay is not None:
+        OverlayVideoWriter.check_extension(overlay)  # names the user's path, not the staging file
     started = time.perf_counter()
     inputs = dict(other_inputs or {})
     local = _local_input(source)
     if local is not None:
-        inputs["input"] = local
+        inputs["video"] = local
     with open_video(source) as video:
         prompts = validate_prompts(prompts, video.frame_size)  # fail before anything is written
         if video.num_frames is not None and prompt_frame >= video.num_frames:

@@ -34,7 +34,7 @@ from surgsam2.app.options import ModelOptions, check_model_options, load_model_f
 from surgsam2.data.masks import write_mask
 from surgsam2.data.outputs import OutputFolder, check_output_location
 from surgsam2.data.vos import VOSVideo, list_frame_files, list_videos, read_meta
-from surgsam2.eval.results import EvaluationResult, write_results
+from surgsam2.eval.results import EvaluationResult, check_results_path, write_results
 from surgsam2.eval.vos_output import ALL_OBJECTS_DIR, evaluate_vos_output, gt_video_dir, object_dir_name
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, policy_names
 from surgsam2.pipelines.prompts import PROMPT_TYPES, first_appearance_prompts, prompt_from_mask, prompt_seed
@@ -112,6 +112,8 @@ class VOSInferenceConfig:
         check_output_location(self.output_mask_dir, self.inputs)
         if self.results_path.is_dir():
             raise ValueError(f"--output {self.results_path} is a folder: give the results JSON file's path")
+        if self.gt_root is not None:
+            check_results_path(self.results_path, self.inputs)
 
 
 @dataclass
