@@ -237,21 +237,13 @@ def atomic_file(path: PathLike) -> Iterator[Path]:
     target = Path(path)
     if target.is_dir():
         raise OutputError(f"cannot write {target}: it is a folder; give a file path")
-    try:
-        staging = _Staging(target.parent, target.name, folder=False)
-    except OSError as error:
-        raise _os_error(target, error, "write") from None
-    try:
-        yield staging.path
-        with deferred_termination():
-            os.fsync(staging.fd)
-            os.replace(staging.path, target)
-    except BaseException as error:
-        staging.discard()
-        if isinstance(error, OSError) and _concerns(error, (staging.path, target)):
-            raise _os_error(target, error, "write") from None
-        raise
-    staging.release()
+
+    def finish(staging: _Staging) -> None:
+        os.fsync(staging.fd)
+        os.replace(staging.path, target)
+
+    with _staged(target.parent, target, False, finish) as temporary:
+        yield temporary
     _fsync_folder(target.parent)
 
 

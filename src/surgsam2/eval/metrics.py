@@ -37,18 +37,24 @@ class BoundaryScore:
     f: float
 
 
+class WithJF:
+    """J&F for a result with ``J`` and ``F`` fields: their mean (DAVIS)."""
+
+    J: float
+    F: float
+
+    @property
+    def JF(self) -> float:
+        return (self.J + self.F) / 2.0
+
+
 @dataclass(frozen=True)
-class FrameScores:
+class FrameScores(WithJF):
     """J (IoU), F (boundary F-measure) and Dice of one object in one frame."""
 
     J: float
     F: float
     Dice: float
-
-    @property
-    def JF(self) -> float:
-        """The mean of J and F."""
-        return (self.J + self.F) / 2.0
 
 
 def _as_bool_mask(mask: np.ndarray, name: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from surgsam2.data.outputs import InputPaths, OutputFolder, check_output_location
-from surgsam2.eval.metrics import ClassBasedResult, ClassImageStats, class_based_metrics
+from surgsam2.eval.metrics import ClassBasedResult, ClassImageStats, WithJF, class_based_metrics
 
 OBJECT_FIELDS: tuple[str, ...] = (
     "video", "object", "J", "F", "JF", "Dice",
@@ -27,7 +27,7 @@ OBJECT_FIELDS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class ObjectResult:
+class ObjectResult(WithJF):
     """Scores of one (video, object) pair over its scored frames, as fractions."""
 
     video: str
@@ -40,11 +40,6 @@ class ObjectResult:
     F_recall: float
     F_decay: float
     frames: int
-
-    @property
-    def JF(self) -> float:
-        """J&F of this object: (mean J + mean F) / 2."""
-        return (self.J + self.F) / 2.0
 
     def to_dict(self) -> dict[str, Any]:
         """One row with the keys of ``OBJECT_FIELDS``."""
