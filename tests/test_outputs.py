@@ -152,12 +152,15 @@ def test_protected_folders_are_refused(tmp_path: Path, monkeypatch: pytest.Monke
 def test_a_failed_run_leaves_a_folder_it_made_as_it_found_it(tmp_path: Path) -> None:
     made, existing = tmp_path / "made", tmp_path / "existing"
     existing.mkdir()
+    (existing / "video").mkdir()  # the user's, named like an entry
     for out in (made, existing):
         with pytest.raises(RuntimeError), OutputFolder(out) as folder:
-            with folder.stage_dir("video"):
+            with folder.stage_dir("video2"):
                 raise RuntimeError("boom")
+    with pytest.raises(OutputError, match="not written by surgsam2"), OutputFolder(existing, overwrite=True) as folder:
+        folder.claim("video")
     assert not made.exists()  # made by the run, nothing published: removed
-    assert sorted(p.name for p in existing.iterdir()) == [LOCK_NAME]  # the user's folder stays
+    assert sorted(p.name for p in existing.iterdir()) == ["video"]  # the user's folder as it was, no lock file
     with OutputFolder(made) as folder:
         folder.write_file("results.json", "{}")
     assert sorted(p.name for p in made.iterdir()) == sorted([LOCK_NAME, MARKER_NAME, "results.json"])

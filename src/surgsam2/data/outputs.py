@@ -457,21 +457,14 @@ def _lock_folder(folder: Path, command: str) -> None:
         if held is not None:
             held[1] += 1
             return
-        try:
-            fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-        except OSError as error:
-            raise _os_error(folder, error, "lock output folder") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            holder = os.pread(fd, 1024, 0).decode("utf-8", "replace").strip() or "pid unknown"
+        for _ in range(8):  # a lock file removed (and made again) between open and flock: retry
+            fd = _locked_file(folder)
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_ino == os.stat(folder / LOCK_NAME, follow_symlinks=False).st_ino:
+                    break
             os.close(fd)
-            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise _os_error(folder, error, "lock output folder") from None
-            raise OutputError(
-                f"output folder {folder} is in use by another surgsam2 run ({holder});"
-                " wait for it to finish or choose another output folder"
-            ) from None
+        else:
+            raise OutputError(f"cannot lock output folder {folder}: its lock file keeps changing")
         info = f"pid {os.getpid()}, started {_now()}" + (f", {command}" if command else "")
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
@@ -479,7 +472,29 @@ def _lock_folder(folder: Path, command: str) -> None:
         _held_locks[folder] = [fd, 1]
 
 
-def _unlock_folder(folder: Path) -> None:
+def _locked_file(folder: Path) -> int:
+    """An open descriptor of the folder's lock file under our exclusive flock, or OutputError."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as error:
+        raise _os_error(folder, error, "lock output folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(fd, 1024, 0).decode("utf-8", "replace").strip() or "pid unknown"
+        os.close(fd)
+        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _os_error(folder, error, "lock output folder") from None
+        raise OutputError(
+            f"output folder {folder} is in use by another surgsam2 run ({holder});"
+            " wait for it to finish or choose another output folder"
+        ) from None
+    return fd
+
+
+def _unlock_folder(folder: Path, remove: bool = False) -> None:
+    """Release the run lock (at the last of this process's opens); with ``remove``, the lock file
+    goes too (unlinked while still held, so no other run can be holding it)."""
     with _held_guard:
         held = _held_locks.get(folder)
         if held is None:
@@ -488,7 +503,10 @@ def _unlock_folder(folder: Path) -> None:
         if held[1] == 0:
             del _held_locks[folder]
             with contextlib.suppress(OSError):
-                os.ftruncate(held[0], 0)
+                if remove:
+                    (folder / LOCK_NAME).unlink()
+                else:
+                    os.ftruncate(held[0], 0)
             os.close(held[0])
 
 
@@ -544,16 +562,18 @@ class OutputFolder:
         return self
 
     def close(self) -> None:
-        """Release the lock. What was published stays; a folder this run created and left empty
-        (a run that failed before publishing anything) is removed again."""
+        """Release the lock. What was published stays; a run that published nothing leaves no lock
+        file in a folder without our outputs, and removes a folder it created itself."""
         if not self._is_open:
             return
         self._is_open = False
-        if self.lock:
-            _unlock_folder(self.path)
-        if self.lock and self._created and not self.published and self.path not in _held_locks:
+        if not self.lock:
+            return
+        # A folder that holds nothing of ours (no entry published, no marker) is left as found.
+        no_trace = not self.published and not (self.path / MARKER_NAME).exists()
+        _unlock_folder(self.path, remove=no_trace)
+        if no_trace and self._created and self.path not in _held_locks:
             with contextlib.suppress(OSError):
-                (self.path / LOCK_NAME).unlink(missing_ok=True)
                 self.path.rmdir()  # only when empty
 
     def __enter__(self) -> OutputFolder:
