@@ -17,6 +17,8 @@ test each (each failed on the code before its fix):
 - segment --overlay without a video extension named a hidden staging file in its error.
 - segment --object-id with --prompt-mask was silently ignored.
 - segment's overlap errors said "the input input <path>".
+- A refused run left an empty lock file in a folder that holds nothing of ours (tests/test_outputs.py).
+- A vos-inference prompt folder of JPEG masks failed with "no object", without a word about JPEG.
 """
 
 from __future__ import annotations
@@ -187,3 +189,23 @@ def test_segment_overlap_error_names_the_input_once(dataset: Path, capsys) -> No
     code, _, err = _run(_segment(dataset, frames, "--points", "40,40"), capsys)
     _one_line_error(code, err, str(frames))
     assert "input input" not in err
+
+
+def test_a_prompt_folder_of_jpeg_masks_says_why_it_has_no_object(tmp_path, capsys) -> None:
+    """A vos-inference prompt folder holding only .jpg masks failed the video with "no object in
+    the prompt masks", without a word about the JPEGs."""
+    from surgsam2.cli import main
+    from surgsam2.data.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, videos=1, frames=3, size=(96, 80), seed=4)
+    prompts = data / "VOS" / "Annotations_vos_instrument" / "synth_000"
+    for png in prompts.glob("*.png"):
+        png.rename(png.with_suffix(".jpg"))
+    code = main(
+        ["vos-inference", "--base_video_dir", str(data / "JPEGImages"), "--input_mask_dir", str(prompts.parent),
+         "--output_mask_dir", str(tmp_path / "out"), "--image-size", "64", "--device", "cpu", "--quiet"]
+    )  # fmt: skip
+    error = capsys.readouterr().err
+    assert code == 1 and "synth_000: FAILED: no object in the prompt masks" in error
+    assert "JPEG file(s) such as 00000.jpg are not read: masks must be lossless PNG" in error, error

@@ -199,7 +199,10 @@ def infer_video(
     prompts_by_position = first_appearance_prompts(video)
     object_ids = sorted({obj for masks in prompts_by_position.values() for obj in masks})
     if not object_ids:
-        raise ValueError(f"no object in the prompt masks of {config.input_mask_dir / name}")
+        prompt_dir = config.input_mask_dir / name
+        lossy = sorted(p.name for p in prompt_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+        hint = f" ({len(lossy)} JPEG file(s) such as {lossy[0]} are not read: masks must be lossless PNG)" if lossy else ""
+        raise ValueError(f"no object in the prompt masks of {prompt_dir}{hint}")
     tracker = Tracker(
         model, memory=config.memory, num_frame_to_prune=config.num_frame_to_prune,
         fill_hole_area=config.fill_hole_area, num_frames=len(video),
