@@ -64,50 +64,46 @@ def run_demo(
     demo's outputs there, never anything else) and return what was measured."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    inputs = {"--checkpoint": Path(checkpoint)} if checkpoint is not None else {}
-    # Held for the whole run: the folder is checked (not the current/home folder, no input inside,
-    # not a file) and locked before anything is written.
-    with OutputFolder(out_dir, inputs=inputs, overwrite=True, command="demo"):
-        return _demo_into(out_dir, model_name, checkpoint, memory, frames, size, seed, progress, random_weights, warn, started)
-
-
-def _demo_into(
-    out_dir: Path, model_name: str, checkpoint: str | Path | None, memory: str, frames: int,
-    size: tuple[int, int], seed: int, progress: bool, random_weights: bool, warn: Callable[[str], None],
-    started: float,
-) -> DemoSummary:  # fmt: skip
-    """`run_demo`'s work, in its checked and locked output folder."""
-    dataset_dir, masks_dir, results_path = out_dir / "data", out_dir / "masks", out_dir / "results.json"
-    summary = write_synthetic_dataset(dataset_dir, videos=1, frames=frames, size=size, seed=seed, overwrite=True)
-    config = VOSInferenceConfig(
-        base_video_dir=dataset_dir / "JPEGImages",
-        input_mask_dir=dataset_dir / "VOS" / "Annotations_vos_instrument",
-        output_mask_dir=masks_dir,
-        gt_root=dataset_dir / "Annotations",
-        model=ModelOptions(
-            name=model_name, checkpoint=Path(checkpoint) if checkpoint is not None else None,
-            device="cpu", random_weights=random_weights,
-        ),  # fmt: skip
-        memory=memory,
-        meta=dataset_dir / "meta.json",
-        output=results_path,
-        overwrite=True,
-        progress=progress,
-    )
-    report = run_vos_inference(config, warn=warn)
-    if report.failed or report.evaluation is None:
-        reasons = "; ".join(f"{r.video}: {r.error}" for r in report.failed) or "no evaluation"
-        raise RuntimeError(f"demo inference failed: {reasons}")
-    overlay_path = _write_overlay(out_dir, dataset_dir, masks_dir, summary.videos[0])
+    model = ModelOptions(
+        name=model_name, checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        device="cpu", random_weights=random_weights,
+    )  # fmt: skip
+    # Held for the whole run: the folder is checked (not the current or home folder, no input
+    # inside it, not a file) and locked before anything is written.
+    with OutputFolder(out_dir, inputs={"--checkpoint": model.checkpoint}, overwrite=True, command="demo"):
+        dataset_dir = out_dir / "data"
+        summary = write_synthetic_dataset(dataset_dir, videos=1, frames=frames, size=size, seed=seed, overwrite=True)
+        report = run_vos_inference(_inference_config(out_dir, model, memory, progress), warn=warn)
+        if report.failed or report.evaluation is None:
+            reasons = "; ".join(f"{r.video}: {r.error}" for r in report.failed) or "no evaluation"
+            raise RuntimeError(f"demo inference failed: {reasons}")
+        overlay_path = _write_overlay(out_dir, dataset_dir, out_dir / "masks", summary.videos[0])
     evaluation = report.evaluation.summary
     return DemoSummary(
         dataset=dataset_dir,
-        masks=masks_dir,
+        masks=out_dir / "masks",
         overlay=overlay_path,
-        results=results_path,
+        results=out_dir / "results.json",
         frames=summary.frames,
         objects=summary.objects,
         seconds=time.perf_counter() - started,
         j_and_f=evaluation.JF,
         dice=evaluation.Dice,
+    )
+
+
+def _inference_config(out_dir: Path, model: ModelOptions, memory: str, progress: bool) -> VOSInferenceConfig:
+    """vos-inference of the demo's clip (``<out_dir>/data``) into ``<out_dir>/masks``, evaluated."""
+    dataset_dir = out_dir / "data"
+    return VOSInferenceConfig(
+        base_video_dir=dataset_dir / "JPEGImages",
+        input_mask_dir=dataset_dir / "VOS" / "Annotations_vos_instrument",
+        output_mask_dir=out_dir / "masks",
+        gt_root=dataset_dir / "Annotations",
+        model=model,
+        memory=memory,
+        meta=dataset_dir / "meta.json",
+        output=out_dir / "results.json",
+        overwrite=True,
+        progress=progress,
     )
