@@ -12,7 +12,8 @@ Defects covered (one test each, in this order):
    checkpoint kept, no ``model_final.pt``);
 9. a corrupt trainer state on ``--resume`` is a traceback (trainer-state files must be loaded with
    the same guarded loader as models);
-10. a training run into its own data or into a folder another run is writing is not refused.
+10. a training run into its own data or into a folder another run is writing is not refused;
+11. a training run replaces a config.yaml / metrics.jsonl it did not write (its own --config too).
 
 Everything runs the `nano` model (64 px for training) on CPU with one thread.
 """
@@ -300,3 +301,18 @@ def test_training_output_inside_its_data_or_in_use_is_refused(tmp_path: Path, sy
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_training_never_replaces_files_it_did_not_write(tmp_path: Path, synthetic_root: Path) -> None:
+    """Defect (review): training wrote config.yaml / metrics.jsonl over files of the same name that
+    it had not written, and accepted an output folder holding its own --config file."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    config_file = write_train_config(out / "config.yaml", synthetic_root, out)  # the user's YAML, in --out
+    before = config_file.read_text()
+    assert main(["train", "--config", str(config_file)]) == 2
+    assert config_file.read_text() == before and sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    elsewhere = write_train_config(tmp_path / "run.yaml", synthetic_root, out)
+    with pytest.raises(OutputError, match="config.yaml was not written by surgsam2"):
+        run_training(load_config(elsewhere), stop_after=1)
+    assert config_file.read_text() == before

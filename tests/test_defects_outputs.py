@@ -51,7 +51,8 @@ def test_overwrite_never_deletes_a_folder_we_did_not_write(tmp_path: Path) -> No
 def test_vos_inference_into_the_ground_truth_keeps_it(tmp_path: Path) -> None:
     """`vos-inference ... --output_mask_dir D/Annotations --gt_root D/Annotations` deletes the ground-truth PNGs.
 
-    vos-inference publishes each video with ``staged_output_dir(output_mask_dir / video, overwrite=True)``.
+    Here at the level of a whole folder (`staged_output_dir`, as `MaskWriter`, synth and the
+    converter publish); the command itself is tested in test_defects_cli.py.
     """
     video = tmp_path / "D" / "Annotations" / "seq_1"
     video.mkdir(parents=True)

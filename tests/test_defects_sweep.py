@@ -19,6 +19,8 @@ test each (each failed on the code before its fix):
 - segment's overlap errors said "the input input <path>".
 - A refused run left an empty lock file in a folder that holds nothing of ours (tests/test_outputs.py).
 - A vos-inference prompt folder of JPEG masks failed with "no object", without a word about JPEG.
+- (review) An interrupted vos-inference left published videos that --overwrite refused to replace.
+- (review) `demo --frames 2` ran everything, then failed with a traceback.
 """
 
 from __future__ import annotations
@@ -209,3 +211,41 @@ def test_a_prompt_folder_of_jpeg_masks_says_why_it_has_no_object(tmp_path, capsy
     error = capsys.readouterr().err
     assert code == 1 and "synth_000: FAILED: no object in the prompt masks" in error
     assert "JPEG file(s) such as 00000.jpg are not read: masks must be lossless PNG" in error, error
+
+
+def test_an_interrupted_vos_inference_leaves_replaceable_videos(tmp_path, monkeypatch, capsys) -> None:
+    """Review: a vos-inference run interrupted after some videos were published listed them as
+    ours only at the very end, so a rerun with --overwrite refused them as "not written by surgsam2"."""
+    from surgsam2.cli import main
+    from surgsam2.data.synthetic import write_synthetic_dataset
+    from surgsam2.pipelines import vos_inference
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, videos=2, frames=3, size=(96, 80), seed=6)
+    argv = [
+        "vos-inference", "--base_video_dir", str(data / "JPEGImages"),
+        "--input_mask_dir", str(data / "VOS" / "Annotations_vos_instrument"),
+        "--output_mask_dir", str(tmp_path / "out"), "--image-size", "64", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    real = vos_inference.infer_video
+
+    def interrupted_on_the_second(model, name, *args, **kwargs):
+        if name == "synth_001":
+            raise KeyboardInterrupt
+        return real(model, name, *args, **kwargs)
+
+    monkeypatch.setattr(vos_inference, "infer_video", interrupted_on_the_second)
+    assert main(argv) == 130
+    assert (tmp_path / "out" / "synth_000").is_dir() and not (tmp_path / "out" / "synth_001").exists()
+    monkeypatch.undo()
+    assert main([*argv, "--overwrite"]) == 0, capsys.readouterr().err
+
+
+def test_a_demo_too_short_to_score_is_one_line_before_any_work(tmp_path, capsys) -> None:
+    """Review: `demo --frames 2` ran the whole inference, then failed with a traceback."""
+    from surgsam2.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--frames", "2", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--frames must be at least 3" in error
+    assert not (tmp_path / "demo").exists()

@@ -184,6 +184,23 @@ def test_output_folder_that_is_a_file_or_under_a_file(tmp_path: Path) -> None:
 # --- the lock -----------------------------------------------------------------------------------
 
 
+def test_a_whole_folder_being_written_is_locked(tmp_path: Path) -> None:
+    """Two runs writing one dataset folder (synth, convert-endovis): the second is refused at once,
+    not after doing its work, and no lock file is left beside the folder afterwards."""
+    out = tmp_path / "ds"
+    holder = _helper("whole", out)
+    try:
+        with pytest.raises(OutputError) as error:
+            with staged_folder(out, overwrite=True):
+                pass
+        assert "is in use by another surgsam2 run" in _one_line(error)
+    finally:
+        _stop(holder, signal.SIGKILL)
+    with staged_folder(out) as staging:
+        (staging / "meta.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(STAGING_PREFIX)) == ["ds"]
+
+
 def test_second_process_is_refused_and_lock_is_never_stale(tmp_path: Path) -> None:
     out = tmp_path / "out"
     holder = _helper("lock", out)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, policy_names
+from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, policy_names, policy_summaries
 from surgsam2.model.configs import MODEL_CONFIGS, get_config
 from surgsam2.model.sam2 import PRECISIONS, SAM2Model
 from surgsam2.runtime.devices import DEVICE_HELP, is_cuda, resolve_device
@@ -80,7 +80,7 @@ def add_runtime_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
 def add_memory_options(parser: argparse.ArgumentParser, prune_option: bool = True) -> None:
     """--memory (every registered policy) and --num-frame-to-prune."""
     parser.add_argument("--memory", choices=policy_names(), default=DEFAULT_POLICY,
-                        help=f"memory policy: efp (Surgical SAM 2), fifo (SAM 2) (default {DEFAULT_POLICY})")  # fmt: skip
+                        help=f"memory policy (default {DEFAULT_POLICY}): " + "; ".join(policy_summaries()))  # fmt: skip
     if prune_option:
         parser.add_argument("--num-frame-to-prune", "--num_frame_to_prune", type=int,
                             default=DEFAULT_NUM_FRAME_TO_PRUNE,

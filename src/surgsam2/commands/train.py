@@ -30,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
         config.train.out_dir = args.out
     if args.max_steps is not None:
         config.train.max_steps = args.max_steps
-    run_training(config, resume=args.resume)  # validates the config again
+    run_training(config, resume=args.resume, config_file=args.config)  # validates the config again
     return 0

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import shutil
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,10 +35,12 @@ from pathlib import Path
 from typing import Any, Union
 
 from surgsam2 import __version__
+from surgsam2.data.output_locks import LOCK_GUARD, OutputError, acquire_lock, is_held, release_lock
 from surgsam2.data.termination import deferred_termination
 
 MARKER_NAME = ".surgsam2-output.json"
 LOCK_NAME = ".surgsam2.lock"
+FOLDER_LOCK_PREFIX = ".surgsam2-lock-"  # + a whole folder's name, beside it while it is written
 STAGING_PREFIX = ".surgsam2-staging-"
 MARKER_FORMAT = "surgsam2-output"
 MARKER_VERSION = 1
@@ -52,13 +53,6 @@ _STAGING_NAME_BUDGET = _NAME_MAX - len(STAGING_PREFIX) - 40  # room for "<pid>-<
 PathLike = Union[str, "os.PathLike[str]"]
 InputPaths = Mapping[str, Union[PathLike, Iterable[PathLike], None]]
 Notice = Callable[[str], None]
-
-
-class OutputError(ValueError):
-    """A refused or failed output: one line naming the path and what to do."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split("\n")))
 
 
 def _os_error(path: Path, error: OSError, doing: str) -> OutputError:
@@ -134,7 +128,7 @@ def check_output_location(output: PathLike, inputs: InputPaths | None = None, fi
 def _check_entry_name(name: str) -> str:
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\0" in name:
         raise OutputError(f"output entry name must be a plain file or folder name, got {name!r}")
-    if name in (MARKER_NAME, LOCK_NAME) or name.startswith(STAGING_PREFIX):
+    if name in (MARKER_NAME, LOCK_NAME) or name.startswith((STAGING_PREFIX, FOLDER_LOCK_PREFIX)):
         raise OutputError(f"output entry name {name!r} is reserved for surgsam2's own bookkeeping")
     return name
 
@@ -419,6 +413,21 @@ def staged_folder(
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise _os_error(given, error, "create output folder") from None
+    lock = target.parent / f"{FOLDER_LOCK_PREFIX}{target.name}"  # beside the folder, gone at the end
+    acquire_lock(lock, given, command)
+    try:
+        with _staged_whole_folder(given, target, overwrite, command, notice) as staging:
+            yield staging
+    finally:
+        release_lock(lock, remove=True)
+
+
+@contextlib.contextmanager
+def _staged_whole_folder(
+    given: Path, target: Path, overwrite: bool, command: str, notice: Notice | None
+) -> Iterator[Path]:
+    """`staged_folder`'s staging and publishing, under its lock."""
+    _replaceable(given, target, overwrite)
     remove_stale_staging(target.parent, notice)
 
     def finish(staging: _Staging) -> None:
@@ -444,70 +453,6 @@ def staged_folder(
 
 # ---------------------------------------------------------------------------------------------
 # a locked folder that runs publish entries into
-
-
-_held_locks: dict[Path, list[int]] = {}  # resolved folder -> [lock file descriptor, open count]
-_held_guard = threading.RLock()  # also serialises marker updates within this process
-
-
-def _lock_folder(folder: Path, command: str) -> None:
-    """Take the folder's exclusive run lock (re-entrant within this process)."""
-    with _held_guard:
-        held = _held_locks.get(folder)
-        if held is not None:
-            held[1] += 1
-            return
-        for _ in range(8):  # a lock file removed (and made again) between open and flock: retry
-            fd = _locked_file(folder)
-            with contextlib.suppress(OSError):
-                if os.fstat(fd).st_ino == os.stat(folder / LOCK_NAME, follow_symlinks=False).st_ino:
-                    break
-            os.close(fd)
-        else:
-            raise OutputError(f"cannot lock output folder {folder}: its lock file keeps changing")
-        info = f"pid {os.getpid()}, started {_now()}" + (f", {command}" if command else "")
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, " ".join(info.split()).encode("utf-8"), 0)
-        _held_locks[folder] = [fd, 1]
-
-
-def _locked_file(folder: Path) -> int:
-    """An open descriptor of the folder's lock file under our exclusive flock, or OutputError."""
-    try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-    except OSError as error:
-        raise _os_error(folder, error, "lock output folder") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        holder = os.pread(fd, 1024, 0).decode("utf-8", "replace").strip() or "pid unknown"
-        os.close(fd)
-        if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise _os_error(folder, error, "lock output folder") from None
-        raise OutputError(
-            f"output folder {folder} is in use by another surgsam2 run ({holder});"
-            " wait for it to finish or choose another output folder"
-        ) from None
-    return fd
-
-
-def _unlock_folder(folder: Path, remove: bool = False) -> None:
-    """Release the run lock (at the last of this process's opens); with ``remove``, the lock file
-    goes too (unlinked while still held, so no other run can be holding it)."""
-    with _held_guard:
-        held = _held_locks.get(folder)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] == 0:
-            del _held_locks[folder]
-            with contextlib.suppress(OSError):
-                if remove:
-                    (folder / LOCK_NAME).unlink()
-                else:
-                    os.ftruncate(held[0], 0)
-            os.close(held[0])
 
 
 class OutputFolder:
@@ -556,7 +501,7 @@ class OutputFolder:
         except OSError as error:
             raise _os_error(self.given, error, "create output folder") from None
         if self.lock:
-            _lock_folder(target, self.command)
+            acquire_lock(target / LOCK_NAME, target, self.command)
         self.path, self._is_open, self._created = target, True, created
         remove_stale_staging(target, self.notice)
         return self
@@ -571,8 +516,8 @@ class OutputFolder:
             return
         # A folder that holds nothing of ours (no entry published, no marker) is left as found.
         no_trace = not self.published and not (self.path / MARKER_NAME).exists()
-        _unlock_folder(self.path, remove=no_trace)
-        if no_trace and self._created and self.path not in _held_locks:
+        release_lock(self.path / LOCK_NAME, remove=no_trace)
+        if no_trace and self._created and not is_held(self.path / LOCK_NAME):
             with contextlib.suppress(OSError):
                 self.path.rmdir()  # only when empty
 
@@ -620,7 +565,7 @@ class OutputFolder:
         def finish(staging: _Staging) -> None:
             if not staging.folder:
                 os.fsync(staging.fd)
-            with _held_guard:
+            with LOCK_GUARD:
                 self.check_entry(name, replace_own)
                 if not record:
                     _publish(staging.path, self.path / name)
@@ -661,7 +606,7 @@ class OutputFolder:
     def record(self, names: Iterable[str]) -> None:
         """List entries published with ``record=False`` (by this or another process) as ours."""
         names = [_check_entry_name(name) for name in names]
-        with _held_guard:
+        with LOCK_GUARD:
             marker = read_marker(self.path)
             entries = marker.setdefault("entries", {})
             for name in names:
@@ -673,7 +618,7 @@ class OutputFolder:
         """Remove entry `name` if our runs wrote it and ``overwrite`` was given (an earlier run's
         output of something that failed this time); anything else is left alone."""
         target = self.entry(name)
-        with _held_guard:
+        with LOCK_GUARD:
             if not self.overwrite or name not in read_marker(self.path).get("entries", {}):
                 return False
             if os.path.lexists(target) and not target.is_symlink():

@@ -522,8 +522,12 @@ class OverlayVideoWriter(_Writer):
         alpha: float = 0.5,
         draw_ids: bool = True,
         overwrite: bool = False,
+        fallback: bool = True,
     ) -> None:
         self.path = Path(path)
+        # False: a missing encoder is an error instead of MJPG in another file (writers whose path
+        # is a staging file that must be the one published).
+        self.fallback = fallback
         suffix = self.path.suffix.lower()
         self.check_extension(self.path)
         self.fps = DEFAULT_WRITER_FPS if fps is None else float(fps)
@@ -572,7 +576,7 @@ class OverlayVideoWriter(_Writer):
         if self._try_open(suffix, codec, padded):
             self._padded_size = padded
             return
-        if codec != "MJPG":
+        if codec != "MJPG" and self.fallback:
             fallback = self.path.with_suffix(".avi")
             self._check_target(fallback)
             if self._try_open(".avi", "MJPG", frame_size):
@@ -584,7 +588,8 @@ class OverlayVideoWriter(_Writer):
                 self.path = fallback
                 self._padded_size = frame_size
                 return
-        raise OSError(f"could not open a video writer for {self.path} (OpenCV has no usable encoder)")
+        advice = "; an .avi overlay uses MJPG" if codec != "MJPG" else ""
+        raise OSError(f"could not open a video writer for {self.path}: OpenCV has no {codec} encoder{advice}")
 
     def write(self, frame: np.ndarray, masks: MasksLike | None = None) -> None:
         """Append one HxWx3 uint8 RGB frame, with `masks` (id map or {id: mask}) drawn on it."""

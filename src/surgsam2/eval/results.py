@@ -203,13 +203,17 @@ def check_results_path(json_path: str | os.PathLike[str], inputs: InputPaths | N
 
 
 def write_results(
-    result: EvaluationResult, json_path: str | os.PathLike[str], inputs: InputPaths | None = None
+    result: EvaluationResult,
+    json_path: str | os.PathLike[str],
+    inputs: InputPaths | None = None,
+    command: str = "evaluate",
 ) -> tuple[Path, Path]:
     """Write (replace, never append) the results JSON and the per-object CSV next to it.
 
     Both are published atomically through `OutputFolder` (locked folder, files readable like any
     other): our own earlier results are rewritten, any other file of that name is refused, and so is
-    a results path that is, or lies inside, one of ``inputs`` (e.g. the ground truth).
+    a results path that is, or lies inside, one of ``inputs`` (e.g. the ground truth), or that names
+    a folder (also one published meanwhile). ``command``: which command wrote them (the marker).
     """
     json_file, csv_file = check_results_path(json_path, inputs)
     buffer = io.StringIO()
@@ -217,10 +221,13 @@ def write_results(
     writer.writeheader()
     for row in result.per_object:
         writer.writerow(row.to_dict())
-    with OutputFolder(json_file.parent, command="evaluate", files_only=True) as folder:
+    document = json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n"
+    with OutputFolder(json_file.parent, command=command, files_only=True) as folder:
         for path in (json_file, csv_file):
+            if path.is_dir():
+                raise ValueError(f"results path {path} is a folder: give the path of the results JSON file")
             folder.claim(path.name, replace_own=True)
-        folder.write_file(json_file.name, json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n", replace_own=True)
+        folder.write_file(json_file.name, document, replace_own=True)
         folder.write_file(csv_file.name, buffer.getvalue(), replace_own=True)
     return json_file, csv_file
 

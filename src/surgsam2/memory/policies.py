@@ -79,6 +79,11 @@ def policy_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def policy_summaries() -> list[str]:
+    """``"name: first line of its docstring"`` for every registered policy (for help texts)."""
+    return [f"{name}: {(cls.__doc__ or '').strip().splitlines()[0].rstrip('.')}" for name, cls in _REGISTRY.items()]
+
+
 @register_policy("fifo")
 class FifoPolicy(MemoryPolicy):
     """SAM 2: attend to every candidate (conditioning frames plus the last num_maskmem-1 frames)."""

@@ -20,6 +20,7 @@ from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inferen
 # Seeds >= this are never used to generate training data, so the demo clip is held out.
 DEMO_SEED = 900_000
 OVERLAY_NAME = "overlay.mp4"
+MIN_DEMO_FRAMES = 3  # the protocol scores the frames between the first and the last
 
 
 @dataclass
@@ -42,7 +43,10 @@ def _write_overlay(out_dir: Path, dataset_dir: Path, masks_dir: Path, video_name
     video = VOSDataset(dataset_dir).video(video_name)
     combined_dir = masks_dir / video_name / "all"
     with OutputFolder(out_dir, overwrite=True, command="demo") as folder:
-        with folder.stage_file(OVERLAY_NAME) as staged, OverlayVideoWriter(staged, fps=10, overwrite=True) as writer:
+        with (
+            folder.stage_file(OVERLAY_NAME) as staged,
+            OverlayVideoWriter(staged, fps=10, overwrite=True, fallback=False) as writer,
+        ):
             for position, frame in enumerate(video.iter_frames()):
                 writer.write(frame, read_mask(combined_dir / f"{video.frame_names[position]}.png"))
     return out_dir / OVERLAY_NAME
@@ -62,6 +66,10 @@ def run_demo(
 ) -> DemoSummary:
     """Write the clip, its masks, overlay and results under ``out_dir`` (replacing an earlier
     demo's outputs there, never anything else) and return what was measured."""
+    if frames < MIN_DEMO_FRAMES:
+        raise ValueError(
+            f"--frames must be at least {MIN_DEMO_FRAMES} (the first and last frames are not scored), got {frames}"
+        )
     started = time.perf_counter()
     out_dir = Path(out_dir)
     model = ModelOptions(
@@ -76,7 +84,7 @@ def run_demo(
         report = run_vos_inference(_inference_config(out_dir, model, memory, progress), warn=warn)
         if report.failed or report.evaluation is None:
             reasons = "; ".join(f"{r.video}: {r.error}" for r in report.failed) or "no evaluation"
-            raise RuntimeError(f"demo inference failed: {reasons}")
+            raise ValueError(f"demo inference failed: {reasons}")
         overlay_path = _write_overlay(out_dir, dataset_dir, out_dir / "masks", summary.videos[0])
     evaluation = report.evaluation.summary
     return DemoSummary(

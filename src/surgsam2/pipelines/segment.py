@@ -81,16 +81,6 @@ def _overlay_target(
         yield folder, path.name
 
 
-@contextlib.contextmanager
-def _exact_overlay_writer(path: Path, fps: float | None) -> Iterator[OverlayVideoWriter]:
-    """An overlay writer that writes exactly ``path`` (refusing OpenCV's fall-back to another container)."""
-    with OverlayVideoWriter(path, fps=fps, overwrite=True) as writer:
-        yield writer
-    if writer.path != path:
-        writer.path.unlink(missing_ok=True)
-        raise OSError(f"no {path.suffix} video encoder in this OpenCV: write the overlay as .avi instead")
-
-
 def _track_into(
     video: VideoSource, tracker: Tracker, prompts: Mapping[int, Prompt], prompt_frame: int, staging: Path,
     overlay_writer: OverlayVideoWriter | None, max_frames: int | None, bar: tqdm,
@@ -160,12 +150,15 @@ def segment_source(
             target = stack.enter_context(_overlay_target(overlay, folder, inputs, overwrite, notice))
             if target is not None:
                 target[0].claim(target[1])
-            # Exits run in reverse: the overlay is finished and published before the masks are.
-            staging = stack.enter_context(folder.stage_dir(video.name))
             overlay_writer = None
             if target is not None:
                 overlay_path = stack.enter_context(target[0].stage_file(target[1]))
-                overlay_writer = stack.enter_context(_exact_overlay_writer(overlay_path, video.fps))
+                overlay_writer = stack.enter_context(
+                    OverlayVideoWriter(overlay_path, fps=video.fps, overwrite=True, fallback=False)
+                )
+            # Exits run in reverse: the masks (the result) are published first, then the overlay;
+            # a failure before the masks are published discards both.
+            staging = stack.enter_context(folder.stage_dir(video.name))
             tracker = Tracker(model, memory=memory, num_frame_to_prune=num_frame_to_prune, num_frames=video.num_frames)
             bar = stack.enter_context(tqdm(total=total, desc=f"segment {video.name}", unit="frame", disable=not progress))
             frames_done = _track_into(video, tracker, prompts, prompt_frame, staging, overlay_writer, max_frames, bar)

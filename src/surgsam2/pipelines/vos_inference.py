@@ -300,11 +300,15 @@ def _infer_share(
             bar.set_postfix_str(video, refresh=False)
             frames_before = bar.n
             try:
-                with folder.stage_dir(video, record=False) as staging:
+                # The lock holder lists each video in the folder's marker as it is published (so an
+                # interrupted run's videos stay replaceable); other ranks' videos are listed by it
+                # when they meet.
+                with folder.stage_dir(video, record=group.is_main) as staging:
                     report = infer_video(model, video, config, staging, on_frame=lambda: bar.update(1))
             except Exception as error:  # a bad video is reported and skipped
                 report = VideoReport(video=video, error=one_line(error))
-                folder.remove_own(video)
+                if group.is_main:
+                    folder.remove_own(video)
                 bar.update(max(0, _count_frames(config, video) - (bar.n - frames_before)))
                 warn(f"{prefix}{video}: FAILED: {report.error}")
             else:
@@ -330,7 +334,9 @@ def _evaluate_completed(
     try:
         result = evaluate_vos_output(config.gt_root, config.output_mask_dir, done, meta=config.meta, workers=config.workers)
         report.evaluation = result
-        report.results_path, report.csv_path = write_results(result, config.results_path, inputs=config.inputs)
+        report.results_path, report.csv_path = write_results(
+            result, config.results_path, inputs=config.inputs, command="vos-inference"
+        )
     except Exception as error:
         return f"evaluation failed: {one_line(error)}"
     return None
@@ -366,7 +372,9 @@ def run_vos_inference(
             every = sorted((r for rank_reports in group.all_gather(reports) for r in rank_reports), key=lambda r: order[r.video])
             report = VOSInferenceReport(rank=group.rank, world_size=group.world_size, videos=every)
             if group.is_main:
-                folder.record([r.video for r in every if r.ok])
+                folder.record([r.video for r in every if r.ok and r.rank != 0])
+                for failed in report.failed:
+                    folder.remove_own(failed.video)  # an earlier run's output of a video that failed now
                 if config.gt_root is not None:
                     evaluation_error = _evaluate_completed(report, config, warn)
             evaluation_error = group.broadcast_from_first(evaluation_error)

@@ -56,6 +56,8 @@ from surgsam2.train.model_forward import ClipForward
 from surgsam2.train.optim import build_optimizer, build_scheduler
 
 CHECKPOINT_DIR = "checkpoints"
+# What a run writes into its output folder (listed as ours there, so a later run may replace them).
+RUN_ENTRIES = (CHECKPOINT_DIR, "config.yaml", "metrics.jsonl", "loss.png")
 MODEL_FILE = "model_step{step:07d}.pt"
 STATE_FILE = "trainer_step{step:07d}.pt"
 FINAL_MODEL_FILE = "model_final.pt"
@@ -520,11 +522,14 @@ def _training_inputs(config: TrainConfig) -> dict[str, list[str]]:
     return inputs
 
 
-def run_training(config: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainSummary:
+def run_training(
+    config: TrainConfig, resume: bool = False, stop_after: int | None = None, config_file: str | Path | None = None
+) -> TrainSummary:
     """Train (or, with ``resume``, continue from the newest checkpoint in ``train.out_dir``).
 
     ``stop_after``: end after this global step (as if interrupted there; the schedule still spans
-    the configured number of steps). Under torchrun, every process calls this.
+    the configured number of steps). ``config_file``: the YAML the config came from (protected
+    like the data: the output folder may not hold it). Under torchrun, every process calls this.
     """
     config.validate()
     context = ProcessGroup.join(config.train.device, timeout=TRAINING_TIMEOUT)
@@ -538,7 +543,11 @@ def run_training(config: TrainConfig, resume: bool = False, stop_after: int | No
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             with contextlib.ExitStack() as stack:
                 if context.is_main:  # one run at a time in an output folder, never inside its inputs
-                    stack.enter_context(OutputFolder(config.train.out_dir, inputs=_training_inputs(config), command="train"))
+                    inputs = {**_training_inputs(config), "--config": [config_file] if config_file else []}
+                    folder = stack.enter_context(OutputFolder(config.train.out_dir, inputs=inputs, command="train"))
+                    for name in RUN_ENTRIES:  # never replace a file of that name we did not write
+                        folder.claim(name, replace_own=True)
+                    stack.callback(lambda: folder.record(n for n in RUN_ENTRIES if (folder.path / n).exists()))
                 trainer = _Trainer(config, context)
                 trainer.setup(resume)
                 return trainer.run(stop_after)
