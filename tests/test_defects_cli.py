@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import pytest
 
+from held_output import held_output_folder
+
 from surgsam2.cli import main
 from surgsam2.data.masks import read_mask
 from surgsam2.data.synthetic import write_synthetic_dataset
@@ -122,21 +124,11 @@ def test_a_second_segment_run_does_not_silently_replace_the_first(dataset, tmp_p
 def test_a_run_into_a_folder_in_use_is_refused(dataset, tmp_path, capsys) -> None:
     """Two concurrent runs into one folder evaluated / replaced each other's masks."""
     out = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from surgsam2.data.outputs import OutputFolder\n"
-         f"with OutputFolder({str(out)!r}, command='test'):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with held_output_folder(out):
         code, _, err = _run(_vos(dataset, out), capsys)
         _one_line_error(code, err, "in use")
         code, _, err = _run(_segment(dataset / "JPEGImages" / "synth_000", out), capsys)
         _one_line_error(code, err, "in use")
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # --- outputs named after their inputs ------------------------------------------------------------

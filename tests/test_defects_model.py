@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from held_output import held_output_folder
 
 from surgsam2.cli import main
 from surgsam2.data.outputs import OutputError
@@ -288,19 +288,9 @@ def test_training_output_inside_its_data_or_in_use_is_refused(tmp_path: Path, sy
     one_line(caught.value)
     assert not (synthetic_root / "runs").exists()
     busy = load_config(write_train_config(tmp_path / "b.yaml", synthetic_root, tmp_path / "busy"))
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time; from surgsam2.data.outputs import OutputFolder\n"
-         f"with OutputFolder({str(tmp_path / 'busy')!r}, command='train'):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with held_output_folder(tmp_path / "busy", command="train"):
         with pytest.raises(OutputError, match="in use by another surgsam2 run"):
             run_training(busy)
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_training_never_replaces_files_it_did_not_write(tmp_path: Path, synthetic_root: Path) -> None:
