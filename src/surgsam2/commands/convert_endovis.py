@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"EndoVis {summary.year} ({summary.layout}{fold}, objects per {summary.object_mode}):")
     for part in summary.splits:
         missing = f"; not found: {', '.join(part.missing)}" if part.missing else ""
-        print(f"  {part.split}: {len(part.videos)} videos, {part.frames} frames, {part.objects} objects -> {part.root}{missing}")
+        counts = f"{len(part.videos)} videos, {part.frames} frames, {part.objects} objects"
+        print(f"  {part.split}: {counts} -> {part.root}{missing}")
     if summary.ignored:
         print(f"  not in the requested split(s): {', '.join(summary.ignored)}")
     print(f"done in {summary.seconds:.1f} s")

@@ -160,7 +160,9 @@ def segment_source(
             # a failure before the masks are published discards both.
             staging = stack.enter_context(folder.stage_dir(video.name))
             tracker = Tracker(model, memory=memory, num_frame_to_prune=num_frame_to_prune, num_frames=video.num_frames)
-            bar = stack.enter_context(tqdm(total=total, desc=f"segment {video.name}", unit="frame", disable=not progress))
+            bar = stack.enter_context(
+                tqdm(total=total, desc=f"segment {video.name}", unit="frame", disable=not progress)
+            )
             frames_done = _track_into(video, tracker, prompts, prompt_frame, staging, overlay_writer, max_frames, bar)
     return SegmentSummary(
         frames=frames_done,

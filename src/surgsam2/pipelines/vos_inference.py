@@ -91,8 +91,10 @@ class VOSInferenceConfig:
     def validate(self) -> None:
         """ValueError / FileNotFoundError for settings that would fail every video, before any runs."""
         checks = (
-            (self.prompt_type in PROMPT_TYPES, f"unknown prompt type {self.prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}"),
-            (self.memory in policy_names(), f"unknown memory policy {self.memory!r}; choose one of {', '.join(policy_names())}"),
+            (self.prompt_type in PROMPT_TYPES,
+             f"unknown prompt type {self.prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}"),
+            (self.memory in policy_names(),
+             f"unknown memory policy {self.memory!r}; choose one of {', '.join(policy_names())}"),
             (self.num_frame_to_prune >= 0, f"num_frame_to_prune must be >= 0, got {self.num_frame_to_prune}"),
             (self.workers >= 1, f"workers must be at least 1, got {self.workers}"),
             (bool(np.isfinite(self.score_thresh)), f"score_thresh must be a finite number, got {self.score_thresh}"),
@@ -201,7 +203,9 @@ def infer_video(
     if not object_ids:
         prompt_dir = config.input_mask_dir / name
         lossy = sorted(p.name for p in prompt_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-        hint = f" ({len(lossy)} JPEG file(s) such as {lossy[0]} are not read: masks must be lossless PNG)" if lossy else ""
+        hint = ""
+        if lossy:
+            hint = f" ({len(lossy)} JPEG file(s) such as {lossy[0]} are not read: masks must be lossless PNG)"
         raise ValueError(f"no object in the prompt masks of {prompt_dir}{hint}")
     tracker = Tracker(
         model, memory=config.memory, num_frame_to_prune=config.num_frame_to_prune,
@@ -220,7 +224,8 @@ def infer_video(
             logits = result.logits.get(obj)
             mask = np.zeros(shape, dtype=bool) if logits is None else (logits > threshold)
             write_mask(staging / object_dir_name(obj) / f"{frame_name}.png", np.where(mask, obj, 0).astype(np.uint8))
-        write_mask(staging / ALL_OBJECTS_DIR / f"{frame_name}.png", combine_object_logits(result.logits, shape, threshold))
+        combined = combine_object_logits(result.logits, shape, threshold)
+        write_mask(staging / ALL_OBJECTS_DIR / f"{frame_name}.png", combined)
         if on_frame is not None:
             on_frame()
     return VideoReport(video=name, frames=len(video), objects=len(object_ids), seconds=time.perf_counter() - start)
@@ -332,7 +337,9 @@ def _evaluate_completed(
     if report.failed:
         warn(f"evaluating the {len(done)} completed videos only (failed: {', '.join(r.video for r in report.failed)})")
     try:
-        result = evaluate_vos_output(config.gt_root, config.output_mask_dir, done, meta=config.meta, workers=config.workers)
+        result = evaluate_vos_output(
+            config.gt_root, config.output_mask_dir, done, meta=config.meta, workers=config.workers
+        )
         report.evaluation = result
         report.results_path, report.csv_path = write_results(
             result, config.results_path, inputs=config.inputs, command="vos-inference"
@@ -369,7 +376,8 @@ def run_vos_inference(
             mine = shard(videos, group.rank, group.world_size)
             reports = _infer_share(model, mine, config, folder, group, info, warn)
             order = {video: index for index, video in enumerate(videos)}
-            every = sorted((r for rank_reports in group.all_gather(reports) for r in rank_reports), key=lambda r: order[r.video])
+            gathered = (r for rank_reports in group.all_gather(reports) for r in rank_reports)
+            every = sorted(gathered, key=lambda r: order[r.video])
             report = VOSInferenceReport(rank=group.rank, world_size=group.world_size, videos=every)
             if group.is_main:
                 folder.record([r.video for r in every if r.ok and r.rank != 0])
