@@ -1,5 +1,6 @@
-"""One safe way to write results: location checks, a lock per output folder, a marker of what we wrote,
-atomic publishing through hidden staging, and SIGTERM handled like Ctrl-C.
+"""One safe way to write results: location checks, a lock per output folder (`output_locks`), a
+marker of what we wrote, and atomic publishing through hidden staging, with SIGTERM held back while
+a rename is under way (`termination`).
 
 Two shapes of output are supported:
 
@@ -11,7 +12,9 @@ Two shapes of output are supported:
 * ``staged_folder``: a whole folder (a dataset, one video's masks) written in a hidden staging folder
   next to it and renamed into place. The published folder carries ``.surgsam2-output.json`` with a
   ``"folder"`` record (command and version, no time, so that equal runs give equal folders);
-  ``overwrite`` only ever replaces a folder that carries it (or an empty one).
+  ``overwrite`` only ever replaces a folder that carries it (or an empty one). While it is written,
+  ``.surgsam2-lock-<name>`` beside it is held, so a second run writing the same folder is refused.
+* ``atomic_file`` / ``atomic_write``: one file replaced atomically (checkpoints, trainer states).
 
 Staging items are named ``.surgsam2-staging-<pid>-<token>-<name>`` and are held under an ``flock``
 while in use, so the next run can tell the leftovers of a killed run from live work and remove them.
