@@ -3,59 +3,15 @@ frame folder or video under the data directory, or an upload kept in the session
 
 from __future__ import annotations
 
-import threading
 import zipfile
-from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from surgsam2.data.images import read_image
-from surgsam2.data.video import FrameFolderSource, open_video
 from surgsam2.data.vos import IMAGE_EXTENSIONS
+from surgsam2.pipelines.replay import DEFAULT_CACHE_BYTES, decode_video_to_folder
+from surgsam2.pipelines.replay import FrameSequence as LazyFrames
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
-DEFAULT_CACHE_BYTES = 256 * 2**20
 ZIP_EXPANSION_LIMIT = 20  # a zip may unpack to at most this many times the upload limit
-
-
-class LazyFrames(Sequence[np.ndarray]):
-    """The frames of a frame folder, read on demand; decoded frames are kept in an LRU cache of at
-    most ``cache_bytes`` so that a long video is never held in memory whole."""
-
-    def __init__(self, folder: Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.source = FrameFolderSource(folder)
-        self.name = self.source.name
-        self.frame_size = self.source.frame_size
-        self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self.source.frame_paths)
-
-    def frame_name(self, index: int) -> str:
-        return self.source.frame_name(index)
-
-    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
-        if isinstance(index, slice):
-            raise TypeError("LazyFrames does not support slices")
-        if not 0 <= index < len(self):
-            raise IndexError(f"frame {index} out of range: the clip has {len(self)} frames")
-        with self._lock:
-            if index in self._cache:
-                self._cache.move_to_end(index)
-                return self._cache[index]
-        frame = read_image(self.source.frame_paths[index])
-        if frame.shape[:2] != self.frame_size:
-            raise ValueError(f"frame {self.source.frame_paths[index].name} has another size than the first frame")
-        with self._lock:
-            self._cache[index] = frame
-            while len(self._cache) > 1 and sum(f.nbytes for f in self._cache.values()) > self.cache_bytes:
-                self._cache.popitem(last=False)
-        return frame
 
 
 def resolve_in_data_dir(data_dir: Path | None, relative: str) -> Path:
@@ -96,21 +52,6 @@ def list_data_dir(data_dir: Path | None, limit: int = 500) -> list[dict[str, str
         elif path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
             entries.append({"path": path.relative_to(root).as_posix(), "kind": "video"})
     return entries
-
-
-def decode_video_to_folder(video: Path, folder: Path) -> Path:
-    """Decode every frame of a video file (the library's reader) into lossless PNGs in ``folder``
-    (the session's private temp dir), so frames can be revisited in any order."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open_video(video) as source:
-        count = 0
-        for index, frame in enumerate(source):
-            cv2.imwrite(str(folder / f"{index:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                        [cv2.IMWRITE_PNG_COMPRESSION, 1])  # fmt: skip
-            count += 1
-    if count == 0:
-        raise ValueError(f"video {video.name} has no frames")
-    return folder
 
 
 def extract_frame_zip(archive: Path, folder: Path, max_bytes: int) -> Path:
