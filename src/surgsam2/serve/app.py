@@ -145,6 +145,11 @@ def _add_session_routes(app: FastAPI, registry: SessionRegistry) -> None:
         registry.remove(sid)
         return {"closed": sid}
 
+    @app.post("/api/sessions/{sid}/close")
+    def close_tab(sid: str) -> dict:
+        registry.remove(sid)  # the page closes its session when the tab goes away
+        return {"closed": sid}
+
     @app.post("/api/sessions/{sid}/open")
     def open_path(sid: str, body: OpenBody) -> dict:
         session = registry.get(sid)

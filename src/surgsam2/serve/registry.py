@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY
 from surgsam2.model.sam2 import SAM2Model
 from surgsam2.serve.session import ApiError, Session
 
@@ -19,8 +21,8 @@ class ServeConfig:
 
     data_dir: Path | None = None
     max_upload_mb: int = 500
-    memory: str = "efp"
-    num_frame_to_prune: int = 2
+    memory: str = DEFAULT_POLICY
+    num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE
     idle_timeout_s: float = 3600.0
     max_sessions: int = 32
     frame_cache_mb: int = 256
@@ -83,6 +85,4 @@ class SessionRegistry:
             self.sessions.clear()
         for session in closing:
             session.close()
-        import shutil
-
         shutil.rmtree(self.root, ignore_errors=True)
