@@ -263,3 +263,47 @@ def test_prompts_file_replayed_by_segment_gives_same_masks(client, model, data_d
     for index in range(FRAMES):
         name = f"{index:05d}.png"
         np.testing.assert_array_equal(read_mask(out / "clip" / name), read_mask(exported / "all" / name))
+
+
+def test_idle_sessions_are_freed_with_their_files(model, data_dir):
+    from surgsam2.serve.registry import SessionRegistry
+
+    registry = SessionRegistry(model, ServeConfig(data_dir=data_dir, idle_timeout_s=0.05))
+    try:
+        session = registry.create()
+        (session.work_dir / "upload").mkdir()
+        time.sleep(0.1)
+        registry.create()  # any request sweeps the idle ones
+        assert session.session_id not in registry.sessions and not session.work_dir.exists()
+    finally:
+        registry.close()
+    assert not registry.root.exists()
+
+
+def test_frame_cache_is_bounded(data_dir):
+    from surgsam2.pipelines.replay import FrameSequence
+
+    frames = FrameSequence(data_dir / "clip", cache_bytes=3 * WIDTH * HEIGHT * 3)
+    for index in range(FRAMES):
+        frames[index]
+    assert len(frames._cache) == 3
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{", "not valid JSON"),
+    ('{"format": "other"}', "not a surgsam2 prompts file"),
+    ('{"format": "surgsam2-prompts", "version": 1, "prompts": [{"frame": 0, "object": 0, "points": [[1, 1]], '
+     '"labels": [1]}]}', "object id 0"),
+    ('{"format": "surgsam2-prompts", "version": 1, "prompts": [{"frame": 50, "object": 1, "points": [[1, 1]], '
+     '"labels": [1]}]}', "frame 50"),
+])  # fmt: skip
+def test_bad_prompts_file_is_a_one_line_error(data_dir, tmp_path, capsys, content, message):
+    from surgsam2.cli import main
+
+    prompts_file = tmp_path / "prompts.json"
+    prompts_file.write_text(content)
+    code = main(["segment", str(data_dir / "clip"), "--prompts", str(prompts_file), "--out", str(tmp_path / "out"),
+                 "--image-size", "64", "--quiet"])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and message in error and len(error.splitlines()) == 1, error
+    assert not (tmp_path / "out" / "clip").exists()

@@ -243,7 +243,7 @@ def _add_edit_routes(app: FastAPI, registry: SessionRegistry) -> None:
     @app.get("/api/sessions/{sid}/export/masks.zip")
     def export_masks(sid: str) -> Response:
         session = registry.get(sid)
-        session._check_idle()
+        session.check_idle()
         with session.lock:
             data = masks_zip(session)
         name = session.require_frames().name

@@ -131,7 +131,7 @@ class Session:
 
     def open(self, frames: LazyFrames) -> None:
         with self.lock:
-            self._check_idle()
+            self.check_idle()
             self.frames = frames
             self.prompts.clear()
             self.masks.clear()
@@ -177,7 +177,7 @@ class Session:
 
     def remove_object(self, obj_id: int) -> None:
         with self.lock:
-            self._check_idle()
+            self.check_idle()
             self.require_object(obj_id)
             del self.objects[obj_id]
             for frame in list(self.prompts):
@@ -191,14 +191,14 @@ class Session:
 
     # --- prompts -------------------------------------------------------------------------------
 
-    def _check_idle(self) -> None:
+    def check_idle(self) -> None:
         if self.propagation.running:
             raise ApiError(409, "a propagation is running in this session: wait for it or cancel it")
 
     def add_prompt(self, frame: int, obj_id: int, kind: str, values: tuple[float, ...]) -> None:
         """Add a click (x, y, label) or a box (x0, y0, x1, y1) and decode the frame."""
         with self.lock:
-            self._check_idle()
+            self.check_idle()
             frames = self.require_frames()
             self.check_frame(frame)
             self.require_object(obj_id)
@@ -215,7 +215,7 @@ class Session:
     def undo_prompt(self, frame: int, obj_id: int, clear: bool = False) -> None:
         """Remove the last prompt (or, with ``clear``, all) of an object on a frame; decode again."""
         with self.lock:
-            self._check_idle()
+            self.check_idle()
             self.check_frame(frame)
             self.require_object(obj_id)
             actions = self.prompts.get(frame, {}).get(obj_id)
@@ -268,7 +268,7 @@ class Session:
         with self.lock:
             if direction not in DIRECTIONS:
                 raise ApiError(400, f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-            self._check_idle()
+            self.check_idle()
             frames = self.require_frames()
             prompts = self.all_prompts()
             if not prompts:
