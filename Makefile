@@ -23,7 +23,7 @@ $(STAMP): $(PY) pyproject.toml
 # The official sam2 package is the test oracle: installed without its torchvision dependency
 # (not needed by the video predictor, and it would pull another torch) and without CUDA build.
 $(TEST_STAMP): $(STAMP)
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[serve,test]"
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation "sam2==1.1.0"
 	touch $@
 

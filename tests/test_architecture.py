@@ -1,6 +1,6 @@
 """The house rules of the package, checked on its source: the library rooms (`model`, `memory`,
 `tracking`, `data`, `eval`, `train`, `runtime`) never import the application layer (`app`, `cli`,
-`commands`, `pipelines`, `bench`), and no two rooms import each other, directly or in a cycle.
+`commands`, `pipelines`, `bench`, `serve`), and no two rooms import each other, directly or in a cycle.
 A room is a top-level subpackage or module of `surgsam2`; imports inside functions count too."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "surgsam2"
-APPLICATION_ROOMS = {"app", "cli", "commands", "pipelines", "bench"}
+APPLICATION_ROOMS = {"app", "cli", "commands", "pipelines", "bench", "serve"}
 LIBRARY_ROOMS = {"model", "memory", "tracking", "data", "eval", "train", "runtime"}
 
 

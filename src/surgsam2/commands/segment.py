@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prompt_group.add_argument("--points", nargs="+", type=_point_argument, metavar="X,Y[:LABEL]",
                               help="clicks in frame pixels, label 1 object (default) or 0 background")  # fmt: skip
     prompt_group.add_argument("--box", type=_box_argument, metavar="X0,Y0,X1,Y1", help="box around the object")
+    prompt_group.add_argument("--prompts", metavar="FILE",
+                              help="prompts on any frames from a JSON file (as `surgsam2 serve` exports them);"
+                              " replayed forward and backward as SAM 2 does")  # fmt: skip
     parser.add_argument("--object-id", type=int,
                         help="id (1-255) of the object prompted by points/box (default 1)")  # fmt: skip
     parser.add_argument("--prompt-frame", type=int, default=0, help="frame the prompt is on (position, default 0)")
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from surgsam2.pipelines.segment import prompts_from_mask_file, segment_source
     from surgsam2.tracking.prompts import Prompt
 
+    if args.prompts:
+        return _replay(args)
     if args.prompt_mask:
         if args.object_id is not None:
             raise ValueError("--object-id applies to --points/--box; a --prompt-mask's pixel values are its object ids")
@@ -89,5 +94,29 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"tracked objects {summary.objects} over {summary.frames} frames in {summary.seconds:.1f} s"
         f" ({summary.frames_per_second:.1f} frames/s): masks in {summary.masks_dir}{overlay}"
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """`--prompts FILE`: the prompts of a file, on their own frames, over a video or frame folder."""
+    from surgsam2.pipelines.prompt_files import read_prompts_file
+    from surgsam2.pipelines.replay import replay_prompts
+
+    given = [flag for flag, value in (("--object-id", args.object_id), ("--overlay", args.overlay),
+                                      ("--max-frames", args.max_frames)) if value is not None]  # fmt: skip
+    if given or args.prompt_frame != 0:
+        raise ValueError(f"--prompts names its own frames and objects: drop {', '.join(given) or '--prompt-frame'}")
+    prompts = read_prompts_file(args.prompts)
+    options = ModelOptions.from_args(args)
+    inputs = {"--prompts": Path(args.prompts), **({"--checkpoint": options.checkpoint} if options.checkpoint else {})}
+    model = load_model_for_run(options, warn=lambda message: print(message, file=sys.stderr))
+    summary = replay_prompts(
+        model, args.input, prompts, args.out, memory=args.memory, num_frame_to_prune=args.num_frame_to_prune,
+        overwrite=args.overwrite, progress=not args.quiet, other_inputs=inputs,
+    )  # fmt: skip
+    print(
+        f"tracked objects {summary.objects} over {summary.frames} frames in {summary.seconds:.1f} s"
+        f" ({summary.frames_per_second:.1f} frames/s): masks in {summary.masks_dir}"
     )
     return 0
