@@ -158,7 +158,7 @@ def test_second_propagate_is_409_and_cancel_stops(client, data_dir):
     sid = _open_clip(client)
     _prompt_session(client, sid)
     session = client.app.state.registry.get(sid)
-    with session.model_lock:  # hold the model so the propagation cannot finish under the test
+    with session.shared.lock:  # hold the model so the propagation cannot finish under the test
         assert client.post(f"/api/sessions/{sid}/propagate", json={"direction": "both"}).status_code == 200
         _assert_error(client.post(f"/api/sessions/{sid}/propagate", json={"direction": "both"}), 409)
         _assert_error(client.post(f"/api/sessions/{sid}/prompts",

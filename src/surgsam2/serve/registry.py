@@ -12,7 +12,7 @@ from pathlib import Path
 
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY
 from surgsam2.model.sam2 import SAM2Model
-from surgsam2.serve.session import ApiError, Session
+from surgsam2.serve.session import ApiError, Session, SharedModel
 
 
 @dataclass
@@ -33,9 +33,8 @@ class SessionRegistry:
     """Every live session; one lock for the table, each session has its own."""
 
     def __init__(self, model: SAM2Model, config: ServeConfig) -> None:
-        self.model = model
         self.config = config
-        self.model_lock = threading.Lock()
+        self.shared = SharedModel(model, threading.Lock(), config.memory, config.num_frame_to_prune)
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
         self.root = Path(tempfile.mkdtemp(prefix="surgsam2-serve-"))
@@ -48,8 +47,7 @@ class SessionRegistry:
             session_id = secrets.token_urlsafe(16)
             work_dir = self.root / session_id
             work_dir.mkdir()
-            session = Session(session_id, self.model, self.model_lock, work_dir, self.config.memory,
-                              self.config.num_frame_to_prune)  # fmt: skip
+            session = Session(session_id, self.shared, work_dir)
             self.sessions[session_id] = session
             return session
 

@@ -107,17 +107,27 @@ class Propagation:
                 "error": self.error}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SharedModel:
+    """The server's one model, shared by every session one step at a time, and its memory policy."""
+
+    model: SAM2Model
+    lock: threading.Lock
+    memory: str
+    num_frame_to_prune: int
+
+    @property
+    def tracker_options(self) -> dict[str, Any]:
+        return {"memory": self.memory, "num_frame_to_prune": self.num_frame_to_prune}
+
+
 class Session:
     """A session: created empty, given a clip (`open`), then prompted, propagated and exported."""
 
-    def __init__(self, session_id: str, model: SAM2Model, model_lock: threading.Lock, work_dir: Path,
-                 memory: str, num_frame_to_prune: int) -> None:  # fmt: skip
+    def __init__(self, session_id: str, shared: SharedModel, work_dir: Path) -> None:
         self.session_id = session_id
-        self.model = model
-        self.model_lock = model_lock
+        self.shared = shared
         self.work_dir = work_dir
-        self.memory = memory
-        self.num_frame_to_prune = num_frame_to_prune
         self.frames: LazyFrames | None = None
         self.objects: dict[int, TrackedObject] = {}
         self.prompts: dict[int, dict[int, PromptActions]] = {}  # frame -> object -> actions
@@ -254,8 +264,8 @@ class Session:
                 if obj not in prompts and obj != removed:
                     logits[obj] = np.where(old.object_mask(obj, shape), 1.0, -1.0).astype(np.float32)
         if prompts:
-            with self.model_lock:
-                tracker = Tracker(self.model, memory=self.memory, num_frame_to_prune=self.num_frame_to_prune)
+            with self.shared.lock:
+                tracker = Tracker(self.shared.model, **self.shared.tracker_options)
                 result = tracker.step(frames[frame], prompts)
             for obj in prompts:
                 logits[obj] = result.logits[obj]
@@ -287,16 +297,16 @@ class Session:
     def _results(self, frames: LazyFrames, prompts: Mapping[int, Mapping[int, Prompt]], direction: str) -> Iterator[FrameResult]:
         """Frame results as the library computes them: `segment_video` with the session's prompts
         (``both``), forward only, or over the reversed clip (``backward``)."""
-        options = {"memory": self.memory, "num_frame_to_prune": self.num_frame_to_prune}
+        model, options = self.shared.model, self.shared.tracker_options
         if direction == "both":
-            yield from segment_video(self.model, frames, prompts, **options)
+            yield from segment_video(model, frames, prompts, **options)
         elif direction == "forward":
-            yield from segment_video(self.model, frames, prompts, backward=False, **options)
+            yield from segment_video(model, frames, prompts, backward=False, **options)
         else:
             last = len(frames) - 1
             reversed_frames = _Reversed(frames)
             reversed_prompts = {last - frame: p for frame, p in prompts.items()}
-            for result in segment_video(self.model, reversed_frames, reversed_prompts, backward=False, **options):
+            for result in segment_video(model, reversed_frames, reversed_prompts, backward=False, **options):
                 result.frame_index = last - result.frame_index
                 yield result
 
@@ -306,7 +316,7 @@ class Session:
         results = self._results(frames, prompts, state.direction)
         try:
             while not state.cancel_event.is_set():
-                with self.model_lock:
+                with self.shared.lock:
                     result = next(results, None)
                 if result is None:
                     break
