@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "surgsam2"
-APPLICATION_ROOMS = {"app", "cli", "commands", "pipelines", "bench", "serve"}
+APPLICATION_ROOMS = {"app", "cli", "commands", "pipelines", "bench", "serve", "export"}
 LIBRARY_ROOMS = {"model", "memory", "tracking", "data", "eval", "train", "runtime"}
 
 

@@ -1,0 +1,268 @@
+"""The four exportable parts of the tracking step, as modules with tensor-only inputs and outputs.
+
+Each wraps our model's own parts (`SAM2Model.encode_image`, the prompt encoder and mask decoder,
+the memory attention layers, `SAM2Model.encode_memory`) so that ``torch.onnx.export`` can trace it:
+no Python objects, no complex numbers, static shapes except the object batch B and the number of
+prompt points N. The tests check each against the torch part it stands for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from surgsam2.model.attention import RoPEAttention
+from surgsam2.model.position import apply_rope
+from surgsam2.model.sam2 import NO_OBJECT_SCORE, ImageFeatures, SAM2Model
+
+# Added to the attention scores of invalid memory tokens: finite (an object without any valid
+# token gets a uniform softmax instead of NaN), and far enough below any real score that exp()
+# of it is exactly 0 in float32.
+INVALID_SCORE = -1.0e30
+
+
+class ImageEncoderGraph(nn.Module):
+    """Normalised images (1, 3, S, S) -> stride-16 embedding, its position encoding and the
+    decoder's two projected skip levels (stride 4 and 8), as `SAM2Model.encode_image`."""
+
+    input_names = ("images",)
+    output_names = ("image_embedding", "image_position", "high_res_0", "high_res_1")
+
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        if not model.config.use_high_res_features_in_sam:
+            raise ValueError(f"model {model.config.name!r} has no high-res decoder features: not exportable")
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.model.encode_image(images)
+        return features.embedding, features.position, features.high_res[0], features.high_res[1]
+
+
+class MaskDecoderGraph(nn.Module):
+    """Prompt encoder + mask decoder for B objects, `SAM2Model.decode` with a per-object mask input
+    and multimask flag.
+
+    Inputs: memory-conditioned features (B, C, h, w); the frame's skip levels (batch 1); points
+    (B, N, 2) in model pixels with labels (B, N) int32 (1 positive, 0 negative, 2/3 box corners,
+    -1 padding); a mask prompt (B, 1, 4h, 4w) logits used where ``has_mask`` (B,) is true;
+    ``multimask`` (B,): three candidates and the best by predicted IoU (as the tracker asks for
+    ambiguous prompts) instead of the single mask (with SAM 2.1's fallback to the best candidate
+    when the single one is unstable).
+    Outputs: the chosen low-res mask logits (B, 1, 4h, 4w) and its predicted IoU (B, 1), the object
+    pointer (B, C), object-score logits (B, 1), the three candidates (B, 3, 4h, 4w) and their IoUs.
+    Absent objects (score <= 0) get NO_OBJECT_SCORE masks, as in `decode`.
+    """
+
+    input_names = (
+        "pix_feat", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input", "has_mask", "multimask",
+    )  # fmt: skip
+    output_names = ("low_res_masks", "iou", "obj_ptr", "object_score_logits", "multimask_masks", "multimask_ious")
+
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        pix_feat: torch.Tensor,
+        high_res_0: torch.Tensor,
+        high_res_1: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask: torch.Tensor,
+        multimask: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        model = self.model
+        prompt_encoder, decoder = model.sam_prompt_encoder, model.sam_mask_decoder
+        sparse, no_mask_dense = prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=None)
+        dense = torch.where(has_mask[:, None, None, None], prompt_encoder.mask_downscaling(mask_input), no_mask_dense)
+        all_masks, all_ious, tokens, scores = decoder.predict_masks(
+            pix_feat, prompt_encoder.get_dense_pe(), sparse, dense, False, [high_res_0, high_res_1]
+        )
+        if decoder.dynamic_multimask_via_stability:
+            single_masks, single_iou = decoder._select_stable_single_mask(all_masks, all_ious)
+        else:
+            single_masks, single_iou = all_masks[:, :1], all_ious[:, :1]
+        visible = (scores > 0)[:, :, None, None]
+        single_masks = torch.where(visible, single_masks, NO_OBJECT_SCORE)
+        candidates = torch.where(visible, all_masks[:, 1:], NO_OBJECT_SCORE)
+        candidate_ious = all_ious[:, 1:]
+        best = torch.argmax(candidate_ious, dim=-1, keepdim=True)  # (B, 1)
+        best_masks = torch.gather(candidates, 1, best[:, :, None, None].expand(-1, -1, *candidates.shape[-2:]))
+        best_iou = torch.gather(candidate_ious, 1, best)
+        single_token = tokens[:, 0]
+        if model.config.use_multimask_token_for_obj_ptr:
+            multi_token = torch.gather(tokens[:, 1:], 1, best[:, :, None].expand(-1, -1, tokens.shape[-1]))[:, 0]
+        else:
+            multi_token = single_token
+        chosen = multimask[:, None]
+        low_res_masks = torch.where(chosen[:, :, None, None], best_masks, single_masks)
+        iou = torch.where(chosen, best_iou, single_iou)
+        token = torch.where(chosen, multi_token, single_token)
+        obj_ptr = model._gate_pointer(model.obj_ptr_proj(token), scores)
+        return low_res_masks, iou, obj_ptr, scores, candidates, candidate_ious
+
+
+class MemoryAttentionGraph(nn.Module):
+    """Memory attention over a FIXED number of memory slots and pointer slots with validity masks.
+
+    Inputs: the frame's embedding and position (batch 1); per object B: ``memory_tokens``
+    (B, S, T, mem_dim) memory-encoder tokens in S slots, ``memory_slots`` (B, S) int64 index of
+    each slot's temporal encoding (num_maskmem - 1 for conditioning frames, as `MemoryBank.layout`
+    gives), ``memory_valid`` (B, S) bool; ``pointers`` (B, P, C) with signed frame offsets
+    ``pointer_offsets`` (B, P) int64 and ``pointer_valid`` (B, P) bool. Tokens of invalid slots get
+    INVALID_SCORE on their attention scores, so they contribute nothing: the result equals memory
+    attention over the valid memories only. An object with no valid slot gets the image embedding
+    plus the 'no memory' embedding (`features_without_memory`, a new object's features).
+    Output: ``pix_feat`` (B, C, h, w). RoPE uses the real cos/sin formula (no complex numbers).
+    """
+
+    input_names = (
+        "image_embedding", "image_position", "memory_tokens", "memory_slots", "memory_valid",
+        "pointers", "pointer_offsets", "pointer_valid",
+    )  # fmt: skip
+    output_names = ("pix_feat",)
+
+    def __init__(self, model: SAM2Model, spatial_pos: torch.Tensor, max_pointers: int) -> None:
+        """``spatial_pos`` (T, mem_dim): the memory encoder's position encoding of one frame's
+        tokens; ``max_pointers``: the pointer window scaling pointer offsets (streaming:
+        max_obj_ptrs_in_encoder)."""
+        super().__init__()
+        self.model = model
+        self.max_pointers = max_pointers
+        self.register_buffer("spatial_pos", spatial_pos.detach().clone(), persistent=False)
+        first = model.memory_attention.layers[0].self_attn
+        cos, sin, _ = first.rope_tables(spatial_pos.shape[0], spatial_pos.device)
+        self.register_buffer("rope_cos", cos.clone(), persistent=False)
+        self.register_buffer("rope_sin", sin.clone(), persistent=False)
+
+    def _rope_attention(
+        self, attention: RoPEAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        num_k_exclude_rope: int, score_bias: torch.Tensor | None,
+    ) -> torch.Tensor:  # fmt: skip
+        """`RoPEAttention.forward` with the real rotation and an additive score bias (B, 1, 1, Nk)."""
+        q = attention._split_heads(attention.q_proj(q))
+        k = attention._split_heads(attention.k_proj(k))
+        v = attention._split_heads(attention.v_proj(v))
+        q = apply_rope(q, self.rope_cos, self.rope_sin)
+        num_k_rope = k.shape[-2] - num_k_exclude_rope
+        k_rope = apply_rope(k[:, :, :num_k_rope], self.rope_cos, self.rope_sin)
+        k = torch.cat([k_rope, k[:, :, num_k_rope:]], dim=2) if num_k_exclude_rope else k_rope
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+        if score_bias is not None:
+            scores = scores + score_bias
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return attention.out_proj(attention._merge_heads(out))
+
+    def _memory(
+        self, memory_tokens: torch.Tensor, memory_slots: torch.Tensor, memory_valid: torch.Tensor,
+        pointers: torch.Tensor, pointer_offsets: torch.Tensor, pointer_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:  # fmt: skip
+        """Batch-first memory (B, L, mem_dim), its encodings, the score bias (B, 1, 1, L) and the
+        number of pointer tokens, laid out as `memory.assembly.memory_tokens` does."""
+        model = self.model
+        batch, slots, tokens, channels = memory_tokens.shape
+        num_pointers = pointers.shape[1]
+        temporal = model.maskmem_tpos_enc.view(model.num_maskmem, channels)[memory_slots]  # (B, S, C)
+        memory = memory_tokens.reshape(batch, slots * tokens, channels)
+        memory_pos = (self.spatial_pos[None, None] + temporal[:, :, None, :]).reshape(batch, slots * tokens, channels)
+        pointer_pos = model.pointer_position_encoding(pointer_offsets.reshape(-1), self.max_pointers)
+        pointer_pos = pointer_pos.reshape(batch, num_pointers, channels)
+        pointer_tokens, pointer_token_pos = model.pointer_tokens(pointers.transpose(0, 1), pointer_pos.transpose(0, 1))
+        splits = pointers.shape[-1] // channels
+        valid = torch.cat(
+            [memory_valid.repeat_interleave(tokens, dim=1), pointer_valid.repeat_interleave(splits, dim=1)], dim=1
+        )
+        bias = torch.where(valid, 0.0, INVALID_SCORE).to(memory.dtype)[:, None, None, :]
+        memory = torch.cat([memory, pointer_tokens.transpose(0, 1)], dim=1)
+        memory_pos = torch.cat([memory_pos, pointer_token_pos.transpose(0, 1)], dim=1)
+        return memory, memory_pos, bias, num_pointers * splits
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        image_position: torch.Tensor,
+        memory_tokens: torch.Tensor,
+        memory_slots: torch.Tensor,
+        memory_valid: torch.Tensor,
+        pointers: torch.Tensor,
+        pointer_offsets: torch.Tensor,
+        pointer_valid: torch.Tensor,
+    ) -> torch.Tensor:
+        model, stack = self.model, self.model.memory_attention
+        batch = memory_tokens.shape[0]
+        _, channels, height, width = image_embedding.shape
+        memory, memory_pos, bias, num_pointer_tokens = self._memory(
+            memory_tokens, memory_slots, memory_valid, pointers, pointer_offsets, pointer_valid
+        )
+        memory_with_pos = memory + memory_pos
+        query_pos = image_position.flatten(2).transpose(1, 2)  # (1, HW, C)
+        output = image_embedding.flatten(2).transpose(1, 2)
+        if stack.pos_enc_at_input:
+            output = output + 0.1 * query_pos
+        for layer in stack.layers:
+            normed = layer.norm1(output)
+            q_and_k = normed + query_pos if layer.pos_enc_at_attn else normed
+            output = output + self._rope_attention(layer.self_attn, q_and_k, q_and_k, normed, 0, None)
+            output = output.expand(batch, -1, -1)
+            normed = layer.norm2(output)
+            queries = normed + query_pos if layer.pos_enc_at_cross_attn_queries else normed
+            keys = memory_with_pos if layer.pos_enc_at_cross_attn_keys else memory
+            output = output + self._rope_attention(
+                layer.cross_attn_image, queries, keys, memory, num_pointer_tokens, bias
+            )
+            output = layer._feed_forward(output)
+        fused = stack.norm(output).transpose(1, 2).reshape(batch, channels, height, width)
+        without_memory = image_embedding + model.no_mem_embed.view(1, -1, 1, 1)
+        has_memory = (memory_valid.any(dim=1) | pointer_valid.any(dim=1))[:, None, None, None]
+        return torch.where(has_memory, fused, without_memory)
+
+
+class MemoryEncoderGraph(nn.Module):
+    """The memory of B objects on a frame, as the tracker stores it: `SAM2Model.upscale_masks`
+    then `SAM2Model.encode_memory`. Inputs: the frame's embedding (batch 1), low-res mask logits
+    (B, 1, 4h, 4w), object-score logits (B, 1), ``binarize`` (B,) bool (prompted frames).
+    Output: memory tokens (B, T, mem_dim), T = h*w, in the layout memory attention reads."""
+
+    input_names = ("image_embedding", "low_res_masks", "object_score_logits", "binarize")
+    output_names = ("memory_tokens",)
+
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        low_res_masks: torch.Tensor,
+        object_score_logits: torch.Tensor,
+        binarize: torch.Tensor,
+    ) -> torch.Tensor:
+        model = self.model
+        features = ImageFeatures(embedding=image_embedding, position=image_embedding, high_res=[])
+        high_res_masks = model.upscale_masks(low_res_masks).to(model.dtype)
+        memory_features, _ = model.encode_memory(features, high_res_masks, object_score_logits, binarize)
+        return memory_features.flatten(2).transpose(1, 2)
+
+
+def memory_spatial_position(model: SAM2Model) -> torch.Tensor:
+    """(T, mem_dim): the memory encoder's position encoding of one frame's tokens (a constant)."""
+    size, grid = model.image_size, model.config.embedding_size
+    features = ImageFeatures(
+        embedding=torch.zeros(1, model.hidden_dim, grid, grid), position=torch.zeros(1), high_res=[]
+    )
+    with torch.no_grad():
+        _, position = model.encode_memory(features, torch.zeros(1, 1, size, size), torch.ones(1, 1), False)
+    return position.flatten(2)[0].T.contiguous()
+
+
+__all__ = [
+    "ImageEncoderGraph",
+    "MaskDecoderGraph",
+    "MemoryAttentionGraph",
+    "MemoryEncoderGraph",
+    "memory_spatial_position",
+    "INVALID_SCORE",
+]
