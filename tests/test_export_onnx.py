@@ -131,7 +131,10 @@ def memory_case(model: SAM2Model, slots: SlotCounts, seed: int) -> dict[str, tor
     }
 
 
-def torch_memory_attention(model: SAM2Model, features: ImageFeatures, case: dict[str, torch.Tensor], row: int, spatial_pos: torch.Tensor, max_pointers: int) -> torch.Tensor:
+def torch_memory_attention(
+    model: SAM2Model, features: ImageFeatures, case: dict[str, torch.Tensor], row: int,
+    spatial_pos: torch.Tensor, max_pointers: int,
+) -> torch.Tensor:  # fmt: skip
     """Our torch path on the valid memories of one object only (features without memory if none)."""
     valid, pointer_valid = case["memory_valid"][row], case["pointer_valid"][row]
     if not valid.any() and not pointer_valid.any():

@@ -49,7 +49,9 @@ def _read(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path}: not a surgsam2 ONNX manifest")
     if manifest.get("format_version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: manifest format {manifest.get('format_version')!r}, this surgsam2 reads {MANIFEST_VERSION}")
+        raise ValueError(
+            f"{path}: manifest format {manifest.get('format_version')!r}, this surgsam2 reads {MANIFEST_VERSION}"
+        )
     return manifest
 
 
@@ -83,7 +85,8 @@ def load_manifest(
     if image_size is not None and manifest.get("image_size") != image_size:
         raise ValueError(f"{where}: exported at image size {manifest.get('image_size')}, expected {image_size}")
     if config is not None and exported.get("config") != config:
-        differing = sorted(k for k in set(config) | set(exported.get("config", {})) if config.get(k) != exported.get("config", {}).get(k))
+        recorded = exported.get("config", {})
+        differing = sorted(key for key in set(config) | set(recorded) if config.get(key) != recorded.get(key))
         raise ValueError(f"{where}: exported with another model config (differs in {', '.join(differing[:5])})")
     _check_graphs(folder, manifest)
     return manifest

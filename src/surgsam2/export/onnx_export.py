@@ -77,7 +77,9 @@ def config_record(model: SAM2Model) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(model.config), default=str))
 
 
-def example_inputs(model: SAM2Model, slots: SlotCounts, batch: int = 2, points: int = 2) -> dict[str, tuple[torch.Tensor, ...]]:
+def example_inputs(
+    model: SAM2Model, slots: SlotCounts, batch: int = 2, points: int = 2
+) -> dict[str, tuple[torch.Tensor, ...]]:
     """Inputs of the right shapes for tracing each graph (values matter only for the tests)."""
     size, grid, hidden = model.image_size, model.config.embedding_size, model.hidden_dim
     tokens, mem_dim = grid * grid, model.mem_dim
@@ -153,13 +155,16 @@ def _signature(path: Path) -> dict[str, list[dict[str, Any]]]:
         for value in values:
             tensor = value.type.tensor_type
             shape = [dim.dim_param or dim.dim_value for dim in tensor.shape.dim]
-            described.append({"name": value.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name})
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            described.append({"name": value.name, "shape": shape, "dtype": dtype})
         return described
 
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
-def export_onnx(model: SAM2Model, folder: Path, options: ExportOptions, checkpoint: str | None = None) -> dict[str, Any]:
+def export_onnx(
+    model: SAM2Model, folder: Path, options: ExportOptions, checkpoint: str | None = None
+) -> dict[str, Any]:
     """Write the four graphs and manifest.json into ``folder`` (an empty staging folder); returns
     the manifest."""
     if model.dtype != torch.float32:
