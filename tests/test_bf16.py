@@ -149,9 +149,9 @@ def test_values_projected_after_attention_is_exact() -> None:
     layer = RoPEAttention(64, num_heads=2, kv_in_dim=16, rope_k_repeat=True, feat_sizes=(4, 4)).double().eval()
     queries = torch.randn(3, 16, 64, dtype=torch.float64)
     memory = torch.randn(3, 2 * 16 + 4, 16, dtype=torch.float64)
-    q = layer._split_heads(layer.q_proj(queries))
-    k = layer._split_heads(layer.k_proj(memory))
-    v = layer._split_heads(layer.v_proj(memory))
+    q = layer.split_heads(layer.q_proj(queries))
+    k = layer.split_heads(layer.k_proj(memory))
+    v = layer.split_heads(layer.v_proj(memory))
     torch.testing.assert_close(layer._attend_raw_values(q, k, memory), layer._attend(q, k, v), rtol=1e-10, atol=1e-10)
 
 

@@ -82,7 +82,7 @@ class MaskDecoderGraph(nn.Module):
             pix_feat, prompt_encoder.get_dense_pe(), sparse, dense, False, [high_res_0, high_res_1]
         )
         if decoder.dynamic_multimask_via_stability:
-            single_masks, single_iou = decoder._select_stable_single_mask(all_masks, all_ious)
+            single_masks, single_iou = decoder.select_stable_single_mask(all_masks, all_ious)
         else:
             single_masks, single_iou = all_masks[:, :1], all_ious[:, :1]
         visible = (scores > 0)[:, :, None, None]
@@ -101,7 +101,7 @@ class MaskDecoderGraph(nn.Module):
         low_res_masks = torch.where(chosen[:, :, None, None], best_masks, single_masks)
         iou = torch.where(chosen, best_iou, single_iou)
         token = torch.where(chosen, multi_token, single_token)
-        obj_ptr = model._gate_pointer(model.obj_ptr_proj(token), scores)
+        obj_ptr = model.gate_pointer(model.obj_ptr_proj(token), scores)
         return low_res_masks, iou, obj_ptr, scores, candidates, candidate_ious
 
 
@@ -143,9 +143,9 @@ class MemoryAttentionGraph(nn.Module):
         num_k_exclude_rope: int, score_bias: torch.Tensor | None,
     ) -> torch.Tensor:  # fmt: skip
         """`RoPEAttention.forward` with the real rotation and an additive score bias (B, 1, 1, Nk)."""
-        q = attention._split_heads(attention.q_proj(q))
-        k = attention._split_heads(attention.k_proj(k))
-        v = attention._split_heads(attention.v_proj(v))
+        q = attention.split_heads(attention.q_proj(q))
+        k = attention.split_heads(attention.k_proj(k))
+        v = attention.split_heads(attention.v_proj(v))
         q = apply_rope(q, self.rope_cos, self.rope_sin)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         k_rope = apply_rope(k[:, :, :num_k_rope], self.rope_cos, self.rope_sin)
@@ -154,7 +154,7 @@ class MemoryAttentionGraph(nn.Module):
         if score_bias is not None:
             scores = scores + score_bias
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return attention.out_proj(attention._merge_heads(out))
+        return attention.out_proj(attention.merge_heads(out))
 
     def _memory(
         self, memory_tokens: torch.Tensor, memory_slots: torch.Tensor, memory_valid: torch.Tensor,
@@ -213,7 +213,7 @@ class MemoryAttentionGraph(nn.Module):
             output = output + self._rope_attention(
                 layer.cross_attn_image, queries, keys, memory, num_pointer_tokens, bias
             )
-            output = layer._feed_forward(output)
+            output = layer.feed_forward(output)
         fused = stack.norm(output).transpose(1, 2).reshape(batch, channels, height, width)
         without_memory = image_embedding + model.no_mem_embed.view(1, -1, 1, 1)
         has_memory = (memory_valid.any(dim=1) | pointer_valid.any(dim=1))[:, None, None, None]

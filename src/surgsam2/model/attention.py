@@ -142,19 +142,21 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
         self.dropout_p = dropout
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, heads, N, C / heads)."""
         batch, tokens, channels = x.shape
         return x.reshape(batch, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
 
     @staticmethod
-    def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    def merge_heads(x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, d) -> (B, N, heads * d)."""
         batch, heads, tokens, head_dim = x.shape
         return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Heads of q, k, v (B, H, N, head_dim) -> output (B, Nq, C)."""
         out = attend(q, k, v, self.training, self.dropout_p)
-        return self.out_proj(self._merge_heads(out))
+        return self.out_proj(self.merge_heads(out))
 
     def _values_after_attention(self, q: torch.Tensor, k: torch.Tensor) -> bool:
         """Whether to mix the raw values and project after (bf16 CPU path, narrow values)."""
@@ -174,15 +176,15 @@ class Attention(nn.Module):
         out = torch.matmul(mixed, weight)  # (B, H, Nq, head_dim)
         if self.v_proj.bias is not None:
             out = out + self.v_proj.bias.view(self.num_heads, 1, head_dim)
-        return self.out_proj(self._merge_heads(out))
+        return self.out_proj(self.merge_heads(out))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (B, Nq, C), k and v (B, Nk, kv_in_dim) -> (B, Nq, C)."""
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
+        q = self.split_heads(self.q_proj(q))
+        k = self.split_heads(self.k_proj(k))
         if self._values_after_attention(q, k):
             return self._attend_raw_values(q, k, v)
-        v = self._split_heads(self.v_proj(v))
+        v = self.split_heads(self.v_proj(v))
         return self._attend(q, k, v)
 
 
@@ -239,9 +241,9 @@ class RoPEAttention(Attention):
         their rotated keys while their temporal encoding changes frame to frame)."""
         projected = F.linear(keys_in, self.k_proj.weight, self.k_proj.bias if bias else None)
         *batch, tokens, channels = projected.shape
-        heads = self._split_heads(projected.reshape(-1, tokens, channels))
+        heads = self.split_heads(projected.reshape(-1, tokens, channels))
         rotated = apply_rope(heads, *self.rope_tables(tokens, projected.device))
-        return self._merge_heads(rotated).reshape(*batch, tokens, channels)
+        return self.merge_heads(rotated).reshape(*batch, tokens, channels)
 
     def forward(
         self,
@@ -259,11 +261,11 @@ class RoPEAttention(Attention):
         """
         if rotated_keys is not None:
             return self._forward_rotated_keys(q, k, v, num_k_exclude_rope, rotated_keys)
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
+        q = self.split_heads(self.q_proj(q))
+        k = self.split_heads(self.k_proj(k))
         raw_values = self._values_after_attention(q, k)
         if not raw_values:
-            v = self._split_heads(self.v_proj(v))
+            v = self.split_heads(self.v_proj(v))
         tables = self.rope_tables(q.shape[-2], q.device)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         if num_k_rope != q.shape[-2] and not self.rope_k_repeat:
@@ -287,9 +289,9 @@ class RoPEAttention(Attention):
         """`forward` with precomputed rotated keys; the excluded (pointer) rows are filled in place."""
         if num_k_exclude_rope:
             rotated_keys[:, -num_k_exclude_rope:] = self.k_proj(k[:, -num_k_exclude_rope:])
-        q = self._split_heads(self.q_proj(q))
+        q = self.split_heads(self.q_proj(q))
         q = apply_rope(q, *self.rope_tables(q.shape[-2], q.device))
-        keys = self._split_heads(rotated_keys)
+        keys = self.split_heads(rotated_keys)
         if self._values_after_attention(q, keys):
             return self._attend_raw_values(q, keys, v)
-        return self._attend(q, keys, self._split_heads(self.v_proj(v)))
+        return self._attend(q, keys, self.split_heads(self.v_proj(v)))

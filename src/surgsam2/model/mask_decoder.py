@@ -146,7 +146,7 @@ class MaskDecoder(nn.Module):
         if multimask_output:
             masks, iou_pred = all_masks[:, 1:], all_iou[:, 1:]
         elif self.dynamic_multimask_via_stability and not self.training:
-            masks, iou_pred = self._select_stable_single_mask(all_masks, all_iou)
+            masks, iou_pred = self.select_stable_single_mask(all_masks, all_iou)
         else:
             masks, iou_pred = all_masks[:, :1], all_iou[:, :1]
 
@@ -242,7 +242,7 @@ class MaskDecoder(nn.Module):
         """Stability of each mask under this decoder's delta."""
         return stability_scores(mask_logits, self.dynamic_multimask_stability_delta)
 
-    def _select_stable_single_mask(
+    def select_stable_single_mask(
         self, all_masks: torch.Tensor, all_iou: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The single-mask output, or the best-IoU multimask candidate where it is unstable.

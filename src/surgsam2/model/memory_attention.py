@@ -98,7 +98,7 @@ class MemoryAttentionLayer(nn.Module):
         )
         return tgt + self._dropout(attended)
 
-    def _feed_forward(self, tgt: torch.Tensor) -> torch.Tensor:
+    def feed_forward(self, tgt: torch.Tensor) -> torch.Tensor:
         """tgt + MLP(norm3(tgt))."""
         hidden = self._dropout(self.activation(self.linear1(self.norm3(tgt))))
         return tgt + self._dropout(self.linear2(hidden))
@@ -125,7 +125,7 @@ class MemoryAttentionLayer(nn.Module):
         if tgt.shape[0] != memory.shape[0]:
             tgt = tgt.expand(memory.shape[0], -1, -1)
         tgt = self._cross_attention(tgt, memory, memory_with_pos, query_pos, num_k_exclude_rope, rotated_keys)
-        return self._feed_forward(tgt)
+        return self.feed_forward(tgt)
 
 
 class MemoryAttention(nn.Module):

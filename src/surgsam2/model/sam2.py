@@ -324,10 +324,10 @@ class SAM2Model(nn.Module):
                 output_token = output_tokens[rows, best]
         else:
             low_res_masks = multimasks
-        obj_ptr = self._gate_pointer(self.obj_ptr_proj(output_token), object_score_logits)
+        obj_ptr = self.gate_pointer(self.obj_ptr_proj(output_token), object_score_logits)
         return DecoderOutput(low_res_masks, multimasks, ious, obj_ptr, object_score_logits)
 
-    def _gate_pointer(self, obj_ptr: torch.Tensor, object_score_logits: torch.Tensor) -> torch.Tensor:
+    def gate_pointer(self, obj_ptr: torch.Tensor, object_score_logits: torch.Tensor) -> torch.Tensor:
         """Replace the pointer of an absent object by the learned 'no object' pointer."""
         if self.config.soft_no_obj_ptr:
             visible = object_score_logits.sigmoid()
@@ -357,7 +357,7 @@ class SAM2Model(nn.Module):
         decoded = self.decode(pix_feat, high_res, mask_inputs=self.mask_downsample(masks.to(self.dtype)))
         visible = torch.any(masks.flatten(1) > 0.0, dim=1, keepdim=True).to(masks.dtype)
         object_score_logits = MASK_LOGIT_SCALE * visible + MASK_LOGIT_BIAS
-        obj_ptr = self._gate_pointer(decoded.obj_ptr, object_score_logits)
+        obj_ptr = self.gate_pointer(decoded.obj_ptr, object_score_logits)
         return DecoderOutput(low_res_masks, low_res_masks, ious, obj_ptr, object_score_logits)
 
     def upscale_masks(self, low_res_masks: torch.Tensor) -> torch.Tensor:
