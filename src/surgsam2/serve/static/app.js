@@ -274,6 +274,8 @@ async function opened(state) {
   ui.frame = 0;
   setFrame(0);
   $("export-masks").href = `${base()}/export/masks.zip`;
+  $("export-coco").href = `${base()}/export/coco.json`;
+  $("export-overlay").href = `${base()}/export/overlay.mp4`;
   $("export-prompts").href = `${base()}/export/prompts.json`;
 }
 
