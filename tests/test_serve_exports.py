@@ -164,3 +164,47 @@ def test_failed_overlay_export_is_a_one_line_error_and_leaves_nothing(model, dat
         work_dir = client.app.state.registry.get(sid).work_dir
         assert not [p for p in work_dir.rglob("*") if p.is_file()]  # no half-written video anywhere
         assert client.get(f"/api/sessions/{sid}").status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_repropagation_from_a_corrected_frame_keeps_the_earlier_frames(client, model, data_dir, direction):
+    """Defined as SAM 2's propagate from a start frame t: frames from t on (in the direction) get the
+    library's pass with all the session's prompts; the other frames keep their masks exactly."""
+    sid = _open_prompted(client)
+    _propagate(client, sid, {"direction": "both"})
+    before = _object_masks(client, sid)
+    corrected = 5 if direction == "forward" else 2
+    _post(client, f"/api/sessions/{sid}/prompts",
+          {"frame": corrected, "object": 1, "kind": "point", "x": 32, "y": 42, "label": 0})  # fmt: skip
+    state = _propagate(client, sid, {"direction": direction, "start": corrected})
+    assert state["start"] == corrected and state["done"] == FRAMES
+    after = _object_masks(client, sid)
+    prompts = prompts_from_json(client.get(f"/api/sessions/{sid}/export/prompts.json").json())
+    assert corrected in prompts
+    frames = LazyFrames(data_dir / "clip")
+    if direction == "forward":
+        expected = {r.frame_index: r for r in segment_video(model, frames, prompts, backward=False, memory="efp")}
+        recomputed = range(corrected, FRAMES)
+    else:
+        reverse = {FRAMES - 1 - frame: p for frame, p in prompts.items()}
+        reversed_frames = [frames[FRAMES - 1 - i] for i in range(FRAMES)]
+        results = segment_video(model, reversed_frames, reverse, backward=False, memory="efp")
+        expected = {FRAMES - 1 - r.frame_index: r for r in results}
+        recomputed = range(0, corrected + 1)
+    changed = False
+    for frame in range(FRAMES):
+        for obj in (1, 2):
+            if frame in recomputed:
+                own = expected[frame].masks.get(obj, np.zeros((HEIGHT, WIDTH), bool))
+                np.testing.assert_array_equal(after.get(frame, {}).get(obj, np.zeros_like(own)), own)
+                changed |= not np.array_equal(own, before[frame][obj])
+            else:
+                np.testing.assert_array_equal(after[frame][obj], before[frame][obj])  # kept, mask for mask
+    assert changed  # the correction changed a re-propagated frame
+
+
+def test_repropagation_start_is_checked(client):
+    sid = _open_prompted(client)
+    for body, status in (({"direction": "both", "start": 2}, 400), ({"direction": "forward", "start": FRAMES}, 404)):
+        answer = client.post(f"/api/sessions/{sid}/propagate", json=body)
+        assert answer.status_code == status and "\n" not in answer.json()["error"]

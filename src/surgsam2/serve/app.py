@@ -60,6 +60,7 @@ class FrameObjectBody(BaseModel):
 
 class PropagateBody(BaseModel):
     direction: Literal["forward", "backward", "both"] = "both"
+    start: int | None = None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -234,7 +235,7 @@ def _add_edit_routes(app: FastAPI, registry: SessionRegistry) -> None:
     @app.post("/api/sessions/{sid}/propagate")
     def propagate(sid: str, body: PropagateBody) -> dict:
         session = registry.get(sid)
-        session.start_propagation(body.direction)
+        session.start_propagation(body.direction, body.start)
         return session.to_json()
 
     @app.post("/api/sessions/{sid}/cancel")

@@ -97,14 +97,20 @@ class Propagation:
     seconds: float = 0.0
     cancelled: bool = False
     error: str | None = None
+    start: int | None = None  # re-propagation: frames before it (after it, backward) keep their masks
     cancel_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+
+    def keeps(self, frame: int) -> bool:
+        """Whether a re-propagation leaves ``frame``'s masks as they are (before its start)."""
+        assert self.start is not None
+        return frame < self.start if self.direction == "forward" else frame > self.start
 
     def to_json(self) -> dict[str, Any]:
         fps = self.done / self.seconds if self.seconds > 0 and self.done else None
         return {"direction": self.direction, "running": self.running, "done": self.done, "total": self.total,
                 "seconds": round(self.seconds, 3), "frames_per_second": fps, "cancelled": self.cancelled,
-                "error": self.error}  # fmt: skip
+                "error": self.error, "start": self.start}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -274,16 +280,22 @@ class Session:
 
     # --- propagation ---------------------------------------------------------------------------
 
-    def start_propagation(self, direction: str) -> None:
+    def start_propagation(self, direction: str, start: int | None = None) -> None:
+        """Propagate in the background. With ``start`` (forward or backward only), the re-propagation
+        from a corrected frame: only frames from ``start`` on in that direction get new masks."""
         with self.lock:
             if direction not in DIRECTIONS:
                 raise ApiError(400, f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+            if start is not None and direction == "both":
+                raise ApiError(400, "a start frame needs direction forward or backward")
             self.check_idle()
             frames = self.require_frames()
+            if start is not None:
+                self.check_frame(start)
             prompts = self.all_prompts()
             if not prompts:
                 raise ApiError(400, "nothing to propagate: prompt at least one object on a frame first")
-            self.propagation = Propagation(direction=direction, running=True, total=len(frames))
+            self.propagation = Propagation(direction=direction, running=True, total=len(frames), start=start)
             thread = threading.Thread(target=self._propagate, args=(self.propagation, frames, prompts),
                                       name=f"propagate-{self.session_id[:8]}", daemon=True)  # fmt: skip
             self.propagation.thread = thread
@@ -295,8 +307,9 @@ class Session:
         return running
 
     def _results(self, frames: LazyFrames, prompts: Mapping[int, Mapping[int, Prompt]], direction: str) -> Iterator[FrameResult]:
-        """Frame results as the library computes them: `segment_video` with the session's prompts
-        (``both``), forward only, or over the reversed clip (``backward``)."""
+        """Frame results as the library computes them: `segment_video` with all the session's prompts
+        (``both``), forward only, or forward over the reversed clip (``backward``). A re-propagation
+        from frame t runs the same pass (the frames before t build the memory) and keeps t on."""
         model, options = self.shared.model, self.shared.tracker_options
         if direction == "both":
             yield from segment_video(model, frames, prompts, **options)
@@ -320,10 +333,7 @@ class Session:
                     result = next(results, None)
                 if result is None:
                     break
-                if result.logits:
-                    with self.lock:
-                        self.masks[result.frame_index] = FrameMasks.from_result(result, frames.frame_size)
-                        self.version += 1
+                self._store(state, result, frames.frame_size)
                 state.done += 1
                 state.seconds = time.perf_counter() - started
         except Exception as error:  # reported to the page, the server keeps serving
@@ -333,6 +343,19 @@ class Session:
             state.cancelled = state.cancel_event.is_set()
             state.seconds = time.perf_counter() - started
             state.running = False
+
+    def _store(self, state: Propagation, result: FrameResult, shape: tuple[int, int]) -> None:
+        """A computed frame's masks replace the shown ones. A re-propagation keeps the frames
+        before its start and replaces those from it on whole (an empty result clears them)."""
+        if state.start is not None and state.keeps(result.frame_index):
+            return
+        if state.start is None and not result.logits:
+            return
+        with self.lock:
+            self.masks.pop(result.frame_index, None)
+            if result.logits:
+                self.masks[result.frame_index] = FrameMasks.from_result(result, shape)
+            self.version += 1
 
     # --- state and teardown --------------------------------------------------------------------
 

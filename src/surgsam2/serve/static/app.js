@@ -258,8 +258,8 @@ function onMouseUp(event) {
 
 // --- propagation, opening, export -----------------------------------------------------------------
 
-async function propagate(direction) {
-  const state = await act(() => api("POST", `${base()}/propagate`, { direction }));
+async function propagate(direction, start = null) {
+  const state = await act(() => api("POST", `${base()}/propagate`, { direction, start }));
   if (state) { setState(state); poll(); }
 }
 
@@ -299,6 +299,7 @@ function bind() {
   $("undo").onclick = () => act(async () => { setState(await api("POST", `${base()}/prompts/undo`, { frame: ui.frame, object: ui.selected })); loadPrompts(); });
   $("clear").onclick = () => act(async () => { setState(await api("POST", `${base()}/prompts/clear`, { frame: ui.frame, object: ui.selected })); loadPrompts(); });
   for (const direction of ["forward", "backward", "both"]) $(`prop-${direction}`).onclick = () => propagate(direction);
+  $("prop-from").onclick = () => propagate("forward", ui.frame);
   $("cancel").onclick = () => act(() => api("POST", `${base()}/cancel`));
   $("scrubber").oninput = () => setFrame(Number($("scrubber").value));
   $("prev").onclick = () => setFrame(ui.frame - 1);
