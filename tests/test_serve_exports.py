@@ -208,3 +208,27 @@ def test_repropagation_start_is_checked(client):
     for body, status in (({"direction": "both", "start": 2}, 400), ({"direction": "forward", "start": FRAMES}, 404)):
         answer = client.post(f"/api/sessions/{sid}/propagate", json=body)
         assert answer.status_code == status and "\n" not in answer.json()["error"]
+
+
+def test_clicks_on_one_frame_reuse_its_encoding_and_equal_a_fresh_step(client, model, data_dir):
+    """The second and later clicks on a frame reuse its image encoding; each mask equals a fresh
+    `Tracker.step` with the frame's prompts (exactly); another frame is encoded anew."""
+    from surgsam2.tracking.prompts import Prompt
+    from surgsam2.tracking.tracker import Tracker
+
+    sid = _post(client, "/api/sessions")["session"]
+    _post(client, f"/api/sessions/{sid}/open", {"path": "clip"})
+    _post(client, f"/api/sessions/{sid}/objects", {})
+    session = client.app.state.registry.get(sid)
+    frames = LazyFrames(data_dir / "clip")
+    clicks = [(30, 40, 1), (70, 20, 0), (35, 45, 1)]
+    for count in range(1, len(clicks) + 1):
+        x, y, label = clicks[count - 1]
+        _post(client, f"/api/sessions/{sid}/prompts", {"frame": 2, "object": 1, "kind": "point", "x": x, "y": y, "label": label})
+        assert session.encodings.hits == count - 1
+        prompt = Prompt(points=[(a, b) for a, b, _ in clicks[:count]], labels=[c for _, _, c in clicks[:count]])
+        fresh = Tracker(model, memory="efp").step(frames[2], {1: prompt})
+        np.testing.assert_array_equal(session.masks[2].object_mask(1, (HEIGHT, WIDTH)), fresh.masks[1])
+    _post(client, f"/api/sessions/{sid}/prompts", {"frame": 4, "object": 1, "kind": "point", "x": 30, "y": 40})
+    assert session.encodings.hits == len(clicks) - 1  # a new frame: no reuse
+    assert "encode_image" not in vars(model)  # the shared model is left as it was

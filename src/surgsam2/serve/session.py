@@ -17,6 +17,7 @@ from surgsam2.data.classes import ENDOVIS18_CLASSES
 from surgsam2.data.masks import davis_palette
 from surgsam2.model.sam2 import SAM2Model
 from surgsam2.pipelines.vos_inference import combine_object_logits
+from surgsam2.serve.encoding import EncodingCache
 from surgsam2.serve.frames import LazyFrames
 from surgsam2.tracking.offline import segment_video
 from surgsam2.tracking.prompts import Prompt, validate_prompts
@@ -140,6 +141,7 @@ class Session:
         self.masks: dict[int, FrameMasks] = {}
         self.version = 0  # bumped whenever a frame's masks change
         self.propagation = Propagation()
+        self.encodings = EncodingCache()  # the last clicked frame's image features
         self.last_used = time.monotonic()
         self.lock = threading.RLock()
 
@@ -149,6 +151,7 @@ class Session:
         with self.lock:
             self.check_idle()
             self.frames = frames
+            self.encodings.clear()
             self.prompts.clear()
             self.masks.clear()
             self.version += 1
@@ -270,7 +273,7 @@ class Session:
                 if obj not in prompts and obj != removed:
                     logits[obj] = np.where(old.object_mask(obj, shape), 1.0, -1.0).astype(np.float32)
         if prompts:
-            with self.shared.lock:
+            with self.shared.lock, self.encodings.reused_by(self.shared.model):
                 tracker = Tracker(self.shared.model, **self.shared.tracker_options)
                 result = tracker.step(frames[frame], prompts)
             for obj in prompts:
