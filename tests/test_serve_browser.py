@@ -165,7 +165,7 @@ def test_annotate_propagate_correct_export_in_browser(server, clip, tmp_path):
         page.locator("#view").click(position=_canvas_position(page, x, y), modifiers=["Shift"])
         page.wait_for_function("() => (ui.prompts || []).length === 1 && ui.prompts[0].values[2] === 0")
         previous = app.state.registry.get(sid).propagation
-        page.click("#prop-both")
+        page.click("#prop-from")  # re-propagates forward from the corrected frame; earlier frames keep theirs
         _wait_propagation(app, sid, previous)
         page.wait_for_function("() => document.getElementById('prop-text').textContent.startsWith('done')")
         masks_zip = _download(page, "#export-masks", tmp_path / "masks.zip")

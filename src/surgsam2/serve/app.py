@@ -4,6 +4,7 @@ answer ``{"error": "one line"}``; the server keeps serving."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -13,11 +14,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from surgsam2.data.classes import ENDOVIS18_CLASSES
 from surgsam2.model.sam2 import SAM2Model
-from surgsam2.serve.exports import masks_zip, palette_png, prompts_document
+from surgsam2.serve.exports import coco_document, masks_zip, overlay_video, palette_png, prompts_document
 from surgsam2.serve.frames import (
     VIDEO_EXTENSIONS,
     ZIP_EXPANSION_LIMIT,
@@ -58,6 +60,7 @@ class FrameObjectBody(BaseModel):
 
 class PropagateBody(BaseModel):
     direction: Literal["forward", "backward", "both"] = "both"
+    start: int | None = None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -232,7 +235,7 @@ def _add_edit_routes(app: FastAPI, registry: SessionRegistry) -> None:
     @app.post("/api/sessions/{sid}/propagate")
     def propagate(sid: str, body: PropagateBody) -> dict:
         session = registry.get(sid)
-        session.start_propagation(body.direction)
+        session.start_propagation(body.direction, body.start)
         return session.to_json()
 
     @app.post("/api/sessions/{sid}/cancel")
@@ -249,6 +252,29 @@ def _add_edit_routes(app: FastAPI, registry: SessionRegistry) -> None:
         name = session.require_frames().name
         return Response(data, media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{name}_masks.zip"'})  # fmt: skip
+
+    @app.get("/api/sessions/{sid}/export/coco.json")
+    def export_coco(sid: str) -> JSONResponse:
+        session = registry.get(sid)
+        session.check_idle()
+        with session.lock:
+            document = coco_document(session)
+        name = document["info"]["video"]
+        return JSONResponse(document, headers={"Content-Disposition": f'attachment; filename="{name}_coco.json"'})
+
+    @app.get("/api/sessions/{sid}/export/overlay.mp4")
+    def export_overlay(sid: str) -> FileResponse:
+        session = registry.get(sid)
+        session.check_idle()
+        scratch = Path(tempfile.mkdtemp(prefix="overlay-", dir=session.work_dir))
+        try:
+            with session.lock:
+                video = overlay_video(session, scratch / f"{session.require_frames().name}_overlay.mp4")
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return FileResponse(video, media_type="video/mp4", filename=video.name,
+                            background=BackgroundTask(shutil.rmtree, scratch, ignore_errors=True))  # fmt: skip
 
     @app.get("/api/sessions/{sid}/export/prompts.json")
     def export_prompts(sid: str) -> JSONResponse:

@@ -17,6 +17,7 @@ from surgsam2.data.classes import ENDOVIS18_CLASSES
 from surgsam2.data.masks import davis_palette
 from surgsam2.model.sam2 import SAM2Model
 from surgsam2.pipelines.vos_inference import combine_object_logits
+from surgsam2.serve.encoding import EncodingCache
 from surgsam2.serve.frames import LazyFrames
 from surgsam2.tracking.offline import segment_video
 from surgsam2.tracking.prompts import Prompt, validate_prompts
@@ -97,14 +98,20 @@ class Propagation:
     seconds: float = 0.0
     cancelled: bool = False
     error: str | None = None
+    start: int | None = None  # re-propagation: frames before it (after it, backward) keep their masks
     cancel_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+
+    def keeps(self, frame: int) -> bool:
+        """Whether a re-propagation leaves ``frame``'s masks as they are (before its start)."""
+        assert self.start is not None
+        return frame < self.start if self.direction == "forward" else frame > self.start
 
     def to_json(self) -> dict[str, Any]:
         fps = self.done / self.seconds if self.seconds > 0 and self.done else None
         return {"direction": self.direction, "running": self.running, "done": self.done, "total": self.total,
                 "seconds": round(self.seconds, 3), "frames_per_second": fps, "cancelled": self.cancelled,
-                "error": self.error}  # fmt: skip
+                "error": self.error, "start": self.start}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ class Session:
         self.masks: dict[int, FrameMasks] = {}
         self.version = 0  # bumped whenever a frame's masks change
         self.propagation = Propagation()
+        self.encodings = EncodingCache()  # the last clicked frame's image features
         self.last_used = time.monotonic()
         self.lock = threading.RLock()
 
@@ -143,6 +151,7 @@ class Session:
         with self.lock:
             self.check_idle()
             self.frames = frames
+            self.encodings.clear()
             self.prompts.clear()
             self.masks.clear()
             self.version += 1
@@ -264,7 +273,7 @@ class Session:
                 if obj not in prompts and obj != removed:
                     logits[obj] = np.where(old.object_mask(obj, shape), 1.0, -1.0).astype(np.float32)
         if prompts:
-            with self.shared.lock:
+            with self.shared.lock, self.encodings.reused_by(self.shared.model):
                 tracker = Tracker(self.shared.model, **self.shared.tracker_options)
                 result = tracker.step(frames[frame], prompts)
             for obj in prompts:
@@ -274,16 +283,22 @@ class Session:
 
     # --- propagation ---------------------------------------------------------------------------
 
-    def start_propagation(self, direction: str) -> None:
+    def start_propagation(self, direction: str, start: int | None = None) -> None:
+        """Propagate in the background. With ``start`` (forward or backward only), the re-propagation
+        from a corrected frame: only frames from ``start`` on in that direction get new masks."""
         with self.lock:
             if direction not in DIRECTIONS:
                 raise ApiError(400, f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+            if start is not None and direction == "both":
+                raise ApiError(400, "a start frame needs direction forward or backward")
             self.check_idle()
             frames = self.require_frames()
+            if start is not None:
+                self.check_frame(start)
             prompts = self.all_prompts()
             if not prompts:
                 raise ApiError(400, "nothing to propagate: prompt at least one object on a frame first")
-            self.propagation = Propagation(direction=direction, running=True, total=len(frames))
+            self.propagation = Propagation(direction=direction, running=True, total=len(frames), start=start)
             thread = threading.Thread(target=self._propagate, args=(self.propagation, frames, prompts),
                                       name=f"propagate-{self.session_id[:8]}", daemon=True)  # fmt: skip
             self.propagation.thread = thread
@@ -295,8 +310,9 @@ class Session:
         return running
 
     def _results(self, frames: LazyFrames, prompts: Mapping[int, Mapping[int, Prompt]], direction: str) -> Iterator[FrameResult]:
-        """Frame results as the library computes them: `segment_video` with the session's prompts
-        (``both``), forward only, or over the reversed clip (``backward``)."""
+        """Frame results as the library computes them: `segment_video` with all the session's prompts
+        (``both``), forward only, or forward over the reversed clip (``backward``). A re-propagation
+        from frame t runs the same pass (the frames before t build the memory) and keeps t on."""
         model, options = self.shared.model, self.shared.tracker_options
         if direction == "both":
             yield from segment_video(model, frames, prompts, **options)
@@ -320,10 +336,7 @@ class Session:
                     result = next(results, None)
                 if result is None:
                     break
-                if result.logits:
-                    with self.lock:
-                        self.masks[result.frame_index] = FrameMasks.from_result(result, frames.frame_size)
-                        self.version += 1
+                self._store(state, result, frames.frame_size)
                 state.done += 1
                 state.seconds = time.perf_counter() - started
         except Exception as error:  # reported to the page, the server keeps serving
@@ -333,6 +346,19 @@ class Session:
             state.cancelled = state.cancel_event.is_set()
             state.seconds = time.perf_counter() - started
             state.running = False
+
+    def _store(self, state: Propagation, result: FrameResult, shape: tuple[int, int]) -> None:
+        """A computed frame's masks replace the shown ones. A re-propagation keeps the frames
+        before its start and replaces those from it on whole (an empty result clears them)."""
+        if state.start is not None and state.keeps(result.frame_index):
+            return
+        if state.start is None and not result.logits:
+            return
+        with self.lock:
+            self.masks.pop(result.frame_index, None)
+            if result.logits:
+                self.masks[result.frame_index] = FrameMasks.from_result(result, shape)
+            self.version += 1
 
     # --- state and teardown --------------------------------------------------------------------
 

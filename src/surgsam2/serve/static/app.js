@@ -258,8 +258,8 @@ function onMouseUp(event) {
 
 // --- propagation, opening, export -----------------------------------------------------------------
 
-async function propagate(direction) {
-  const state = await act(() => api("POST", `${base()}/propagate`, { direction }));
+async function propagate(direction, start = null) {
+  const state = await act(() => api("POST", `${base()}/propagate`, { direction, start }));
   if (state) { setState(state); poll(); }
 }
 
@@ -274,6 +274,8 @@ async function opened(state) {
   ui.frame = 0;
   setFrame(0);
   $("export-masks").href = `${base()}/export/masks.zip`;
+  $("export-coco").href = `${base()}/export/coco.json`;
+  $("export-overlay").href = `${base()}/export/overlay.mp4`;
   $("export-prompts").href = `${base()}/export/prompts.json`;
 }
 
@@ -297,6 +299,7 @@ function bind() {
   $("undo").onclick = () => act(async () => { setState(await api("POST", `${base()}/prompts/undo`, { frame: ui.frame, object: ui.selected })); loadPrompts(); });
   $("clear").onclick = () => act(async () => { setState(await api("POST", `${base()}/prompts/clear`, { frame: ui.frame, object: ui.selected })); loadPrompts(); });
   for (const direction of ["forward", "backward", "both"]) $(`prop-${direction}`).onclick = () => propagate(direction);
+  $("prop-from").onclick = () => propagate("forward", ui.frame);
   $("cancel").onclick = () => act(() => api("POST", `${base()}/cancel`));
   $("scrubber").oninput = () => setFrame(Number($("scrubber").value));
   $("prev").onclick = () => setFrame(ui.frame - 1);
