@@ -348,3 +348,17 @@ def test_advance_then_result_is_step(model: SAM2Model) -> None:
         expected = whole.step(frame, prompts if index == 0 else None)
         assert got.frame_index == expected.frame_index == index
         assert np.array_equal(got.logits[1], expected.logits[1])
+
+
+def test_a_step_with_the_frames_features_equals_a_step_without(model: SAM2Model) -> None:
+    """`encode_frame` gives what `step` computes itself: passing it (a frame clicked several times)
+    changes nothing but the cost."""
+    frames, masks = moving_discs(3)
+    given, computed = Tracker(model), Tracker(model)
+    prompts = {1: Prompt(mask=masks[1]), 2: Prompt(points=[(20, 20)], labels=[1])}
+    for index, frame in enumerate(frames):
+        frame_prompts = prompts if index == 0 else None
+        got = given.step(frame, frame_prompts, features=given.encode_frame(frame))
+        expected = computed.step(frame, frame_prompts)
+        for obj_id in expected.object_ids:
+            assert np.array_equal(got.logits[obj_id], expected.logits[obj_id])

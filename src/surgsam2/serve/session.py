@@ -273,9 +273,10 @@ class Session:
                 if obj not in prompts and obj != removed:
                     logits[obj] = np.where(old.object_mask(obj, shape), 1.0, -1.0).astype(np.float32)
         if prompts:
-            with self.shared.lock, self.encodings.reused_by(self.shared.model):
+            with self.shared.lock:
                 tracker = Tracker(self.shared.model, **self.shared.tracker_options)
-                result = tracker.step(frames[frame], prompts)
+                image = frames[frame]
+                result = tracker.step(image, prompts, features=self.encodings.features_of(tracker, frame, image))
             for obj in prompts:
                 logits[obj] = result.logits[obj]
         self.masks[frame] = FrameMasks.from_result(FrameResult(frame, logits=logits), shape)

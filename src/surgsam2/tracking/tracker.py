@@ -138,17 +138,32 @@ class Tracker:
         return self.bank.stored_bytes() + extra
 
     @torch.inference_mode()
-    def step(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None) -> FrameResult:
+    def step(
+        self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None, features: ImageFeatures | None = None
+    ) -> FrameResult:
         """Track every object on the next frame (HxWx3 uint8 RGB), applying ``prompts`` first.
-        Object ids are integers in 1..255 (what a palette PNG mask stores)."""
+        Object ids are integers in 1..255 (what a palette PNG mask stores). ``features``: this
+        frame's `encode_frame`, when the caller already has it (e.g. several clicks on one frame)."""
         frame_index = self.frame_index
-        outputs = self.advance(frame, prompts)
+        outputs = self.advance(frame, prompts, features)
         return self.result(outputs, frame_index)
 
     @torch.inference_mode()
-    def advance(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None) -> dict[int, ObjectOutput]:
+    def encode_frame(self, frame: np.ndarray) -> ImageFeatures:
+        """The image encoder's features of ``frame`` (HxWx3 uint8 RGB), as `step` computes them."""
+        frame = validate_frame(frame, self.frame_index)
+        model = self.model
+        image = preprocess_frame(frame, model.image_size, model.device, model.dtype)
+        with self.stage_hook.stage("encode_image"):
+            return model.encode_image(image)
+
+    @torch.inference_mode()
+    def advance(
+        self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None, features: ImageFeatures | None = None
+    ) -> dict[int, ObjectOutput]:
         """Validate, run the network on one frame, remember it and move to the next frame.
-        Returns each object's output still on the device (`result` makes the masks of a frame)."""
+        Returns each object's output still on the device (`result` makes the masks of a frame).
+        ``features``: this frame's `encode_frame` if already computed (not checked against it)."""
         frame = validate_frame(frame, self.frame_index)
         frame_size = (int(frame.shape[0]), int(frame.shape[1]))
         if self.frame_size is not None and frame_size != self.frame_size:
@@ -162,9 +177,8 @@ class Tracker:
         if prompts or self.bank.objects:  # otherwise nothing to track yet: no network time
             model = self.model
             device = model.device
-            image = preprocess_frame(frame, model.image_size, device, model.dtype)
-            with self.stage_hook.stage("encode_image"):
-                features = model.encode_image(image)
+            if features is None:
+                features = self.encode_frame(frame)
             model_prompts = {
                 obj_id: to_model_prompt(prompt, frame_size, model.image_size, device)
                 for obj_id, prompt in prompts.items()
