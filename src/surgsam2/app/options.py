@@ -43,9 +43,9 @@ class ModelOptions:
             name=args.model,
             checkpoint=Path(args.checkpoint) if args.checkpoint else None,
             image_size=args.image_size,
-            device=args.device,
-            dtype=args.dtype,
-            cuda_graphs=args.cuda_graphs,
+            device=getattr(args, "device", "cpu"),  # absent where a command runs no model (export)
+            dtype=getattr(args, "dtype", "fp32"),
+            cuda_graphs=getattr(args, "cuda_graphs", False),
             compile=getattr(args, "compile", False),
             random_weights=args.random_weights,
             seed=getattr(args, "seed", 0) or 0,
@@ -53,16 +53,19 @@ class ModelOptions:
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL, default_device: str = "cpu"
-) -> None:
-    """--model --checkpoint --image-size --device --dtype --cuda-graphs --random-weights."""
+    parser: argparse.ArgumentParser, default_model: str = DEFAULT_MODEL, default_device: str = "cpu",
+    runtime: bool = True,
+) -> None:  # fmt: skip
+    """--model --checkpoint --image-size --random-weights, and (with ``runtime``) --device --dtype
+    --cuda-graphs."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", default=default_model,
                        help=f"model config: {', '.join(MODEL_CONFIGS)} (default {default_model})")  # fmt: skip
     group.add_argument("--checkpoint", help="weights (.pt/.pth/.safetensors); default: the packaged ones (nano)")
     group.add_argument("--image-size", "--image_size", type=int,
                        help="model input side (default: the checkpoint's, else the config's)")  # fmt: skip
-    add_runtime_options(group, default_device)
+    if runtime:
+        add_runtime_options(group, default_device)
     group.add_argument("--random-weights", action="store_true",
                        help="run a model that has no packaged weights with a random initialisation"
                        " (tests, speed); without it such a model needs --checkpoint")  # fmt: skip

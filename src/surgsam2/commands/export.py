@@ -8,28 +8,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from surgsam2.app.options import add_memory_options, add_output_options
+from surgsam2.app.options import add_memory_options, add_model_options, add_output_options
 
 NAME = "export"
 HELP = "export the tracking step as ONNX graphs plus a manifest (fp32)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default="nano", help="model config (default nano)")
-    group.add_argument("--checkpoint", help="weights (.pt/.pth/.safetensors); default: the packaged ones (nano)")
-    group.add_argument("--image-size", "--image_size", type=int, help="model input side (default: the config's)")
-    group.add_argument("--random-weights", action="store_true", help="export an untrained network (tests)")
-    group.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
+    add_model_options(parser, runtime=False)
+    add_memory_options(parser)
+    add_output_options(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
     parser.add_argument("--out", required=True, help="output folder (written whole, atomically)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
     parser.add_argument("--conditioning-slots", type=int, default=4,
                         help="prompted frames memory attention holds at once (default 4)")  # fmt: skip
-    add_memory_options(parser)
-    add_output_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +36,7 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset, memory=args.memory, num_frame_to_prune=args.num_frame_to_prune,
         conditioning_slots=args.conditioning_slots,
     )  # fmt: skip
-    model_options = ModelOptions(
-        name=args.model, checkpoint=Path(args.checkpoint) if args.checkpoint else None, image_size=args.image_size, device="cpu",
-        random_weights=args.random_weights, seed=args.seed,
-    )  # fmt: skip
+    model_options = ModelOptions.from_args(args)  # on the CPU, in fp32: what the graphs are traced from
     try:
         import onnx  # noqa: F401
     except ImportError:

@@ -21,7 +21,18 @@ from surgsam2.model.sam2 import NO_OBJECT_SCORE, ImageFeatures, SAM2Model
 INVALID_SCORE = -1.0e30
 
 
-class ImageEncoderGraph(nn.Module):
+class PartGraph(nn.Module):
+    """One exported part of ``model``: ``input_names`` and ``output_names`` name its ONNX I/O."""
+
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+
+    def __init__(self, model: SAM2Model) -> None:
+        super().__init__()
+        self.model = model
+
+
+class ImageEncoderGraph(PartGraph):
     """Normalised images (1, 3, S, S) -> stride-16 embedding, its position encoding and the
     decoder's two projected skip levels (stride 4 and 8), as `SAM2Model.encode_image`."""
 
@@ -29,17 +40,16 @@ class ImageEncoderGraph(nn.Module):
     output_names = ("image_embedding", "image_position", "high_res_0", "high_res_1")
 
     def __init__(self, model: SAM2Model) -> None:
-        super().__init__()
         if not model.config.use_high_res_features_in_sam:
             raise ValueError(f"model {model.config.name!r} has no high-res decoder features: not exportable")
-        self.model = model
+        super().__init__(model)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.model.encode_image(images)
         return features.embedding, features.position, features.high_res[0], features.high_res[1]
 
 
-class MaskDecoderGraph(nn.Module):
+class MaskDecoderGraph(PartGraph):
     """Prompt encoder + mask decoder for B objects, `SAM2Model.decode` with a per-object mask input
     and multimask flag.
 
@@ -58,10 +68,6 @@ class MaskDecoderGraph(nn.Module):
         "pix_feat", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input", "has_mask", "multimask",
     )  # fmt: skip
     output_names = ("low_res_masks", "iou", "obj_ptr", "object_score_logits", "multimask_masks", "multimask_ious")
-
-    def __init__(self, model: SAM2Model) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(
         self,
@@ -105,7 +111,7 @@ class MaskDecoderGraph(nn.Module):
         return low_res_masks, iou, obj_ptr, scores, candidates, candidate_ious
 
 
-class MemoryAttentionGraph(nn.Module):
+class MemoryAttentionGraph(PartGraph):
     """Memory attention over a FIXED number of memory slots and pointer slots with validity masks.
 
     Inputs: the frame's embedding and position (batch 1); per object B: ``memory_tokens``
@@ -129,8 +135,7 @@ class MemoryAttentionGraph(nn.Module):
         """``spatial_pos`` (T, mem_dim): the memory encoder's position encoding of one frame's
         tokens; ``max_pointers``: the pointer window scaling pointer offsets (streaming:
         max_obj_ptrs_in_encoder)."""
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.max_pointers = max_pointers
         self.register_buffer("spatial_pos", spatial_pos.detach().clone(), persistent=False)
         first = model.memory_attention.layers[0].self_attn
@@ -220,7 +225,7 @@ class MemoryAttentionGraph(nn.Module):
         return torch.where(has_memory, fused, without_memory)
 
 
-class MemoryEncoderGraph(nn.Module):
+class MemoryEncoderGraph(PartGraph):
     """The memory of B objects on a frame, as the tracker stores it: `SAM2Model.upscale_masks`
     then `SAM2Model.encode_memory`. Inputs: the frame's embedding (batch 1), low-res mask logits
     (B, 1, 4h, 4w), object-score logits (B, 1), ``binarize`` (B,) bool (prompted frames).
@@ -228,10 +233,6 @@ class MemoryEncoderGraph(nn.Module):
 
     input_names = ("image_embedding", "low_res_masks", "object_score_logits", "binarize")
     output_names = ("memory_tokens",)
-
-    def __init__(self, model: SAM2Model) -> None:
-        super().__init__()
-        self.model = model
 
     def forward(
         self,

@@ -3,8 +3,10 @@ answer ``{"error": "one line"}``; the server keeps serving."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -220,16 +222,11 @@ def _add_edit_routes(app: FastAPI, registry: SessionRegistry) -> None:
         session.add_prompt(body.frame, body.object, body.kind, values)
         return session.to_json()
 
-    @app.post("/api/sessions/{sid}/prompts/undo")
-    def undo_prompt(sid: str, body: FrameObjectBody) -> dict:
+    @app.post("/api/sessions/{sid}/prompts/{action}")
+    def undo_or_clear_prompts(sid: str, action: Literal["undo", "clear"], body: FrameObjectBody) -> dict:
+        """``undo``: the object's last prompt on the frame; ``clear``: all of them."""
         session = registry.get(sid)
-        session.undo_prompt(body.frame, body.object)
-        return session.to_json()
-
-    @app.post("/api/sessions/{sid}/prompts/clear")
-    def clear_prompts(sid: str, body: FrameObjectBody) -> dict:
-        session = registry.get(sid)
-        session.undo_prompt(body.frame, body.object, clear=True)
+        session.undo_prompt(body.frame, body.object, clear=action == "clear")
         return session.to_json()
 
     @app.post("/api/sessions/{sid}/propagate")
@@ -243,24 +240,22 @@ def _add_edit_routes(app: FastAPI, registry: SessionRegistry) -> None:
         session = registry.get(sid)
         return {"cancelled": session.cancel_propagation()}
 
+    def download(sid: str, build: Callable[[Session], bytes], suffix: str, media_type: str) -> Response:
+        """An export built in memory while the session is quiet, sent as ``<video><suffix>``."""
+        session = registry.get(sid)
+        session.check_idle()
+        with session.lock:
+            data = build(session)
+        name = f"{session.require_frames().name}{suffix}"
+        return Response(data, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
     @app.get("/api/sessions/{sid}/export/masks.zip")
     def export_masks(sid: str) -> Response:
-        session = registry.get(sid)
-        session.check_idle()
-        with session.lock:
-            data = masks_zip(session)
-        name = session.require_frames().name
-        return Response(data, media_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{name}_masks.zip"'})  # fmt: skip
+        return download(sid, masks_zip, "_masks.zip", "application/zip")
 
     @app.get("/api/sessions/{sid}/export/coco.json")
-    def export_coco(sid: str) -> JSONResponse:
-        session = registry.get(sid)
-        session.check_idle()
-        with session.lock:
-            document = coco_document(session)
-        name = document["info"]["video"]
-        return JSONResponse(document, headers={"Content-Disposition": f'attachment; filename="{name}_coco.json"'})
+    def export_coco(sid: str) -> Response:
+        return download(sid, lambda session: json.dumps(coco_document(session)).encode(), "_coco.json", "application/json")
 
     @app.get("/api/sessions/{sid}/export/overlay.mp4")
     def export_overlay(sid: str) -> FileResponse:
