@@ -29,6 +29,8 @@ from surgsam2.serve.frames import (
     open_frames,
     resolve_in_data_dir,
 )
+from surgsam2.serve.live import live_source_names
+from surgsam2.serve.live_routes import add_live_routes
 from surgsam2.serve.registry import ServeConfig, SessionRegistry
 from surgsam2.serve.session import ApiError, Session
 
@@ -293,10 +295,12 @@ def create_app(model: SAM2Model, config: ServeConfig) -> FastAPI:
     @app.get("/api/info")
     def info() -> dict:
         return {"status": config.status, "data": list_data_dir(config.data_dir), "max_upload_mb": config.max_upload_mb,
-                "classes": {str(k): v for k, v in ENDOVIS18_CLASSES.items()}}  # fmt: skip
+                "classes": {str(k): v for k, v in ENDOVIS18_CLASSES.items()},
+                "live": live_source_names(config.live_sources)}  # fmt: skip
 
     _add_session_routes(app, registry)
     _add_edit_routes(app, registry)
+    add_live_routes(app, registry)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.router.on_shutdown.append(registry.close)
     return app

@@ -26,6 +26,7 @@ class ServeConfig:
     idle_timeout_s: float = 3600.0
     max_sessions: int = 32
     frame_cache_mb: int = 256
+    live_sources: tuple[str, ...] = ()  # cameras (index) and stream URLs the page may open live
     status: str = ""  # model, device, precision, memory: shown in the page
 
 

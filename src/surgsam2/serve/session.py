@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from surgsam2.tracking.offline import segment_video
 from surgsam2.tracking.prompts import Prompt, validate_prompts
 from surgsam2.tracking.results import FrameResult
 from surgsam2.tracking.tracker import Tracker
+
+if TYPE_CHECKING:
+    from surgsam2.serve.live import LiveStream
 
 MAX_OBJECTS = 255
 DIRECTIONS = ("forward", "backward", "both")
@@ -142,6 +145,7 @@ class Session:
         self.version = 0  # bumped whenever a frame's masks change
         self.propagation = Propagation()
         self.encodings = EncodingCache()  # the last clicked frame's image features
+        self.live: LiveStream | None = None  # the camera or stream tracked live, if any
         self.last_used = time.monotonic()
         self.lock = threading.RLock()
 
@@ -199,6 +203,8 @@ class Session:
             self.check_idle()
             self.require_object(obj_id)
             del self.objects[obj_id]
+            if self.live is not None:
+                self.live.remove_object(obj_id)
             for frame in list(self.prompts):
                 self.prompts[frame].pop(obj_id, None)
                 if not self.prompts[frame]:
@@ -381,8 +387,10 @@ class Session:
                 for obj, actions in self.prompts.get(frame, {}).items() for kind, values in actions.actions]  # fmt: skip
 
     def close(self) -> None:
-        """Stop the propagation and remove the session's private files."""
+        """Stop the propagation and the live stream, and remove the session's private files."""
         self.propagation.cancel_event.set()
+        if self.live is not None:
+            self.live.stop()
         thread = self.propagation.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
