@@ -160,3 +160,60 @@ def test_live_click_outside_the_frame_and_unknown_object_are_4xx(client):
     _assert_error(client.post(f"/api/sessions/{sid}/live/prompts", json=outside), 400)
     assert client.delete(f"/api/sessions/{sid}/live").status_code == 200
     assert _live_threads() == []
+
+
+def test_live_in_the_browser(model, stream, tmp_path):
+    """The page offers the allow-listed source, shows the tracked frames with the achieved frames/s,
+    a click on the live frame adds the selected object, and Stop frees the reader."""
+    import shutil
+    import socket
+
+    chromium = "/usr/bin/chromium"
+    try:
+        import uvicorn
+        from playwright.sync_api import sync_playwright
+    except ImportError as error:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"python package {error.name} is missing: pip install -e '.[serve,test]'")
+    if not Path(chromium).is_file() and shutil.which("chromium") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but no chromium at {chromium}")
+        pytest.skip(f"no chromium at {chromium}: apt-get install -y chromium")
+    app = create_app(model, ServeConfig(live_sources=(str(stream[0]),)))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("() => ui.session !== null && !document.getElementById('live-bar').hidden")
+            page.click("#live-btn")
+            page.wait_for_function("() => ui.live && ui.live.image && ui.live.state.frames_per_second > 0")
+            assert "frames/s" in page.text_content("#live-text")
+            page.click("#add-object")
+            page.wait_for_function("() => ui.selected === 1")
+            x0, y0, x1, y1 = stream[1]
+            box = page.locator("#view").bounding_box()
+            position = {"x": (x0 + x1) / 2 * box["width"] / WIDTH, "y": (y0 + y1) / 2 * box["height"] / HEIGHT}
+            page.locator("#view").click(position=position)
+            page.wait_for_function("() => ui.live.state.objects.includes(1)")
+            page.screenshot(path=str(tmp_path / "serve_live.png"))
+            page.click("#live-stop")
+            page.wait_for_function("() => ui.live === null")
+            browser.close()
+        deadline = time.monotonic() + 10
+        while _live_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _live_threads() == []
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ def _label(source: str) -> str:
     scheme, sep, rest = source.partition("://")
     if sep:
         return f"{scheme}://{rest.rsplit('@', 1)[-1]}"  # user:password@ is not shown
-    return source
+    return Path(source).name or source  # a file or folder replayed as a stream: its name only
 
 
 @dataclass

@@ -5,7 +5,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   session: null, state: null, frame: 0, selected: null, playing: null,
   frameImage: null, maskIds: null, hidden: new Set(), version: -1, classes: {},
-  drag: null, maskRequest: 0,
+  drag: null, maskRequest: 0, live: null,
 };
 
 // The DAVIS / PASCAL VOC palette, as the mask PNGs use it: colour -> object id.
@@ -154,6 +154,7 @@ async function loadPrompts() {
 }
 
 function draw() {
+  if (ui.live) { drawLive(); return; }
   const canvas = $("view");
   const video = ui.state?.video;
   if (!video || !ui.frameImage) return;
@@ -206,7 +207,7 @@ function drawPrompts(context) {
 
 function setFrame(index) {
   const video = ui.state?.video;
-  if (!video) return;
+  if (!video || ui.live) return;
   ui.frame = Math.max(0, Math.min(video.num_frames - 1, index));
   $("scrubber").value = ui.frame;
   $("frame-number").textContent = ui.frame;
@@ -223,12 +224,16 @@ function framePoint(event) {
 
 async function sendPrompt(body) {
   if (ui.selected === null) { showError("add or select an object first"); return; }
+  if (ui.live) { await act(async () => showLiveState(await api("POST", `${base()}/live/prompts`, { object: ui.selected, ...body }))); return; }
   await act(async () => setState(await api("POST", `${base()}/prompts`, { frame: ui.frame, object: ui.selected, ...body })));
   loadPrompts();
 }
 
+// The size of what the canvas shows: the live source's frames, or the open clip's.
+const shownSize = () => ui.live?.state ?? ui.state?.video;
+
 function onMouseDown(event) {
-  if (!ui.state?.video) return;
+  if (!shownSize()) return;
   const [x, y] = framePoint(event);
   ui.drag = { x0: x, y0: y, x1: x, y1: y, moved: false, negative: event.shiftKey || event.altKey };
 }
@@ -246,7 +251,7 @@ function onMouseUp(event) {
   ui.drag = null;
   if (!drag) return;
   [drag.x1, drag.y1] = framePoint(event);
-  const video = ui.state.video, clamp = (v, hi) => Math.max(0, Math.min(hi, v));
+  const video = shownSize(), clamp = (v, hi) => Math.max(0, Math.min(hi, v));
   if (drag.moved) {
     const box = [Math.min(drag.x0, drag.x1), Math.min(drag.y0, drag.y1), Math.max(drag.x0, drag.x1), Math.max(drag.y0, drag.y1)];
     sendPrompt({ kind: "box", box: [clamp(box[0], video.width), clamp(box[1], video.height), clamp(box[2], video.width), clamp(box[3], video.height)] });
@@ -270,6 +275,7 @@ async function poll() {
 
 async function opened(state) {
   if (!state) return;
+  if (ui.live) await stopLive();
   setState(state);
   ui.frame = 0;
   setFrame(0);
@@ -277,6 +283,71 @@ async function opened(state) {
   $("export-coco").href = `${base()}/export/coco.json`;
   $("export-overlay").href = `${base()}/export/overlay.mp4`;
   $("export-prompts").href = `${base()}/export/prompts.json`;
+}
+
+// --- live mode: the newest tracked frame, fetched again as soon as the last one is shown ---------
+
+function drawLive() {
+  const canvas = $("view"), live = ui.live;
+  if (!live.image) return;
+  if (canvas.width !== live.image.width || canvas.height !== live.image.height) { canvas.width = live.image.width; canvas.height = live.image.height; }
+  const context = canvas.getContext("2d");
+  context.drawImage(live.image, 0, 0);
+  drawPrompts(context);
+}
+
+function showLiveState(state) {
+  if (!state || !ui.live) return;
+  ui.live.state = state;
+  const fps = state.frames_per_second ? `${state.frames_per_second.toFixed(1)} frames/s` : "…";
+  const ended = state.error ? `stopped: ${state.error}` : state.ended ? "the source ended" : "";
+  $("live-text").textContent = `${state.source}: ${fps}, frame ${state.processed}, dropped ${state.frames_dropped} ${ended}`;
+  $("speed").textContent = state.frames_per_second ? `live ${fps}` : "";
+  if (state.error) showError(`live: ${state.error}`);
+}
+
+async function liveLoop(live) {
+  let lastState = 0;
+  while (ui.live === live) {
+    if (performance.now() - lastState > 500) {
+      lastState = performance.now();
+      const state = await act(() => api("GET", `${base()}/live`));
+      if (ui.live !== live) return;
+      showLiveState(state);
+      if (!state || !state.running) return;
+    }
+    const hide = [...ui.hidden].join(",");
+    const answer = await fetch(`${base()}/live/view.jpg?opacity=${$("opacity").value}&hide=${hide}`);
+    if (answer.ok) {
+      const image = await createImageBitmap(await answer.blob());
+      if (ui.live !== live) return;
+      live.image = image;
+      drawLive();
+    } else {
+      await new Promise((done) => setTimeout(done, 100));
+    }
+    await new Promise((done) => setTimeout(done, 20));
+  }
+}
+
+async function startLive() {
+  const state = await act(() => api("POST", `${base()}/live`, { source: Number($("live-select").value) }));
+  if (!state) return;
+  if (ui.playing) togglePlay();
+  ui.live = { state, image: null };
+  ui.prompts = [];
+  $("live-stop").disabled = false;
+  showLiveState(state);
+  liveLoop(ui.live);
+}
+
+async function stopLive() {
+  if (!ui.live) return;
+  ui.live = null;
+  $("live-stop").disabled = true;
+  $("live-text").textContent = "";
+  await act(() => api("DELETE", `${base()}/live`));
+  if (ui.state?.video) setFrame(ui.frame);
 }
 
 function togglePlay() {
@@ -305,6 +376,8 @@ function bind() {
   $("prev").onclick = () => setFrame(ui.frame - 1);
   $("next").onclick = () => setFrame(ui.frame + 1);
   $("play").onclick = togglePlay;
+  $("live-btn").onclick = startLive;
+  $("live-stop").onclick = stopLive;
   $("opacity").oninput = draw;
   $("outline").onchange = draw;
   const canvas = $("view");
@@ -327,6 +400,8 @@ async function start() {
   $("status").textContent = info.status;
   for (const entry of info.data) $("data-select").append(new Option(`${entry.path} (${entry.kind})`, entry.path));
   if (!info.data.length) $("data-select").append(new Option("(no --data-dir: upload instead)", ""));
+  for (const source of info.live) $("live-select").append(new Option(source.label, String(source.id)));
+  $("live-bar").hidden = !info.live.length;
   const session = await act(() => api("POST", "/api/sessions"));
   if (session) { ui.session = session.session; setState(session); document.body.dataset.session = ui.session; }
 }
