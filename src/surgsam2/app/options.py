@@ -90,6 +90,27 @@ def add_memory_options(parser: argparse.ArgumentParser, prune_option: bool = Tru
                             help=f"efp: memories pruned from attention (default {DEFAULT_NUM_FRAME_TO_PRUNE})")  # fmt: skip
 
 
+ENGINES = ("torch", "onnx")
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """--engine torch|onnx and --onnx-dir (the export folder the onnx engine runs)."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", choices=ENGINES, default="torch",
+                       help="torch (default) or onnx: an export of `surgsam2 export --format onnx` on ONNX Runtime")  # fmt: skip
+    group.add_argument("--onnx-dir", type=Path, metavar="DIR", help="the ONNX export folder (with --engine onnx)")
+
+
+def check_engine_options(args: argparse.Namespace) -> None:
+    """One-line errors for an inconsistent engine choice, before anything is loaded."""
+    if args.engine == "onnx" and args.onnx_dir is None:
+        raise ValueError("--engine onnx needs --onnx-dir DIR (an export of `surgsam2 export --format onnx`)")
+    if args.engine != "onnx" and args.onnx_dir is not None:
+        raise ValueError("--onnx-dir applies to --engine onnx")
+    if args.onnx_dir is not None and not Path(args.onnx_dir).is_dir():
+        raise FileNotFoundError(f"--onnx-dir {args.onnx_dir}: no such folder")
+
+
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """--overwrite: replace what an earlier run of ours wrote (never anything else)."""
     parser.add_argument("--overwrite", action="store_true",

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from surgsam2.app.options import (
     ModelOptions,
+    add_engine_options,
     add_memory_options,
     add_model_options,
+    check_engine_options,
     add_output_options,
     add_quiet_option,
     load_model_for_run,
@@ -49,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="video file, folder of numbered frames, camera index or stream URL")
     add_model_options(parser)
     add_memory_options(parser)
+    add_engine_options(parser)
     prompt_group = parser.add_mutually_exclusive_group(required=True)
     prompt_group.add_argument("--prompt-mask", help="PNG mask on the prompt frame (pixel = object id; 0/255 = object 1)")
     prompt_group.add_argument("--points", nargs="+", type=_point_argument, metavar="X,Y[:LABEL]",
@@ -71,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
     from surgsam2.pipelines.segment import prompts_from_mask_file, segment_source
     from surgsam2.tracking.prompts import Prompt
 
+    check_engine_options(args)
     if args.prompts:
+        if args.engine != "torch":
+            raise ValueError("--prompts replays on the torch engine only (drop --engine onnx)")
         return _replay(args)
     if args.prompt_mask:
         if args.object_id is not None:
@@ -82,13 +90,17 @@ def run(args: argparse.Namespace) -> int:
         labels = [label for _, _, label in args.points] if args.points else None
         prompts = {1 if args.object_id is None else args.object_id: Prompt(points=points, labels=labels, box=args.box)}
     options = ModelOptions.from_args(args)
-    inputs = {"--prompt-mask": args.prompt_mask, "--checkpoint": options.checkpoint}
-    model = load_model_for_run(options, warn=lambda message: print(message, file=sys.stderr))
+    inputs = {"--prompt-mask": args.prompt_mask, "--checkpoint": options.checkpoint, "--onnx-dir": args.onnx_dir}
+    model, make_tracker = None, None
+    if args.engine == "onnx":
+        make_tracker = _onnx_tracker_factory(args)
+    else:
+        model = load_model_for_run(options, warn=lambda message: print(message, file=sys.stderr))
     summary = segment_source(
         model, args.input, prompts, args.out, prompt_frame=args.prompt_frame, memory=args.memory,
         num_frame_to_prune=args.num_frame_to_prune, overlay=args.overlay, overwrite=args.overwrite,
         max_frames=args.max_frames, progress=not args.quiet,
-        other_inputs={role: Path(path) for role, path in inputs.items() if path},
+        other_inputs={role: Path(path) for role, path in inputs.items() if path}, make_tracker=make_tracker,
     )  # fmt: skip
     overlay = f", overlay {summary.overlay}" if summary.overlay else ""
     print(
@@ -96,6 +108,17 @@ def run(args: argparse.Namespace) -> int:
         f" ({summary.frames_per_second:.1f} frames/s): masks in {summary.masks_dir}{overlay}"
     )
     return 0
+
+
+def _onnx_tracker_factory(args: argparse.Namespace) -> Callable[[int | None], Any]:
+    """``make_tracker(num_frames)`` for the ONNX engine; the export is checked (manifest) up front."""
+    from surgsam2.export.manifest import load_manifest
+    from surgsam2.export.runtime import OnnxTracker
+
+    load_manifest(args.onnx_dir)
+    return lambda num_frames: OnnxTracker(
+        args.onnx_dir, memory=args.memory, num_frame_to_prune=args.num_frame_to_prune, num_frames=num_frames
+    )
 
 
 def _replay(args: argparse.Namespace) -> int:

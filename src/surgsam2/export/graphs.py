@@ -1,4 +1,4 @@
-"""The four exportable parts of the tracking step, as modules with tensor-only inputs and outputs.
+"""The five exportable parts of the tracking step, as modules with tensor-only inputs and outputs.
 
 Each wraps our model's own parts (`SAM2Model.encode_image`, the prompt encoder and mask decoder,
 the memory attention layers, `SAM2Model.encode_memory`) so that ``torch.onnx.export`` can trace it:
@@ -13,7 +13,7 @@ from torch import nn
 
 from surgsam2.model.attention import RoPEAttention
 from surgsam2.model.position import apply_rope
-from surgsam2.model.sam2 import NO_OBJECT_SCORE, ImageFeatures, SAM2Model
+from surgsam2.model.sam2 import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, NO_OBJECT_SCORE, ImageFeatures, SAM2Model
 
 # Added to the attention scores of invalid memory tokens: finite (an object without any valid
 # token gets a uniform softmax instead of NaN), and far enough below any real score that exp()
@@ -248,6 +248,27 @@ class MemoryEncoderGraph(PartGraph):
         return memory_features.flatten(2).transpose(1, 2)
 
 
+class MaskPromptGraph(PartGraph):
+    """A mask prompt's object pointer and object score, as `SAM2Model.mask_as_output` makes them:
+    the decoder on the raw image embedding with the downsampled mask as its mask input, the pointer
+    gated by the mask's own score. Inputs: the frame's embedding and skip levels (batch 1), binary
+    masks (B, 1, S, S). Outputs: ``obj_ptr`` (B, C), ``object_score_logits`` (B, 1). The mask
+    logits themselves are the mask resized on the host (an antialiased resize has no opset-17 op)."""
+
+    input_names = ("image_embedding", "high_res_0", "high_res_1", "masks")
+    output_names = ("obj_ptr", "object_score_logits")
+
+    def forward(
+        self, image_embedding: torch.Tensor, high_res_0: torch.Tensor, high_res_1: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        pix_feat = image_embedding.expand(masks.shape[0], -1, -1, -1)
+        decoded = model.decode(pix_feat, [high_res_0, high_res_1], mask_inputs=model.mask_downsample(masks))
+        visible = torch.any(masks.flatten(1) > 0.0, dim=1, keepdim=True).to(masks.dtype)
+        object_score_logits = MASK_LOGIT_SCALE * visible + MASK_LOGIT_BIAS
+        return model.gate_pointer(decoded.obj_ptr, object_score_logits), object_score_logits
+
+
 def memory_spatial_position(model: SAM2Model) -> torch.Tensor:
     """(T, mem_dim): the memory encoder's position encoding of one frame's tokens (a constant)."""
     size, grid = model.image_size, model.config.embedding_size
@@ -264,6 +285,7 @@ __all__ = [
     "MaskDecoderGraph",
     "MemoryAttentionGraph",
     "MemoryEncoderGraph",
+    "MaskPromptGraph",
     "memory_spatial_position",
     "INVALID_SCORE",
 ]

@@ -1,8 +1,8 @@
-"""Export the tracking step of a model as four ONNX graphs plus ``manifest.json``.
+"""Export the tracking step of a model as five ONNX graphs plus ``manifest.json``.
 
 The graphs (see `surgsam2.export.graphs`): ``image_encoder.onnx``, ``mask_decoder.onnx``,
-``memory_attention.onnx`` (fixed memory and pointer slots with validity masks), and
-``memory_encoder.onnx``. All fp32; B (objects) is a dynamic axis, and N (prompt points) of the
+``memory_attention.onnx`` (fixed memory and pointer slots with validity masks),
+``memory_encoder.onnx``, and ``mask_prompt.onnx`` (a mask prompt's pointer and score). All fp32; B (objects) is a dynamic axis, and N (prompt points) of the
 decoder. The memory policy is the host's (which memories go into the slots); the manifest records
 it and its parameters.
 """
@@ -23,6 +23,7 @@ from surgsam2.export.graphs import (
     INVALID_SCORE,
     ImageEncoderGraph,
     MaskDecoderGraph,
+    MaskPromptGraph,
     MemoryAttentionGraph,
     MemoryEncoderGraph,
     memory_spatial_position,
@@ -103,17 +104,19 @@ def example_inputs(
         "memory_encoder": (
             embedding, torch.randn(batch, 1, 4 * grid, 4 * grid), torch.ones(batch, 1), torch.zeros(batch, dtype=torch.bool),
         ),
+        "mask_prompt": (embedding, high_0, high_1, (torch.rand(batch, 1, size, size) > 0.5).float()),
     }  # fmt: skip
 
 
 def build_graphs(model: SAM2Model, slots: SlotCounts) -> dict[str, torch.nn.Module]:
-    """The four exportable parts of ``model`` in eval mode, by graph name (eval on the wrappers
+    """The exportable parts of ``model`` in eval mode, by graph name (eval on the wrappers
     too: the exporter restores each wrapper's mode afterwards, recursively into the model)."""
     graphs = {
         "image_encoder": ImageEncoderGraph(model),
         "mask_decoder": MaskDecoderGraph(model),
         "memory_attention": MemoryAttentionGraph(model, memory_spatial_position(model), slots.max_pointers),
         "memory_encoder": MemoryEncoderGraph(model),
+        "mask_prompt": MaskPromptGraph(model),
     }
     return {name: graph.eval() for name, graph in graphs.items()}
 
@@ -129,6 +132,7 @@ _DYNAMIC = {
         for name in ("memory_tokens", "memory_slots", "memory_valid", "pointers", "pointer_offsets", "pointer_valid")
     },
     "memory_encoder": {"low_res_masks": {0: "objects"}, "object_score_logits": {0: "objects"}, "binarize": {0: "objects"}},
+    "mask_prompt": {"masks": {0: "objects"}},
 }  # fmt: skip
 
 
@@ -165,7 +169,7 @@ def _signature(path: Path) -> dict[str, list[dict[str, Any]]]:
 def export_onnx(
     model: SAM2Model, folder: Path, options: ExportOptions, checkpoint: str | None = None
 ) -> dict[str, Any]:
-    """Write the four graphs and manifest.json into ``folder`` (an empty staging folder); returns
+    """Write the graphs and manifest.json into ``folder`` (an empty staging folder); returns
     the manifest."""
     if model.dtype != torch.float32:
         raise ValueError(f"the ONNX export is fp32; the model is {model.dtype}")

@@ -1,210 +1,33 @@
-"""The memory bank: per-object memories of past frames, bounded in size.
+"""The memory bank: per-object memories of past frames as torch tensors, bounded in size.
 
-It stores, per object, the memory features and object pointer of its conditioning (prompted)
-frames and of the recent frames a policy may still select, and proposes the candidates of a new
-frame following SAM 2's rules (docs/architecture.md, "The memory rules"). Nothing older than
-SAM 2 could ever attend to is kept, so the state stays flat over endless streams. Pure tensor
-code: it knows nothing of the network beyond tensor shapes.
+The rules (what is kept, what a frame attends to) are `memory.rules.BankRules`, shared with the
+ONNX runtime; this bank adds the storage dtype and memory accounting. Pure tensor code: it knows
+nothing of the network beyond tensor shapes.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class StoredMemory:
-    """One frame's memory of one object."""
-
-    frame_index: int
-    features: torch.Tensor | None  # (T, C) memory tokens; None once too old to be attended to
-    obj_ptr: torch.Tensor  # (D,) object pointer
-    # (num_layers, T, d_model) memory-attention keys derived from the features (a cache the
-    # tracker fills so they are not recomputed every frame); dropped with the features.
-    keys: torch.Tensor | None = None
-
-
-@dataclass
-class ObjectMemory:
-    """All stored memories of one object."""
-
-    conditioning: dict[int, StoredMemory] = field(default_factory=dict)
-    recent: OrderedDict[int, StoredMemory] = field(default_factory=OrderedDict)
+from surgsam2.memory.rules import BankRules, MemoryLayout, MemoryRules, ObjectMemory, StoredMemory
 
 
 @dataclass(frozen=True)
-class MemoryLayout:
-    """What one object attends to on a frame, before any policy.
+class BankConfig(MemoryRules):
+    """SAM 2's memory rules (values from the model config) and the dtype memories are stored in."""
 
-    ``memories``: (stored memory, slot) in bank order [conditioning..., oldest recent ... newest];
-    ``slot`` indexes the temporal encoding table (num_maskmem - 1 for conditioning frames).
-    ``protected``: one flag per memory, True for conditioning frames.
-    ``pointers``: (stored memory, signed temporal offset) for the object pointers.
-    """
-
-    memories: tuple[tuple[StoredMemory, int], ...]
-    protected: tuple[bool, ...]
-    pointers: tuple[tuple[StoredMemory, int], ...]
-
-    @property
-    def shape_key(self) -> tuple[int, tuple[bool, ...], int]:
-        """Objects with equal keys can go through memory attention as one batch."""
-        return (len(self.memories), self.protected, len(self.pointers))
-
-
-@dataclass(frozen=True)
-class BankConfig:
-    """SAM 2's memory rules (values from the model config)."""
-
-    num_maskmem: int = 7
-    max_obj_ptrs_in_encoder: int = 16
-    memory_temporal_stride: int = 1
-    max_cond_frames_in_attn: int = -1
-    only_obj_ptrs_in_the_past: bool = True
-    use_signed_tpos_enc_to_obj_ptrs: bool = True
     storage_dtype: torch.dtype = torch.bfloat16  # as the official predictor stores memories
 
 
-class MemoryBank:
+class MemoryBank(BankRules):
     """Per-object memories for streaming or offline tracking, forward in time."""
 
-    def __init__(self, config: BankConfig) -> None:
-        self.config = config
-        self.objects: dict[int, ObjectMemory] = {}
+    config: BankConfig
 
-    # --- bookkeeping ----------------------------------------------------------------------
-    def add_object(self, obj_id: int) -> None:
-        if obj_id in self.objects:
-            raise ValueError(f"object id {obj_id} is already in the memory bank")
-        self.objects[obj_id] = ObjectMemory()
-
-    def remove_object(self, obj_id: int) -> None:
-        if obj_id not in self.objects:
-            raise ValueError(f"unknown object id {obj_id}")
-        del self.objects[obj_id]
-
-    def reset(self) -> None:
-        self.objects.clear()
-
-    def __contains__(self, obj_id: int) -> bool:
-        return obj_id in self.objects
-
-    # --- writing ----------------------------------------------------------------------------
-    def write(
-        self,
-        obj_id: int,
-        frame_index: int,
-        features: torch.Tensor,
-        obj_ptr: torch.Tensor,
-        conditioning: bool,
-        keys: torch.Tensor | None = None,
-    ) -> None:
-        """Store one object's memory of ``frame_index``: features (T, C), pointer (D,), and
-        optionally the keys derived from them (kept as given)."""
-        memory = self.objects[obj_id]
-        stored = StoredMemory(frame_index, features.to(self.config.storage_dtype), obj_ptr, keys)
-        if conditioning:
-            memory.conditioning[frame_index] = stored
-            memory.recent.pop(frame_index, None)
-        else:
-            memory.recent[frame_index] = stored
-            # Only tracked frames move time forward: a conditioning frame may be written ahead.
-            self._forget(memory, frame_index)
-
-    def _forget(self, memory: ObjectMemory, newest_frame: int) -> None:
-        """Drop what no later frame can select: features older than the oldest memory slot of the
-        next frame, pointers older than the pointer window."""
-        config = self.config
-        next_frame = newest_frame + 1
-        stride = config.memory_temporal_stride
-        oldest_feature = min(
-            next_frame - 1,
-            ((next_frame - 2) // stride) * stride - max(config.num_maskmem - 3, 0) * stride,
-        )
-        oldest_pointer = next_frame - (config.max_obj_ptrs_in_encoder - 1)
-        for frame_index in list(memory.recent):
-            if frame_index < oldest_feature and frame_index < oldest_pointer:
-                del memory.recent[frame_index]
-            elif frame_index < oldest_feature:
-                memory.recent[frame_index].features = None
-                memory.recent[frame_index].keys = None
-
-    # --- reading ----------------------------------------------------------------------------
-    def has_memory(self, obj_id: int) -> bool:
-        """Whether the object has a conditioning frame (so it can be tracked)."""
-        return bool(self.objects[obj_id].conditioning)
-
-    def _select_conditioning(self, memory: ObjectMemory, frame_index: int) -> tuple[list[int], list[int]]:
-        """Conditioning frames attended to (selected) and the others, as SAM 2 chooses them."""
-        frames = list(memory.conditioning)
-        limit = self.config.max_cond_frames_in_attn
-        if limit == -1 or len(frames) <= limit:
-            return frames, []
-        selected: list[int] = []
-        before = [t for t in frames if t < frame_index]
-        after = [t for t in frames if t >= frame_index]
-        if before:
-            selected.append(max(before))
-        if after:
-            selected.append(min(after))
-        rest = sorted((t for t in frames if t not in selected), key=lambda t: abs(t - frame_index))
-        selected += rest[: limit - len(selected)]
-        # Keep the bank's insertion order for the selected ones.
-        selected_set = set(selected)
-        return [t for t in frames if t in selected_set], [t for t in frames if t not in selected_set]
-
-    def layout(self, obj_id: int, frame_index: int, num_frames: int | None = None) -> MemoryLayout:
-        """The candidate memories and pointers of one object for tracking ``frame_index``.
-
-        ``num_frames``: the clip length when known (offline); SAM 2 caps the pointer window by it.
-        """
-        config = self.config
-        memory = self.objects[obj_id]
-        selected, unselected = self._select_conditioning(memory, frame_index)
-        unselected_set = set(unselected)
-
-        def recent_or_unselected(t: int) -> StoredMemory | None:
-            stored = memory.recent.get(t)
-            if stored is None and t in unselected_set:
-                stored = memory.conditioning[t]
-            return stored
-
-        cond_slot = config.num_maskmem - 1
-        memories: list[tuple[StoredMemory, int]] = [(memory.conditioning[t], cond_slot) for t in selected]
-        protected = [True] * len(memories)
-        stride = config.memory_temporal_stride
-        for t_pos in range(1, config.num_maskmem):
-            frames_back = config.num_maskmem - t_pos
-            if frames_back == 1:
-                previous = frame_index - 1
-            else:
-                previous = ((frame_index - 2) // stride) * stride - (frames_back - 2) * stride
-            stored = recent_or_unselected(previous)
-            if stored is None or stored.features is None:
-                continue
-            memories.append((stored, config.num_maskmem - t_pos - 1))
-            protected.append(stored.frame_index in memory.conditioning)
-
-        max_pointers = config.max_obj_ptrs_in_encoder
-        if num_frames is not None:
-            max_pointers = min(num_frames, max_pointers)
-        pointers: list[tuple[StoredMemory, int]] = []
-        for t in selected:
-            if config.only_obj_ptrs_in_the_past and t > frame_index:
-                continue
-            offset = frame_index - t if config.use_signed_tpos_enc_to_obj_ptrs else abs(frame_index - t)
-            pointers.append((memory.conditioning[t], offset))
-        for frames_back in range(1, max_pointers):
-            previous = frame_index - frames_back
-            if previous < 0:
-                break
-            stored = recent_or_unselected(previous)
-            if stored is not None:
-                pointers.append((stored, frames_back))
-        return MemoryLayout(tuple(memories), tuple(protected), tuple(pointers))
+    def _stored_features(self, features: torch.Tensor) -> torch.Tensor:
+        return features.to(self.config.storage_dtype)
 
     # --- accounting -------------------------------------------------------------------------
     def stored_tensors(self) -> list[torch.Tensor]:
@@ -221,3 +44,6 @@ class MemoryBank:
 
     def stored_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.stored_tensors())
+
+
+__all__ = ["BankConfig", "MemoryBank", "MemoryLayout", "ObjectMemory", "StoredMemory"]

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -103,7 +104,7 @@ def _track_into(
 
 
 def segment_source(
-    model: SAM2Model,
+    model: SAM2Model | None,
     source: str | Path | int,
     prompts: Mapping[int, Prompt],
     out_dir: str | Path,
@@ -116,6 +117,7 @@ def segment_source(
     progress: bool = True,
     other_inputs: Mapping[str, Path] | None = None,
     notice: Callable[[str], None] = print,
+    make_tracker: Callable[[int | None], Any] | None = None,
 ) -> SegmentSummary:
     """Track the objects of ``prompts`` (given on frame position ``prompt_frame``) through ``source``.
 
@@ -123,6 +125,8 @@ def segment_source(
     masks carry its files' names); ``overlay`` is an optional .mp4 with the masks drawn on the
     frames. Frames before ``prompt_frame`` get empty masks. ``other_inputs`` (role -> path, e.g. the
     checkpoint) are protected like the source: the output may not be, contain or lie in them.
+    ``make_tracker(num_frames)``: another engine's tracker with the `Tracker` API (e.g. the ONNX
+    runtime's), used instead of a `Tracker` over ``model``.
     """
     if not prompts:
         raise ValueError("no prompt given: pass a prompt mask, points or a box")
@@ -159,7 +163,10 @@ def segment_source(
             # Exits run in reverse: the masks (the result) are published first, then the overlay;
             # a failure before the masks are published discards both.
             staging = stack.enter_context(folder.stage_dir(video.name))
-            tracker = Tracker(model, memory=memory, num_frame_to_prune=num_frame_to_prune, num_frames=video.num_frames)
+            if make_tracker is not None:
+                tracker = make_tracker(video.num_frames)
+            else:
+                tracker = Tracker(model, memory=memory, num_frame_to_prune=num_frame_to_prune, num_frames=video.num_frames)
             bar = stack.enter_context(
                 tqdm(total=total, desc=f"segment {video.name}", unit="frame", disable=not progress)
             )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: validation stays torch-free
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -14,7 +18,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def validate_frame(frame: np.ndarray, frame_index: int) -> np.ndarray:
     """Check a frame is an HxWx3 uint8 RGB array; raise ValueError naming the frame otherwise."""
-    if isinstance(frame, torch.Tensor):
+    torch_module = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    if torch_module is not None and isinstance(frame, torch_module.Tensor):
         frame = frame.detach().cpu().numpy()
     if not isinstance(frame, np.ndarray):
         raise ValueError(f"frame {frame_index}: expected an HxWx3 uint8 numpy array, got {type(frame).__name__}")
@@ -25,10 +30,20 @@ def validate_frame(frame: np.ndarray, frame_index: int) -> np.ndarray:
     return frame
 
 
+def resize_frame(frame: np.ndarray, image_size: int) -> np.ndarray:
+    """An HxWx3 uint8 frame at S x S with Pillow's default filter, as the official loader resizes
+    (frames already at S x S are returned as they are)."""
+    if frame.shape[0] != image_size or frame.shape[1] != image_size:
+        frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size)))
+    return frame
+
+
 @lru_cache(maxsize=8)
 def _normalisation_table(device: torch.device) -> torch.Tensor:
     """(3 * 256,) float32 table on ``device``: entry 256 c + v = (v/255 - mean_c) / std_c, computed
     as the official loader does (v/255 in float64, rounded to float32, then normalised in float32)."""
+    import torch
+
     scaled = torch.from_numpy(np.arange(256, dtype=np.float64) / 255.0).to(torch.float32)
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)[:, None]
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32)[:, None]
@@ -38,6 +53,8 @@ def _normalisation_table(device: torch.device) -> torch.Tensor:
 @lru_cache(maxsize=8)
 def _channel_offsets(device: torch.device) -> torch.Tensor:
     """(3, 1, 1) offsets 0, 256, 512 of the channels' rows in the flattened table."""
+    import torch
+
     return (torch.arange(3, dtype=torch.long) * 256).view(3, 1, 1).to(device)
 
 
@@ -49,8 +66,9 @@ def preprocess_frame(frame: np.ndarray, image_size: int, device: torch.device, d
     are normalised there by a table lookup (one gather; on a GPU a quarter of the bytes of a float
     image to copy, and no per-pixel work left on the host).
     """
-    if frame.shape[0] != image_size or frame.shape[1] != image_size:
-        frame = np.asarray(Image.fromarray(frame).resize((image_size, image_size)))
+    import torch
+
+    frame = resize_frame(frame, image_size)
     device = torch.device(device)
     # np.require: torch wants a writable, C-ordered array (Pillow's are read-only).
     pixels = torch.from_numpy(np.require(frame, requirements=("C", "W"))).to(device).permute(2, 0, 1)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from surgsam2.data.masks import MAX_OBJECT_ID
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: validation stays torch-free
+    import torch
 
 # SAM 2's point labels for the two box corners.
 BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL = 2, 3
@@ -48,7 +51,9 @@ class ModelPrompt:
 
 
 def _as_mask_array(mask: np.ndarray | torch.Tensor, obj_id: int) -> np.ndarray:
-    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    torch_module = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    is_tensor = torch_module is not None and isinstance(mask, torch_module.Tensor)
+    array = mask.detach().cpu().numpy() if is_tensor else np.asarray(mask)
     if array.ndim != 2:
         raise ValueError(f"object {obj_id}: mask prompt must be 2-D (HxW), got shape {array.shape}")
     if array.dtype != np.bool_:
@@ -137,6 +142,9 @@ def to_model_prompt(
     prompt: Prompt, frame_size: tuple[int, int], image_size: int, device: torch.device
 ) -> ModelPrompt:
     """Convert a validated prompt to model inputs, as the official video predictor does."""
+    import torch
+    import torch.nn.functional as F
+
     height, width = frame_size
     if prompt.mask is not None:
         mask = torch.from_numpy(_as_mask_array(prompt.mask, -1).astype(np.float32))[None, None].to(device)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from surgsam2.data.masks import MAX_OBJECT_ID
+
+if TYPE_CHECKING:  # torch-free at run time: the ONNX runtime reuses FrameResult
+    import torch
 
 
 @dataclass

@@ -1,0 +1,426 @@
+"""`OnnxTracker`: the streaming tracker on an ONNX export, without PyTorch.
+
+Needs numpy, onnxruntime, OpenCV, Pillow and an export folder (`surgsam2 export --format onnx`).
+It has the `Tracker` API (`step(frame, prompts) -> FrameResult`, `remove_object`, `object_ids`)
+and follows the same rules by sharing their code: frame and prompt validation
+(`tracking.frames`, `tracking.prompts`), which memories and pointers a frame may attend to
+(`memory.rules.BankRules`, the base of the torch `MemoryBank`), hole filling
+(`tracking.postprocess`). What is re-written in numpy (EFP's selection, the antialiased resize of
+mask prompts) is tested against the torch original. Nothing on this module's import path imports
+torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from surgsam2.export.manifest import load_manifest
+from surgsam2.memory.rules import BankRules, MemoryLayout, MemoryRules
+from surgsam2.tracking.frames import resize_frame, validate_frame
+from surgsam2.tracking.postprocess import fill_holes_array
+from surgsam2.tracking.prompts import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL, Prompt, validate_prompts
+from surgsam2.tracking.results import FrameResult
+
+GRAPHS = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "mask_prompt")
+PREVIOUS_LOGITS_CLAMP = 32.0  # as the torch tracker clamps the tracked mask fed back with clicks
+MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # a mask prompt's logits, as SAM2Model.mask_as_output
+EFP_EPS = 1e-8  # cosine similarity's norm floor, as torch's
+
+
+def round_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest, ties to even) and back: the torch bank stores
+    memories in bfloat16, so the runtime keeps exactly the values it would."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return rounded.view(np.float32)
+
+
+def efp_num_dropped(protected: Sequence[bool], capacity: int, num_frame_to_prune: int) -> int:
+    """`EfpPolicy.num_dropped`: how many memories EFP drops (never the newest or a protected one)."""
+    prunable = sum(1 for flag in protected[:-1] if not flag)
+    return min(max(len(protected) + num_frame_to_prune - capacity, 0), prunable)
+
+
+def efp_select(features: np.ndarray, protected: Sequence[bool], capacity: int, num_frame_to_prune: int) -> np.ndarray:
+    """`EfpPolicy.select` in numpy: indices (K, B) of the kept candidates, ascending per object.
+    ``features`` (N, B, T, C); drops the memories with the largest summed per-token cosine
+    similarity to the newest, older first among equal scores."""
+    num_candidates, batch = features.shape[:2]
+    dropped = efp_num_dropped(protected, capacity, num_frame_to_prune)
+    indices = np.arange(num_candidates)
+    if dropped == 0:
+        return np.repeat(indices[:, None], batch, axis=1)
+    features = features.astype(np.float32)
+    newest = features[-1:]
+    norms = np.maximum(np.linalg.norm(features, axis=-1), EFP_EPS) * np.maximum(np.linalg.norm(newest, axis=-1), EFP_EPS)
+    scores = ((features * newest).sum(axis=-1) / norms).sum(axis=-1)  # (N, B)
+    never = np.array(list(protected[:-1]) + [True])
+    scores = np.where(never[:, None], -np.inf, scores)
+    order = np.argsort(-scores, axis=0, kind="stable")  # stable: the older of equal scores first
+    keep = np.ones((num_candidates, batch), dtype=bool)
+    np.put_along_axis(keep, order[:dropped], False, axis=0)
+    return np.stack([indices[keep[:, row]] for row in range(batch)], axis=1)
+
+
+def _aa_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) weights of torch's antialiased bilinear resize (align_corners=False) on one axis."""
+    scale = in_size / out_size
+    support = scale if scale >= 1.0 else 1.0
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    for index in range(out_size):
+        center = scale * (index + 0.5)
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        taps = np.arange(lo, hi)
+        w = np.clip(1.0 - np.abs((taps - center + 0.5) * inv), 0.0, None).astype(np.float32)
+        total = w.sum()
+        weights[index, lo:hi] = w / total if total > 0 else w
+    return weights
+
+
+def resize_antialiased(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) float32 -> (height, width) as ``F.interpolate(..., 'bilinear', antialias=True)``."""
+    rows, cols = _aa_weights(plane.shape[0], height), _aa_weights(plane.shape[1], width)
+    return (rows @ plane.astype(np.float32) @ cols.T).astype(np.float32)
+
+
+@dataclass
+class OnnxObjectOutput:
+    """One object's output on a frame (numpy; as the torch tracker's `ObjectOutput`)."""
+
+    low_res_masks: np.ndarray  # (1, h, w) hole-filled logits, what the user sees
+    memory_masks: np.ndarray  # (1, h, w) logits the memory is encoded from
+    iou: float
+    obj_ptr: np.ndarray  # (C,)
+    object_score_logit: float
+    conditioning: bool
+
+
+@dataclass
+class _ModelPrompt:
+    """A prompt in model coordinates: an S x S 0/1 mask, or points (N, 2) with labels (N,)."""
+
+    mask: np.ndarray | None
+    point_coords: np.ndarray | None
+    point_labels: np.ndarray | None
+
+
+class OnnxTracker:
+    """Streaming promptable tracker over an ONNX export (the `Tracker` API, no PyTorch).
+
+    ``folder``: an export folder (its manifest is verified); ``memory``: ``"efp"`` or ``"fifo"``
+    (default: the manifest's); ``providers``: ONNX Runtime execution providers (default CPU).
+    ``num_frames``: only clips of at least the pointer window (16 frames) may be given: the
+    export's pointer encoding is fixed to it (shorter clips track as a stream).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        memory: str | None = None,
+        num_frame_to_prune: int | None = None,
+        fill_hole_area: int | None = None,
+        num_frames: int | None = None,
+        output_logits: bool = True,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.manifest = load_manifest(self.folder)
+        config, memory_record = self.manifest["model"]["config"], self.manifest["memory"]
+        self.config = config
+        self.policy = memory_record["policy"] if memory is None else memory
+        if self.policy not in ("efp", "fifo"):
+            raise ValueError(f"unknown memory policy {self.policy!r}; choose efp or fifo")
+        self.num_frame_to_prune = memory_record["num_frame_to_prune"] if num_frame_to_prune is None else num_frame_to_prune
+        if self.num_frame_to_prune < 0:
+            raise ValueError(f"num_frame_to_prune must be >= 0, got {self.num_frame_to_prune}")
+        self.fill_hole_area = config["fill_hole_area"] if fill_hole_area is None else fill_hole_area
+        if num_frames is not None and num_frames < memory_record["max_pointers"]:
+            num_frames = None
+        self.num_frames = num_frames
+        self.output_logits = output_logits
+        self.image_size = int(self.manifest["image_size"])
+        self.memory_record = memory_record
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        chosen = list(providers) if providers else ["CPUExecutionProvider"]
+        graphs = self.manifest["graphs"]
+        missing = [name for name in GRAPHS if name not in graphs]
+        if missing:
+            raise ValueError(f"{self.folder}: the export has no {missing[0]!r} graph; export again")
+        self.sessions = {
+            name: ort.InferenceSession(str(self.folder / graphs[name]["file"]), options, providers=chosen)
+            for name in GRAPHS
+        }
+        self.bank = BankRules(
+            MemoryRules(
+                num_maskmem=config["num_maskmem"],
+                max_obj_ptrs_in_encoder=config["max_obj_ptrs_in_encoder"],
+                memory_temporal_stride=config["memory_temporal_stride_for_eval"],
+                max_cond_frames_in_attn=config["max_cond_frames_in_attn"],
+                only_obj_ptrs_in_the_past=config["only_obj_ptrs_in_the_past_for_eval"],
+                use_signed_tpos_enc_to_obj_ptrs=config["use_signed_tpos_enc_to_obj_ptrs"],
+            )
+        )
+        normalisation = self.manifest["normalisation"]
+        scaled = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+        mean = np.asarray(normalisation["mean"], dtype=np.float32)[:, None]
+        std = np.asarray(normalisation["std"], dtype=np.float32)[:, None]
+        self._table = ((scaled[None, :] - mean) / std).astype(np.float32)  # (3, 256)
+        self.frame_index = 0
+        self.frame_size: tuple[int, int] | None = None
+
+    # --- public API ---------------------------------------------------------------------------
+    @property
+    def object_ids(self) -> list[int]:
+        return list(self.bank.objects)
+
+    def reset(self) -> None:
+        """Forget every object and start a new stream at frame 0."""
+        self.bank.reset()
+        self.frame_index = 0
+        self.frame_size = None
+
+    def remove_object(self, obj_id: int) -> None:
+        """Stop tracking ``obj_id`` and free its memory."""
+        if obj_id not in self.bank:
+            raise ValueError(f"unknown object id {obj_id}; tracked: {self.object_ids}")
+        self.bank.remove_object(obj_id)
+
+    def step(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None) -> FrameResult:
+        """Track every object on the next frame (HxWx3 uint8 RGB), applying ``prompts`` first."""
+        frame = validate_frame(frame, self.frame_index)
+        frame_size = (int(frame.shape[0]), int(frame.shape[1]))
+        if self.frame_size is not None and frame_size != self.frame_size:
+            raise ValueError(
+                f"frame {self.frame_index}: size {frame_size[1]}x{frame_size[0]} differs from the "
+                f"stream's {self.frame_size[1]}x{self.frame_size[0]} (call reset() for a new video)"
+            )
+        prompts = validate_prompts(prompts, frame_size)
+        self.frame_size = frame_size
+        outputs: dict[int, OnnxObjectOutput] = {}
+        if prompts or self.bank.objects:
+            features = self.encode_frame(frame)
+            model_prompts = {obj_id: self._model_prompt(prompt) for obj_id, prompt in prompts.items()}
+            outputs = self._run_frame(features, model_prompts)
+            self._remember(features, outputs)
+        result = self._result(outputs, self.frame_index)
+        self.frame_index += 1
+        return result
+
+    def encode_frame(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        """The image encoder's outputs by name, from the frame preprocessed as the torch tracker does."""
+        pixels = resize_frame(frame, self.image_size)
+        image = np.stack([self._table[channel][pixels[:, :, channel]] for channel in range(3)])[None]
+        session = self.sessions["image_encoder"]
+        values = session.run(None, {"images": np.ascontiguousarray(image)})
+        return {output.name: value for output, value in zip(session.get_outputs(), values)}
+
+    # --- one frame ----------------------------------------------------------------------------
+    def _use_multimask(self, is_init_cond_frame: bool, num_points: int) -> bool:
+        """`SAM2Model.use_multimask` from the manifest's config."""
+        config = self.config
+        return bool(
+            config["multimask_output_in_sam"]
+            and (is_init_cond_frame or config["multimask_output_for_tracking"])
+            and config["multimask_min_pt_num"] <= num_points <= config["multimask_max_pt_num"]
+        )
+
+    def _model_prompt(self, prompt: Prompt) -> _ModelPrompt:
+        """`tracking.prompts.to_model_prompt` in numpy (a validated prompt)."""
+        height, width = self.frame_size
+        size = self.image_size
+        if prompt.mask is not None:
+            mask = np.asarray(prompt.mask).astype(bool).astype(np.float32)
+            if (height, width) != (size, size):
+                mask = (resize_antialiased(mask, size, size) >= 0.5).astype(np.float32)
+            return _ModelPrompt(mask, None, None)
+        coords: list[list[float]] = []
+        labels: list[int] = []
+        if prompt.box is not None:
+            x0, y0, x1, y1 = (float(v) for v in prompt.box)
+            coords += [[x0, y0], [x1, y1]]
+            labels += [BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL]
+        if prompt.points is not None:
+            coords += [[float(x), float(y)] for x, y in prompt.points]
+            labels += [int(v) for v in prompt.labels] if prompt.labels is not None else [1] * len(prompt.points)
+        scale = np.array([width, height], dtype=np.float32)
+        point_coords = np.asarray(coords, dtype=np.float32) / scale * np.float32(size)
+        return _ModelPrompt(None, point_coords.astype(np.float32), np.asarray(labels, dtype=np.int32))
+
+    def _decode(
+        self, features: dict[str, np.ndarray], pix_feat: np.ndarray, coords: np.ndarray, labels: np.ndarray,
+        mask_input: np.ndarray | None, multimask: bool,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """The mask decoder for one object (batch 1): points (N, 2), labels (N,), optional mask logits."""
+        low = 4 * features["image_embedding"].shape[-1]
+        inputs = {
+            "pix_feat": pix_feat, "high_res_0": features["high_res_0"], "high_res_1": features["high_res_1"],
+            "point_coords": coords[None].astype(np.float32), "point_labels": labels[None].astype(np.int32),
+            "mask_input": np.zeros((1, 1, low, low), np.float32) if mask_input is None else mask_input.astype(np.float32),
+            "has_mask": np.array([mask_input is not None]), "multimask": np.array([multimask]),
+        }  # fmt: skip
+        session = self.sessions["mask_decoder"]
+        return {output.name: value for output, value in zip(session.get_outputs(), session.run(None, inputs))}
+
+    def _run_frame(self, features: dict[str, np.ndarray], prompts: dict[int, _ModelPrompt]) -> dict[int, OnnxObjectOutput]:
+        """Known objects tracked (with corrective clicks), then new or replaced objects decoded from
+        their prompts, as `Tracker._run_frame`."""
+        known = list(self.bank.objects)
+        replaced = [obj_id for obj_id in known if obj_id in prompts and prompts[obj_id].mask is not None]
+        tracked = [obj_id for obj_id in known if obj_id not in replaced]
+        clicked = [obj_id for obj_id, prompt in prompts.items() if obj_id not in known and prompt.mask is None]
+        # One memory-attention batch: tracked objects with their memories, new clicked objects with none
+        # (their features are the image embedding plus the 'no memory' embedding).
+        pix_feats = self._attend(features, tracked, clicked)
+        outputs: dict[int, OnnxObjectOutput] = {}
+        no_point = (np.zeros((1, 2), np.float32), np.full((1,), -1, np.int32))
+        multimask = self._use_multimask(False, 0)
+        for obj_id in tracked:
+            decoded = self._decode(features, pix_feats[obj_id], *no_point, None, multimask)
+            filled = fill_holes_array(decoded["low_res_masks"], self.fill_hole_area)
+            prompt = prompts.get(obj_id)
+            if prompt is None:
+                outputs[obj_id] = OnnxObjectOutput(
+                    filled[0], decoded["low_res_masks"][0], float(decoded["iou"].max()), decoded["obj_ptr"][0],
+                    float(decoded["object_score_logits"][0, 0]), conditioning=False,
+                )
+                continue
+            clamped = np.clip(filled, -PREVIOUS_LOGITS_CLAMP, PREVIOUS_LOGITS_CLAMP)
+            multi = self._use_multimask(False, len(prompt.point_labels))
+            corrected = self._decode(features, pix_feats[obj_id], prompt.point_coords, prompt.point_labels, clamped, multi)
+            outputs[obj_id] = self._prompted_output(corrected)
+        for obj_id, prompt in prompts.items():
+            if obj_id in outputs:
+                continue
+            if prompt.mask is not None:
+                outputs[obj_id] = self._mask_output(features, prompt.mask)
+            else:
+                multi = self._use_multimask(True, len(prompt.point_labels))
+                decoded = self._decode(features, pix_feats[obj_id], prompt.point_coords, prompt.point_labels, None, multi)
+                outputs[obj_id] = self._prompted_output(decoded)
+        return outputs
+
+    def _prompted_output(self, decoded: dict[str, np.ndarray]) -> OnnxObjectOutput:
+        """A prompted frame's output: its memory is encoded from the shown (hole-filled) mask."""
+        filled = fill_holes_array(decoded["low_res_masks"], self.fill_hole_area)
+        return OnnxObjectOutput(
+            filled[0], filled[0], float(decoded["iou"].max()), decoded["obj_ptr"][0],
+            float(decoded["object_score_logits"][0, 0]), conditioning=True,
+        )  # fmt: skip
+
+    def _mask_output(self, features: dict[str, np.ndarray], mask: np.ndarray) -> OnnxObjectOutput:
+        """A mask prompt used as the output (`SAM2Model.mask_as_output`), hole-filled as prompted."""
+        low = self.image_size // 4
+        low_res = resize_antialiased(mask * np.float32(MASK_LOGIT_SCALE) + np.float32(MASK_LOGIT_BIAS), low, low)
+        inputs = {
+            "image_embedding": features["image_embedding"], "high_res_0": features["high_res_0"],
+            "high_res_1": features["high_res_1"], "masks": mask[None, None].astype(np.float32),
+        }  # fmt: skip
+        session = self.sessions["mask_prompt"]
+        declared = {value.name for value in session.get_inputs()}  # the exporter drops unused inputs
+        obj_ptr, score = session.run(None, {name: value for name, value in inputs.items() if name in declared})
+        filled = fill_holes_array(low_res[None, None], self.fill_hole_area)
+        return OnnxObjectOutput(filled[0], filled[0], 1.0, obj_ptr[0], float(score[0, 0]), conditioning=True)
+
+    # --- memory -------------------------------------------------------------------------------
+    def _kept(self, layout: MemoryLayout) -> list[int]:
+        """Indices of the layout's candidate memories the policy keeps (ascending)."""
+        count = len(layout.memories)
+        capacity = self.config["num_maskmem"]
+        if self.policy == "fifo" or efp_num_dropped(layout.protected, capacity, self.num_frame_to_prune) == 0:
+            return list(range(count))
+        features = np.stack([stored.features for stored, _ in layout.memories])[:, None]
+        return [int(i) for i in efp_select(features, layout.protected, capacity, self.num_frame_to_prune)[:, 0]]
+
+    def _slots(self, obj_ids: list[int], fresh: list[int]) -> dict[str, np.ndarray]:
+        """Memory attention's slot inputs for ``obj_ids`` (their layouts) then ``fresh`` (no memory)."""
+        record = self.memory_record
+        slots, pointer_slots = record["memory_slots"], record["pointer_slots"]
+        batch = len(obj_ids) + len(fresh)
+        tokens = self.sessions["memory_attention"].get_inputs()[2].shape[2]
+        mem_dim = self.sessions["memory_attention"].get_inputs()[2].shape[3]
+        hidden = self.sessions["memory_attention"].get_inputs()[5].shape[2]
+        inputs = {
+            "memory_tokens": np.zeros((batch, slots, tokens, mem_dim), np.float32),
+            "memory_slots": np.full((batch, slots), record["conditioning_temporal_slot"], np.int64),
+            "memory_valid": np.zeros((batch, slots), bool),
+            "pointers": np.zeros((batch, pointer_slots, hidden), np.float32),
+            "pointer_offsets": np.ones((batch, pointer_slots), np.int64),
+            "pointer_valid": np.zeros((batch, pointer_slots), bool),
+        }
+        for row, obj_id in enumerate(obj_ids):
+            layout = self.bank.layout(obj_id, self.frame_index, self.num_frames)
+            kept = self._kept(layout)
+            if len(kept) > slots or len(layout.pointers) > pointer_slots:
+                raise ValueError(
+                    f"object {obj_id}: {len(kept)} memories and {len(layout.pointers)} pointers on frame "
+                    f"{self.frame_index}, the export holds {slots} and {pointer_slots} (export with more "
+                    "--conditioning-slots for more prompted frames)"
+                )
+            for position, index in enumerate(kept):
+                stored, slot = layout.memories[index]
+                inputs["memory_tokens"][row, position] = stored.features
+                inputs["memory_slots"][row, position] = slot
+                inputs["memory_valid"][row, position] = True
+            for position, (stored, offset) in enumerate(layout.pointers):
+                inputs["pointers"][row, position] = stored.obj_ptr
+                inputs["pointer_offsets"][row, position] = offset
+                inputs["pointer_valid"][row, position] = True
+        return inputs
+
+    def _attend(self, features: dict[str, np.ndarray], obj_ids: list[int], fresh: list[int]) -> dict[int, np.ndarray]:
+        """Memory-conditioned features (1, C, h, w) per object, all objects in one batch."""
+        if not obj_ids and not fresh:
+            return {}
+        inputs = self._slots(obj_ids, fresh)
+        inputs["image_embedding"] = features["image_embedding"]
+        inputs["image_position"] = features["image_position"]
+        (pix_feat,) = self.sessions["memory_attention"].run(None, inputs)
+        return {obj_id: pix_feat[row : row + 1] for row, obj_id in enumerate(obj_ids + fresh)}
+
+    def _remember(self, features: dict[str, np.ndarray], outputs: dict[int, OnnxObjectOutput]) -> None:
+        """Encode every object's memory of this frame in one batch and store it (in bfloat16)."""
+        if not outputs:
+            return
+        obj_ids = list(outputs)
+        for obj_id in obj_ids:
+            if obj_id not in self.bank:
+                self.bank.add_object(obj_id)
+        inputs = {
+            "image_embedding": features["image_embedding"],
+            "low_res_masks": np.stack([outputs[i].memory_masks for i in obj_ids]).astype(np.float32),
+            "object_score_logits": np.array([[outputs[i].object_score_logit] for i in obj_ids], np.float32),
+            "binarize": np.array([outputs[i].conditioning for i in obj_ids]),
+        }
+        (tokens,) = self.sessions["memory_encoder"].run(None, inputs)
+        tokens = round_to_bfloat16(tokens)
+        for row, obj_id in enumerate(obj_ids):
+            output = outputs[obj_id]
+            self.bank.write(obj_id, self.frame_index, tokens[row], output.obj_ptr, conditioning=output.conditioning)
+
+    # --- results ------------------------------------------------------------------------------
+    def _result(self, outputs: dict[int, OnnxObjectOutput], frame_index: int) -> FrameResult:
+        """Masks at the frame's size (bilinear, half-pixel centres, as the torch tracker)."""
+        result = FrameResult(frame_index=frame_index)
+        height, width = self.frame_size
+        for obj_id, output in outputs.items():
+            logits = cv2.resize(output.low_res_masks[0], (width, height), interpolation=cv2.INTER_LINEAR)
+            result.masks[obj_id] = logits > 0
+            if self.output_logits:
+                result.logits[obj_id] = logits
+            result.scores[obj_id] = float(1.0 / (1.0 + np.exp(-output.object_score_logit)))
+            result.ious[obj_id] = output.iou
+        return result
+
+
+__all__ = ["OnnxTracker", "efp_select", "efp_num_dropped", "resize_antialiased", "round_to_bfloat16"]
