@@ -217,3 +217,12 @@ def test_live_in_the_browser(model, stream, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_negative_camera_index_is_one_line(capsys) -> None:
+    """`surgsam2 serve --camera -1` is refused before any model loads, in one line."""
+    from surgsam2.cli import main
+
+    assert main(["serve", "--camera", "-1", "--port", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--camera must be >= 0, got -1" in error

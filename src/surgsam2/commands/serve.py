@@ -24,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=int, default=500, help="largest upload accepted (default 500 MB)")
     parser.add_argument("--idle-timeout", type=float, default=3600.0,
                         help="seconds after which an unused session is freed (default 3600)")  # fmt: skip
+    parser.add_argument("--camera", type=int, action="append", default=[], metavar="INDEX",
+                        help="a camera the page may track live (repeatable; none by default)")  # fmt: skip
+    parser.add_argument("--stream", action="append", default=[], metavar="URL",
+                        help="a stream URL (or video file) the page may track live (repeatable)")  # fmt: skip
 
 
 def _check(args: argparse.Namespace) -> Path | None:
@@ -34,6 +38,8 @@ def _check(args: argparse.Namespace) -> Path | None:
         raise ValueError(f"--max-upload-mb must be >= 1, got {args.max_upload_mb}")
     if args.idle_timeout <= 0:
         raise ValueError(f"--idle-timeout must be > 0, got {args.idle_timeout}")
+    if any(camera < 0 for camera in args.camera):
+        raise ValueError(f"--camera must be >= 0, got {min(args.camera)}")
     if args.data_dir is None:
         return None
     data_dir = Path(args.data_dir)
@@ -57,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     status = (f"model {options.name} ({model.image_size} px), device {next(model.parameters()).device},"
               f" precision {options.dtype}, memory {args.memory}")  # fmt: skip
     config = ServeConfig(data_dir=data_dir, max_upload_mb=args.max_upload_mb, memory=args.memory,
-                         num_frame_to_prune=args.num_frame_to_prune, idle_timeout_s=args.idle_timeout, status=status)  # fmt: skip
+                         num_frame_to_prune=args.num_frame_to_prune, idle_timeout_s=args.idle_timeout, status=status,
+                         live_sources=tuple(str(camera) for camera in args.camera) + tuple(args.stream))  # fmt: skip
     app = create_app(model, config)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
     _announce(server, args.host)
