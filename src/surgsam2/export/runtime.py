@@ -21,10 +21,11 @@ import numpy as np
 
 from surgsam2.export.manifest import load_manifest
 from surgsam2.memory.rules import BankRules, MemoryLayout, MemoryRules
-from surgsam2.tracking.frames import resize_frame, validate_frame
+from surgsam2.tracking.frames import check_stream_frame, resize_frame
 from surgsam2.tracking.postprocess import fill_holes_array
-from surgsam2.tracking.prompts import BOX_BOTTOM_RIGHT_LABEL, BOX_TOP_LEFT_LABEL, Prompt, validate_prompts
+from surgsam2.tracking.prompts import Prompt, prompt_point_arrays, validate_prompts
 from surgsam2.tracking.results import FrameResult
+from surgsam2.tracking.stream import StreamTracker
 
 GRAPHS = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "mask_prompt")
 PREVIOUS_LOGITS_CLAMP = 32.0  # as the torch tracker clamps the tracked mask fed back with clicks
@@ -110,7 +111,7 @@ class _ModelPrompt:
     point_labels: np.ndarray | None
 
 
-class OnnxTracker:
+class OnnxTracker(StreamTracker):
     """Streaming promptable tracker over an ONNX export (the `Tracker` API, no PyTorch).
 
     ``folder``: an export folder (its manifest is verified); ``memory``: ``"efp"`` or ``"fifo"``
@@ -180,31 +181,10 @@ class OnnxTracker:
         self.frame_size: tuple[int, int] | None = None
 
     # --- public API ---------------------------------------------------------------------------
-    @property
-    def object_ids(self) -> list[int]:
-        return list(self.bank.objects)
-
-    def reset(self) -> None:
-        """Forget every object and start a new stream at frame 0."""
-        self.bank.reset()
-        self.frame_index = 0
-        self.frame_size = None
-
-    def remove_object(self, obj_id: int) -> None:
-        """Stop tracking ``obj_id`` and free its memory."""
-        if obj_id not in self.bank:
-            raise ValueError(f"unknown object id {obj_id}; tracked: {self.object_ids}")
-        self.bank.remove_object(obj_id)
 
     def step(self, frame: np.ndarray, prompts: Mapping[int, Prompt] | None = None) -> FrameResult:
         """Track every object on the next frame (HxWx3 uint8 RGB), applying ``prompts`` first."""
-        frame = validate_frame(frame, self.frame_index)
-        frame_size = (int(frame.shape[0]), int(frame.shape[1]))
-        if self.frame_size is not None and frame_size != self.frame_size:
-            raise ValueError(
-                f"frame {self.frame_index}: size {frame_size[1]}x{frame_size[0]} differs from the "
-                f"stream's {self.frame_size[1]}x{self.frame_size[0]} (call reset() for a new video)"
-            )
+        frame, frame_size = check_stream_frame(frame, self.frame_index, self.frame_size)
         prompts = validate_prompts(prompts, frame_size)
         self.frame_size = frame_size
         outputs: dict[int, OnnxObjectOutput] = {}
@@ -244,18 +224,8 @@ class OnnxTracker:
             if (height, width) != (size, size):
                 mask = (resize_antialiased(mask, size, size) >= 0.5).astype(np.float32)
             return _ModelPrompt(mask, None, None)
-        coords: list[list[float]] = []
-        labels: list[int] = []
-        if prompt.box is not None:
-            x0, y0, x1, y1 = (float(v) for v in prompt.box)
-            coords += [[x0, y0], [x1, y1]]
-            labels += [BOX_TOP_LEFT_LABEL, BOX_BOTTOM_RIGHT_LABEL]
-        if prompt.points is not None:
-            coords += [[float(x), float(y)] for x, y in prompt.points]
-            labels += [int(v) for v in prompt.labels] if prompt.labels is not None else [1] * len(prompt.points)
-        scale = np.array([width, height], dtype=np.float32)
-        point_coords = np.asarray(coords, dtype=np.float32) / scale * np.float32(size)
-        return _ModelPrompt(None, point_coords.astype(np.float32), np.asarray(labels, dtype=np.int32))
+        coords, labels = prompt_point_arrays(prompt, self.frame_size, size)
+        return _ModelPrompt(None, coords, labels)
 
     def _decode(
         self, features: dict[str, np.ndarray], pix_feat: np.ndarray, coords: np.ndarray, labels: np.ndarray,
@@ -392,10 +362,7 @@ class OnnxTracker:
         """Encode every object's memory of this frame in one batch and store it (in bfloat16)."""
         if not outputs:
             return
-        obj_ids = list(outputs)
-        for obj_id in obj_ids:
-            if obj_id not in self.bank:
-                self.bank.add_object(obj_id)
+        obj_ids = self._bank_objects_of(outputs)
         inputs = {
             "image_embedding": features["image_embedding"],
             "low_res_masks": np.stack([outputs[i].memory_masks for i in obj_ids]).astype(np.float32),

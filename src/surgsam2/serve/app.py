@@ -30,7 +30,7 @@ from surgsam2.serve.frames import (
     resolve_in_data_dir,
 )
 from surgsam2.serve.live import live_source_names
-from surgsam2.serve.live_routes import add_live_routes
+from surgsam2.serve.live_routes import LivePromptBody, add_live_routes, prompt_values
 from surgsam2.serve.registry import ServeConfig, SessionRegistry
 from surgsam2.serve.session import ApiError, Session
 
@@ -47,14 +47,10 @@ class ObjectBody(BaseModel):
     class_id: int | None = None
 
 
-class PromptBody(BaseModel):
+class PromptBody(LivePromptBody):
+    """A click or box on one frame of the clip (a live prompt applies to the newest frame)."""
+
     frame: int
-    object: int
-    kind: Literal["point", "box"]
-    x: float | None = None
-    y: float | None = None
-    label: Literal[0, 1] = 1
-    box: list[float] | None = None
 
 
 class FrameObjectBody(BaseModel):
@@ -213,14 +209,7 @@ def _add_edit_routes(app: FastAPI, registry: SessionRegistry) -> None:
     @app.post("/api/sessions/{sid}/prompts")
     def add_prompt(sid: str, body: PromptBody) -> dict:
         session = registry.get(sid)
-        if body.kind == "point":
-            if body.x is None or body.y is None:
-                raise ApiError(422, "a point prompt needs x and y")
-            values: tuple[float, ...] = (body.x, body.y, float(body.label))
-        else:
-            if body.box is None or len(body.box) != 4:
-                raise ApiError(422, "a box prompt needs box [x0, y0, x1, y1]")
-            values = tuple(body.box)
+        values = prompt_values(body)
         session.add_prompt(body.frame, body.object, body.kind, values)
         return session.to_json()
 

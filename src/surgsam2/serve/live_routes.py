@@ -43,7 +43,8 @@ def _snapshot(session: Session) -> LiveSnapshot:
     return snapshot
 
 
-def _prompt_values(body: LivePromptBody) -> tuple[float, ...]:
+def prompt_values(body: LivePromptBody) -> tuple[float, ...]:
+    """(x, y, label) of a point, or (x0, y0, x1, y1) of a box; 422 when the kind's fields are missing."""
     if body.kind == "point":
         if body.x is None or body.y is None:
             raise ApiError(422, "a point prompt needs x and y")
@@ -104,5 +105,5 @@ def add_live_routes(app: FastAPI, registry: SessionRegistry) -> None:
         session = registry.get(sid)
         live = _live(session)
         session.require_object(body.object)
-        live.add_prompt(body.object, body.kind, _prompt_values(body))
+        live.add_prompt(body.object, body.kind, prompt_values(body))
         return live.to_json()

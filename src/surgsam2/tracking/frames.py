@@ -30,6 +30,20 @@ def validate_frame(frame: np.ndarray, frame_index: int) -> np.ndarray:
     return frame
 
 
+def check_stream_frame(
+    frame: np.ndarray, frame_index: int, stream_size: tuple[int, int] | None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """`validate_frame`, and the frame's (H, W), which must be the stream's (when it has one)."""
+    frame = validate_frame(frame, frame_index)
+    size = (int(frame.shape[0]), int(frame.shape[1]))
+    if stream_size is not None and size != stream_size:
+        raise ValueError(
+            f"frame {frame_index}: size {size[1]}x{size[0]} differs from the "
+            f"stream's {stream_size[1]}x{stream_size[0]} (call reset() for a new video)"
+        )
+    return frame, size
+
+
 def resize_frame(frame: np.ndarray, image_size: int) -> np.ndarray:
     """An HxWx3 uint8 frame at S x S with Pillow's default filter, as the official loader resizes
     (frames already at S x S are returned as they are)."""

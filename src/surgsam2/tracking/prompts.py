@@ -155,6 +155,19 @@ def to_model_prompt(
             mask = (mask >= 0.5).float()
         return ModelPrompt(mask=mask, point_coords=None, point_labels=None)
 
+    coords, labels = prompt_point_arrays(prompt, frame_size, image_size)
+    point_coords = torch.from_numpy(coords)[None].to(device)
+    point_labels = torch.from_numpy(labels)[None].to(device)
+    return ModelPrompt(mask=None, point_coords=point_coords, point_labels=point_labels)
+
+
+def prompt_point_arrays(
+    prompt: Prompt, frame_size: tuple[int, int], image_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A validated prompt's points as the model reads them: (N, 2) float32 coordinates on the
+    S x S input (box corners first, labelled 2 and 3, then the clicks) and (N,) int32 labels.
+    Shared by the torch tracker and the torch-free ONNX runtime."""
+    height, width = frame_size
     coords: list[list[float]] = []
     labels: list[int] = []
     if prompt.box is not None:
@@ -164,9 +177,8 @@ def to_model_prompt(
     if prompt.points is not None:
         coords += [[float(x), float(y)] for x, y in prompt.points]
         labels += [int(v) for v in prompt.labels] if prompt.labels is not None else [1] * len(prompt.points)
-    scale = torch.tensor([width, height], dtype=torch.float32)
-    point_coords = torch.tensor(coords, dtype=torch.float32)[None] / scale * image_size
-    point_labels = torch.tensor(labels, dtype=torch.int32)[None]
-    return ModelPrompt(mask=None, point_coords=point_coords.to(device), point_labels=point_labels.to(device))
+    scale = np.array([width, height], dtype=np.float32)
+    point_coords = np.asarray(coords, dtype=np.float32) / scale * np.float32(image_size)
+    return point_coords.astype(np.float32), np.asarray(labels, dtype=np.int32)
 
 

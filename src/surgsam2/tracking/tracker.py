@@ -25,11 +25,12 @@ from surgsam2.memory.assembly import cached_rotated_keys, gather_candidates, mem
 from surgsam2.memory.bank import BankConfig, MemoryBank, MemoryLayout
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, MemoryPolicy, make_policy
 from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
-from surgsam2.tracking.frames import preprocess_frame, validate_frame
+from surgsam2.tracking.frames import check_stream_frame, preprocess_frame, validate_frame
 from surgsam2.tracking.postprocess import fill_holes
 from surgsam2.tracking.prompts import ModelPrompt, Prompt, to_model_prompt, validate_prompts
 from surgsam2.tracking.results import FrameResult, ObjectOutput
 from surgsam2.tracking.stages import NO_STAGES, StageHook
+from surgsam2.tracking.stream import StreamTracker
 
 # Previous mask logits fed back with corrective clicks are clamped, as SAM 2 does.
 PREVIOUS_LOGITS_CLAMP = 32.0
@@ -54,7 +55,7 @@ def _flags_on(flags: tuple[bool, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(flags, dtype=torch.bool).to(device)
 
 
-class Tracker:
+class Tracker(StreamTracker):
     """Streaming promptable tracker over a SAM 2 model.
 
     ``memory``: ``"efp"`` (Surgical SAM 2, default), ``"fifo"`` (SAM 2) or a MemoryPolicy.
@@ -110,23 +111,9 @@ class Tracker:
     # ------------------------------------------------------------------------------------
     # Public API
     # ------------------------------------------------------------------------------------
-    @property
-    def object_ids(self) -> list[int]:
-        return list(self.bank.objects)
-
-    def reset(self) -> None:
-        """Forget every object and start a new stream at frame 0."""
-        self.bank.reset()
-        self.frame_index = 0
-        self.frame_size = None
+    def _forget_stream(self) -> None:
         self._memory_pos = None
         self._temporal_keys = None
-
-    def remove_object(self, obj_id: int) -> None:
-        """Stop tracking ``obj_id`` and free its memory."""
-        if obj_id not in self.bank:
-            raise ValueError(f"unknown object id {obj_id}; tracked: {self.object_ids}")
-        self.bank.remove_object(obj_id)
 
     def state_bytes(self) -> int:
         """Bytes of tensors the tracker holds between frames."""
@@ -164,13 +151,7 @@ class Tracker:
         """Validate, run the network on one frame, remember it and move to the next frame.
         Returns each object's output still on the device (`result` makes the masks of a frame).
         ``features``: this frame's `encode_frame` if already computed (not checked against it)."""
-        frame = validate_frame(frame, self.frame_index)
-        frame_size = (int(frame.shape[0]), int(frame.shape[1]))
-        if self.frame_size is not None and frame_size != self.frame_size:
-            raise ValueError(
-                f"frame {self.frame_index}: size {frame_size[1]}x{frame_size[0]} differs from the "
-                f"stream's {self.frame_size[1]}x{self.frame_size[0]} (call reset() for a new video)"
-            )
+        frame, frame_size = check_stream_frame(frame, self.frame_index, self.frame_size)
         prompts = validate_prompts(prompts, frame_size)
         self.frame_size = frame_size
         outputs: dict[int, ObjectOutput] = {}
@@ -314,10 +295,7 @@ class Tracker:
         """Encode every object's memory of this frame in one batch and store it."""
         if not outputs:
             return
-        obj_ids = list(outputs)
-        for obj_id in obj_ids:
-            if obj_id not in self.bank:
-                self.bank.add_object(obj_id)
+        obj_ids = self._bank_objects_of(outputs)
         model = self.model
         memory_masks = torch.cat([outputs[i].memory_masks for i in obj_ids])
         high_res_masks = model.upscale_masks(memory_masks).to(model.dtype)
