@@ -248,3 +248,36 @@ def test_tracker_with_qefp_stores_quality_and_tracks():
         assert (stored.object_score is not None) == expect and (stored.iou is not None) == expect
         if expect:
             assert stored.object_score.shape == () and 0.0 <= float(stored.iou) <= 1.5
+
+
+def test_training_clip_forward_with_qefp_passes_quality_and_keeps_gradients(tmp_path):
+    """Training reads the same assembly: with qefp each memory's (N,) logits and IoUs reach the
+    policy (N objects of the clip batch), pruning happens, and the loss still backpropagates."""
+    from surgsam2.data.synthetic import write_synthetic_dataset
+    from surgsam2.model.configs import get_config
+    from surgsam2.model.sam2 import SAM2Model
+    from surgsam2.train.config import LossSection, PromptSection
+    from surgsam2.train.dataset import ClipDataset, ClipSpec, collate_clips
+    from surgsam2.train.losses import LOSS_NAMES, weighted_total
+    from surgsam2.train.model_forward import ClipForward
+
+    root = tmp_path / "synthetic"
+    write_synthetic_dataset(root, videos=1, frames=10, size=(96, 80), seed=11)
+    batch = collate_clips([ClipDataset([root], ClipSpec(num_frames=9, image_size=64, max_objects=2), seed=0)[(0, 0)]])
+    seen: list[tuple[int, int, int]] = []
+
+    class Recording(QualityEfpPolicy):
+        def select(self, features, protected, capacity, quality=None):
+            assert quality is not None and quality.object_scores.shape == features.shape[:2]
+            keep = super().select(features, protected, capacity, quality=quality)
+            seen.append((features.shape[0], keep.shape[0], features.shape[1]))
+            return keep
+
+    torch.manual_seed(0)
+    model = SAM2Model(get_config("nano", 64)).train()
+    forward = ClipForward(model, PromptSection(prob_points=0.0), LossSection(), Recording())
+    outputs = forward(batch["frames"], batch["masks"], batch["valid"], seed=0)
+    loss = weighted_total({name: outputs[name] for name in LOSS_NAMES}, LossSection())
+    loss.backward()
+    assert (7, 5) in [(n, k) for n, k, _ in seen]
+    assert torch.isfinite(loss) and model.maskmem_tpos_enc.grad.abs().sum() > 0

@@ -111,7 +111,7 @@ def gather_candidates(layouts: Sequence[MemoryLayout], with_quality: bool = Fals
 def select_memories(candidates: MemoryCandidates, policy: MemoryPolicy, capacity: int) -> torch.Tensor | None:
     """Indices (K, B) of the candidates each object keeps, or None when the policy keeps all."""
     if policy.num_kept(candidates.protected, capacity) < candidates.features.shape[0]:
-        if policy.uses_quality:
+        if getattr(policy, "uses_quality", False):  # duck-typed policies without the flag read none
             return policy.select(candidates.features, candidates.protected, capacity, quality=candidates.quality)
         return policy.select(candidates.features, candidates.protected, capacity)
     return None

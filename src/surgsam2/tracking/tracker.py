@@ -289,7 +289,7 @@ class Tracker:
         max_pointers = self.model.config.max_obj_ptrs_in_encoder
         if self.num_frames is not None:
             max_pointers = min(self.num_frames, max_pointers)
-        candidates = gather_candidates(layouts, with_quality=self.policy.uses_quality)
+        candidates = gather_candidates(layouts, with_quality=getattr(self.policy, "uses_quality", False))
         keep = select_memories(candidates, self.policy, self.model.num_maskmem)
         memory, memory_pos, num_ptr_tokens = memory_tokens(
             self.model, candidates, keep, self._memory_pos, max_pointers
@@ -334,7 +334,7 @@ class Tracker:
             # cached keys equal those computed from the stored memory.
             stored_tokens = tokens.to(self.bank.config.storage_dtype).to(model.dtype)
             keys = model.memory_attention.rotated_spatial_keys(stored_tokens, self._memory_pos)
-        with_quality = self.policy.uses_quality
+        with_quality = getattr(self.policy, "uses_quality", False)
         for row, obj_id in enumerate(obj_ids):
             output = outputs[obj_id]
             self.bank.write(
