@@ -19,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,7 @@ class MemoryPolicy(ABC):
 
     name: str = "policy"
     # Whether `select` reads the candidates' quality (passed as ``quality=``); others never see it.
-    uses_quality: bool = False
+    uses_quality: ClassVar[bool] = False
 
     @classmethod
     def from_options(cls, options: PolicyOptions) -> MemoryPolicy:
@@ -187,7 +187,7 @@ class QualityEfpPolicy(EfpPolicy):
 
     min_iou: float = 0.5
     name: str = "qefp"
-    uses_quality: bool = True
+    uses_quality: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
