@@ -28,6 +28,7 @@ import numpy as np
 
 from surgsam2.data.classes import ENDOVIS18_CLASSES, NUM_INSTRUMENT_CLASSES
 from surgsam2.data.synthetic_instruments import BAND, WRIST, Instrument, plan_instruments
+from surgsam2.data.synthetic_occluders import OccluderEvent, apply_occluders, plan_occluders
 from surgsam2.data.synthetic_primitives import (
     SUBPIXEL,
     SUBPIXEL_BITS,
@@ -46,6 +47,7 @@ MIN_SIDE, MAX_SIDE = 16, 4096  # pixels, each side of a frame
 MAX_FRAMES = 100_000  # frames per clip (frame names have five digits: 00000..99999)
 MAX_VIDEOS = 10_000  # clips per dataset (synth_000 .. synth_9999)
 MAX_INSTRUMENTS = 8  # instruments per clip
+MAX_OCCLUDERS = 64  # occluder events per clip
 MAX_IN_MEMORY_BYTES = 8 << 30  # what generate_synthetic_video may hold; larger clips are streamed
 
 
@@ -88,6 +90,9 @@ class SyntheticVideoConfig:
     jpeg_artifacts: float = 0.3
     sensor_noise: float = 2.0  # standard deviation in grey levels
     specular: float = 1.0  # wet-tissue glints
+    # blood / dense smoke / glare events, each hiding one instrument's head for 15-40 frames
+    # (synthetic_occluders; 0 keeps the clips of every seed exactly as before)
+    occluders: int = 0
     seed: int = 0
 
     def validate(self) -> SyntheticVideoConfig:
@@ -116,6 +121,7 @@ class SyntheticVideoConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        _check_count("occluders", self.occluders, 0, MAX_OCCLUDERS)
         _check_count("seed", self.seed, 0, None)
         return self
 
@@ -134,6 +140,7 @@ class SyntheticVideo:
     depth_order: list[int]  # object ids from back to front
     backgrounds: np.ndarray | None = None  # tissue only, lit, before the other nuisances
     layers: np.ndarray | None = None  # (T, N, H, W) bool: each object's mask before occlusion
+    occluders: list[OccluderEvent] = field(default_factory=list)  # blood / smoke / glare events
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +166,10 @@ class _ClipRenderer:
             config, config.seed, self.width, self.height, self.frames
         )
         self._plan_nuisances()
+        self.occluders: list[OccluderEvent] = []
+        if config.occluders > 0:  # its own stream: the rest of the plan is the same with or without
+            self.occluders = plan_occluders(self._stream(9, 0), config.occluders, self.instruments,
+                                            self.frames, self.width, self.height)
         ys, xs = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32)
         self._xs, self._ys = xs + 0.5, ys + 0.5
 
@@ -418,6 +429,8 @@ class _ClipRenderer:
         else:  # lit image under a layer of smoke
             image *= lighting * (1.0 - alpha[..., None])
             image += np.array([214, 208, 204], np.float32) * np.float32(self.gain[t]) * alpha[..., None]
+        if self.occluders:
+            apply_occluders(self.occluders, self.instruments, t, image, id_map, self._xs, self._ys, float(self.gain[t]))
         blur = float(self.blur_length[t])
         if blur >= 1.5:
             size = int(math.ceil(blur)) | 1
@@ -504,6 +517,7 @@ def generate_synthetic_video(
         depth_order=list(renderer.depth_order),
         backgrounds=backgrounds,
         layers=layers,
+        occluders=list(renderer.occluders),
     )
 
 
@@ -575,6 +589,8 @@ def write_synthetic_dataset(
             writer.write_video(name, stream, prompts=True)
             meta.objects[name] = {inst.object_id: inst.class_id for inst in renderer.instruments}
             meta.video_extra[name] = {"seed": video_config.seed}
+            if renderer.occluders:  # per-video difficulty record (synthetic_occluders.frame_difficulty)
+                meta.video_extra[name]["occluders"] = [event.as_dict() for event in renderer.occluders]
             if progress is not None:
                 progress(name, index + 1)
         writer.write_meta(meta)

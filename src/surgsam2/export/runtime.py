@@ -139,7 +139,7 @@ class OnnxTracker(StreamTracker):
         self.config = config
         self.policy = memory_record["policy"] if memory is None else memory
         if self.policy not in ("efp", "fifo"):
-            raise ValueError(f"unknown memory policy {self.policy!r}; choose efp or fifo")
+            raise ValueError(f"the ONNX runtime runs the efp and fifo policies, not {self.policy!r}")
         self.num_frame_to_prune = memory_record["num_frame_to_prune"] if num_frame_to_prune is None else num_frame_to_prune
         if self.num_frame_to_prune < 0:
             raise ValueError(f"num_frame_to_prune must be >= 0, got {self.num_frame_to_prune}")

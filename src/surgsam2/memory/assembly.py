@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from surgsam2.memory.bank import MemoryLayout
-from surgsam2.memory.policies import MemoryPolicy
+from surgsam2.memory.policies import MemoryPolicy, MemoryQuality
 
 if TYPE_CHECKING:  # pragma: no cover
     from surgsam2.model.sam2 import SAM2Model
@@ -41,6 +41,7 @@ class MemoryCandidates:
     protected: tuple[bool, ...]  # N flags: conditioning memories a policy must keep
     pointers: torch.Tensor  # (P, B, D) object pointers
     pointer_offsets: torch.Tensor  # (P, B) long: signed temporal offsets of the pointers
+    quality: MemoryQuality | None = None  # (N, B) per memory, when gathered for a policy that reads it
 
 
 def _as_batch(tensor: torch.Tensor, unbatched_dim: int) -> torch.Tensor:
@@ -48,11 +49,31 @@ def _as_batch(tensor: torch.Tensor, unbatched_dim: int) -> torch.Tensor:
     return tensor.unsqueeze(0) if tensor.dim() == unbatched_dim else tensor
 
 
-def gather_candidates(layouts: Sequence[MemoryLayout]) -> MemoryCandidates:
+def _gather_quality(layouts: Sequence[MemoryLayout], widths: Sequence[int], device: torch.device) -> MemoryQuality:
+    """(N, B) object-score logits and IoUs of the candidates; a memory written without them counts
+    as present and well segmented (logit +inf, IoU 1)."""
+
+    def column(layout: MemoryLayout, width: int, name: str, unknown: float) -> torch.Tensor:
+        values = []
+        for stored, _ in layout.memories:
+            value = getattr(stored, name)
+            if value is None:
+                value = torch.full((width,), unknown, device=device)
+            values.append(value.to(device=device, dtype=torch.float32).reshape(width))
+        return torch.stack(values, dim=0)  # (N, width)
+
+    def gather(name: str, unknown: float) -> torch.Tensor:
+        return torch.cat([column(layout, width, name, unknown) for layout, width in zip(layouts, widths)], dim=1)
+
+    return MemoryQuality(object_scores=gather("object_score", float("inf")), ious=gather("iou", 1.0))
+
+
+def gather_candidates(layouts: Sequence[MemoryLayout], with_quality: bool = False) -> MemoryCandidates:
     """Stack the candidates of layouts with one `shape_key` into batched tensors.
 
     Stored features are (T, C) for one object or (b, T, C) for a batch sharing the layout;
     pointers (D,) or (b, D). The objects of all layouts are concatenated in order.
+    ``with_quality``: also gather each memory's quality (for policies with ``uses_quality``).
     """
     if not layouts:
         raise ValueError("gather_candidates needs at least one layout")
@@ -83,12 +104,15 @@ def gather_candidates(layouts: Sequence[MemoryLayout]) -> MemoryCandidates:
         protected=first.protected,
         pointers=pointers,
         pointer_offsets=offsets.T.to(device, non_blocking=True),
+        quality=_gather_quality(layouts, widths, device) if with_quality else None,
     )
 
 
 def select_memories(candidates: MemoryCandidates, policy: MemoryPolicy, capacity: int) -> torch.Tensor | None:
     """Indices (K, B) of the candidates each object keeps, or None when the policy keeps all."""
     if policy.num_kept(candidates.protected, capacity) < candidates.features.shape[0]:
+        if getattr(policy, "uses_quality", False):  # duck-typed policies without the flag read none
+            return policy.select(candidates.features, candidates.protected, capacity, quality=candidates.quality)
         return policy.select(candidates.features, candidates.protected, capacity)
     return None
 

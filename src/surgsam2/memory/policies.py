@@ -7,6 +7,8 @@ tensors only, work on the device and never synchronise with the host.
 - ``fifo``: SAM 2 — keep every candidate.
 - ``efp``: Surgical SAM 2's Efficient Frame Pruning — drop the recent memories most similar to the
   newest one, so attention looks at fewer frames.
+- ``qefp``: quality-first EFP — drop the memories of frames where the object was absent or poorly
+  segmented first, then the most redundant ones, within EFP's budget.
 
 Policies are looked up by name in one registry (the command line, the Python API and the training
 switch all read it): a new policy is one class decorated with ``@register_policy("name")``.
@@ -17,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,14 @@ import torch.nn.functional as F
 
 DEFAULT_POLICY = "efp"
 DEFAULT_NUM_FRAME_TO_PRUNE = 2
+
+
+@dataclass(frozen=True)
+class MemoryQuality:
+    """How good each candidate memory's frame was, as the tracker predicted it (on the device)."""
+
+    object_scores: torch.Tensor  # (N, B) object-score logit of the frame (> 0: object present)
+    ious: torch.Tensor  # (N, B) predicted IoU of the mask the memory was encoded from
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,8 @@ class MemoryPolicy(ABC):
     """Chooses, per object, which candidate memories to attend to."""
 
     name: str = "policy"
+    # Whether `select` reads the candidates' quality (passed as ``quality=``); others never see it.
+    uses_quality: ClassVar[bool] = False
 
     @classmethod
     def from_options(cls, options: PolicyOptions) -> MemoryPolicy:
@@ -158,6 +170,65 @@ class EfpPolicy(MemoryPolicy):
         kept_count = num_candidates - dropped
         ranked = torch.where(keep, indices[:, None], num_candidates)
         return torch.sort(ranked, dim=0).values[:kept_count]
+
+
+@register_policy("qefp")
+@dataclass
+class QualityEfpPolicy(EfpPolicy):
+    """Quality-first EFP: drop memories of absent or poorly segmented frames first, then redundant ones.
+
+    The budget is EFP's: k = min(max(N + P - capacity, 0), prunable) memories are dropped, so the
+    kept count is a host-side number. A memory is poor when its frame's object-score logit is <= 0
+    or its predicted IoU is below ``min_iou``. Drop order per object: poor memories before good
+    ones, within each group the most redundant with the newest memory first (EFP's score), ties the
+    older first. The newest memory and every conditioning memory are never dropped (as in efp),
+    whatever their quality. Without quality it is efp.
+    """
+
+    min_iou: float = 0.5
+    name: str = "qefp"
+    uses_quality: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.min_iou <= 1.0:
+            raise ValueError(f"min_iou must be in [0, 1], got {self.min_iou}")
+
+    @classmethod
+    def from_options(cls, options: PolicyOptions) -> QualityEfpPolicy:
+        return cls(num_frame_to_prune=options.num_frame_to_prune)
+
+    def poor(self, quality: MemoryQuality) -> torch.Tensor:
+        """(N, B) bool: memories of frames where the object was absent or poorly segmented."""
+        return (quality.object_scores <= 0) | (quality.ious < self.min_iou)
+
+    def select(
+        self,
+        features: torch.Tensor,
+        protected: Sequence[bool],
+        capacity: int,
+        quality: MemoryQuality | None = None,
+    ) -> torch.Tensor:
+        if quality is None:
+            return super().select(features, protected, capacity)
+        num_candidates, batch_size = features.shape[:2]
+        dropped = self.num_dropped(protected, capacity)
+        indices = torch.arange(num_candidates, device=features.device)
+        if dropped == 0:
+            return indices[:, None].expand(num_candidates, batch_size)
+        never_flags = list(protected)
+        never_flags[-1] = True
+        never = torch.tensor(never_flags, dtype=torch.bool).to(features.device, non_blocking=True)
+        scores = self.redundancy(features).masked_fill(never[:, None], float("-inf"))
+        poor = (self.poor(quality) & ~never[:, None]).to(torch.int8)
+        # Two stable sorts: by redundancy (descending), then poor before good keeping that order.
+        by_redundancy = torch.sort(scores, dim=0, descending=True, stable=True).indices
+        by_quality = torch.sort(poor.gather(0, by_redundancy), dim=0, descending=True, stable=True).indices
+        order = by_redundancy.gather(0, by_quality)
+        keep = torch.ones(num_candidates, batch_size, dtype=torch.bool, device=features.device)
+        keep.scatter_(0, order[:dropped], False)
+        ranked = torch.where(keep, indices[:, None], num_candidates)
+        return torch.sort(ranked, dim=0).values[: num_candidates - dropped]
 
 
 def make_policy(policy: str | MemoryPolicy, num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE) -> MemoryPolicy:

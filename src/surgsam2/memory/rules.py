@@ -26,6 +26,10 @@ class StoredMemory:
     # (num_layers, T, d_model) memory-attention keys derived from the features (a cache the
     # tracker fills so they are not recomputed every frame); dropped with the features.
     keys: Array | None = None
+    # The frame's object-score logit and predicted IoU (scalars, or (b,) for a batch), on the
+    # device, for quality-aware policies; None when the writer did not give them.
+    object_score: Array | None = None
+    iou: Array | None = None
 
 
 @dataclass
@@ -106,11 +110,14 @@ class BankRules:
         obj_ptr: Array,
         conditioning: bool,
         keys: Array | None = None,
+        object_score: Array | None = None,
+        iou: Array | None = None,
     ) -> None:
         """Store one object's memory of ``frame_index``: features (T, C), pointer (D,), and
-        optionally the keys derived from them (kept as given)."""
+        optionally the keys derived from them (kept as given) and the frame's quality (object-score
+        logit and predicted IoU, read by quality-aware policies)."""
         memory = self.objects[obj_id]
-        stored = StoredMemory(frame_index, self._stored_features(features), obj_ptr, keys)
+        stored = StoredMemory(frame_index, self._stored_features(features), obj_ptr, keys, object_score, iou)
         if conditioning:
             memory.conditioning[frame_index] = stored
             memory.recent.pop(frame_index, None)

@@ -270,7 +270,7 @@ class Tracker(StreamTracker):
         max_pointers = self.model.config.max_obj_ptrs_in_encoder
         if self.num_frames is not None:
             max_pointers = min(self.num_frames, max_pointers)
-        candidates = gather_candidates(layouts)
+        candidates = gather_candidates(layouts, with_quality=getattr(self.policy, "uses_quality", False))
         keep = select_memories(candidates, self.policy, self.model.num_maskmem)
         memory, memory_pos, num_ptr_tokens = memory_tokens(
             self.model, candidates, keep, self._memory_pos, max_pointers
@@ -312,6 +312,7 @@ class Tracker(StreamTracker):
             # cached keys equal those computed from the stored memory.
             stored_tokens = tokens.to(self.bank.config.storage_dtype).to(model.dtype)
             keys = model.memory_attention.rotated_spatial_keys(stored_tokens, self._memory_pos)
+        with_quality = getattr(self.policy, "uses_quality", False)
         for row, obj_id in enumerate(obj_ids):
             output = outputs[obj_id]
             self.bank.write(
@@ -321,6 +322,9 @@ class Tracker(StreamTracker):
                 output.obj_ptr[0],
                 conditioning=output.conditioning,
                 keys=None if keys is None else (keys[row] if len(obj_ids) == 1 else keys[row].clone()),
+                # The frame's quality stays on the device (no host sync) for quality-aware policies.
+                object_score=output.object_score_logits.reshape(()) if with_quality else None,
+                iou=output.ious.max(dim=-1).values.reshape(()) if with_quality else None,
             )
 
     def _host_result(self, outputs: dict[int, ObjectOutput], frame_index: int) -> FrameResult:

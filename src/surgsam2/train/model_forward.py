@@ -150,12 +150,19 @@ class ClipForward(nn.Module):
             )
             if spatial_pos is None:
                 spatial_pos = memory_pos.flatten(2)[0].T.contiguous()  # (tokens, C)
+            final_quality = None
+            if getattr(self.policy, "uses_quality", False):  # (N,) logits and IoUs, detached: only ranked
+                final = prediction.final
+                final_quality = (final.object_score_logits.detach().reshape(-1),
+                                 final.ious.detach().max(dim=-1).values.reshape(-1))
             bank.write(
                 _BANK_ID,
                 t,
                 memory_features.flatten(2).transpose(1, 2),  # (N, tokens, C)
                 prediction.final.obj_ptr,
                 conditioning=t in plan.conditioning_frames,
+                object_score=final_quality[0] if final_quality else None,
+                iou=final_quality[1] if final_quality else None,
             )
         summary = {
             "num_objects": torch.tensor(float(num_objects), device=device),
@@ -221,7 +228,7 @@ class ClipForward(nn.Module):
             if spatial_pos is None:
                 raise RuntimeError(f"frame {t} has no earlier memory to attend to")
             layout = bank.layout(_BANK_ID, t, num_frames)
-            candidates = gather_candidates([layout])
+            candidates = gather_candidates([layout], with_quality=getattr(self.policy, "uses_quality", False))
             keep = select_memories(candidates, self.policy, model.num_maskmem)
             memory, memory_pos, num_pointer_tokens = memory_tokens(
                 model, candidates, keep, spatial_pos.to(model.dtype), max_pointers

@@ -1,0 +1,198 @@
+"""Memory policies compared (issue 16): fifo, efp (P = 1, 2, 3) and qefp on the held-out set and
+on the hard set, with the shipped nano.
+
+Every row is the same evaluation: `vos-inference` (first-appearance mask prompts, `surgsam2`
+protocol) gives J&F, Dice and Challenge IoU; the written per-object masks are then scored frame
+by frame and grouped by kind of difficulty (`data.synthetic_occluders.frame_difficulty`) for J&F
+and Dice by kind; memories attended per tracked object-frame are counted at the policy call; frames/s
+is a separate timed run (nano, 3 objects, bf16, 256 px, one synthetic clip).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/memory_policies.py --out outputs/bench_memory
+    # reduced: --hard-videos 2 --hard-frames 300 --heldout-videos 8 --policies fifo efp2 qefp2
+
+The datasets are generated into --out when missing (the held-out one exactly as
+`surgsam2 synth --videos 8 --frames 60 --size 320x256 --seed 900001` writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import surgsam2.tracking.tracker as tracker_module
+from surgsam2.data.masks import read_mask
+from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video, write_synthetic_dataset
+from surgsam2.data.synthetic_occluders import DIFFICULTY_KINDS, frame_difficulty
+from surgsam2.eval.metrics import frame_scores
+from surgsam2.eval.vos_output import object_dir_name
+from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inference
+
+HELDOUT = dict(seed=900001, videos=8, frames=60, size=(320, 256))
+HARD_SEED = 910001
+# The hard set: 2-3 instruments that leave and come back, four occluders (blood / dense smoke /
+# glare) per clip, twice the camera motion, full smoke; long clips.
+HARD_CONFIG = SyntheticVideoConfig(min_instruments=2, max_instruments=3, reentry_probability=0.9,
+                                   late_entry_probability=0.3, camera_motion=2.0, smoke=1.0, occluders=4)
+POLICIES = {"fifo": ("fifo", 2), "efp1": ("efp", 1), "efp2": ("efp", 2), "efp3": ("efp", 3),
+            "qefp1": ("qefp", 1), "qefp2": ("qefp", 2), "qefp3": ("qefp", 3)}
+
+
+@dataclass
+class AttendedCounter:
+    """Counts memories attended per tracked object-frame, at the tracker's policy call."""
+
+    memories: int = 0
+    object_frames: int = 0
+
+    def install(self) -> None:
+        original = tracker_module.select_memories
+
+        def counted(candidates, policy, capacity):
+            keep = original(candidates, policy, capacity)
+            count, batch = candidates.features.shape[:2]
+            self.memories += (count if keep is None else keep.shape[0]) * batch
+            self.object_frames += batch
+            return keep
+
+        tracker_module.select_memories = counted
+
+
+def make_datasets(out: Path, hard_videos: int, hard_frames: int, heldout_videos: int) -> dict[str, Path]:
+    """The held-out and hard datasets under ``out`` (written when missing)."""
+    roots = {"heldout": out / "data" / "synth_heldout", "hard": out / "data" / f"synth_hard_{hard_videos}x{hard_frames}"}
+    if not (roots["heldout"] / "meta.json").is_file():
+        write_synthetic_dataset(roots["heldout"], videos=heldout_videos, frames=HELDOUT["frames"],
+                                size=HELDOUT["size"], seed=HELDOUT["seed"])
+    if not (roots["hard"] / "meta.json").is_file():
+        write_synthetic_dataset(roots["hard"], videos=hard_videos, frames=hard_frames, size=(320, 256),
+                                seed=HARD_SEED, config=HARD_CONFIG)
+    return roots
+
+
+def by_kind(root: Path, pred_dir: Path) -> dict[str, dict[str, float]]:
+    """J&F and Dice per kind of difficulty, over every (object, frame) of every video (%)."""
+    meta = json.loads((root / "meta.json").read_text())
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for video, entry in meta["videos"].items():
+        frames = sorted((root / "Annotations" / video).glob("*.png"))
+        gt = np.stack([read_mask(path) for path in frames])
+        objects = [int(obj) for obj in entry["objects"]]
+        masks = {obj: gt == obj for obj in objects}
+        labels = frame_difficulty(masks, entry.get("occluders", []))
+        for obj in objects:
+            for t, path in enumerate(frames):
+                kind = labels[obj][t]
+                if kind == "before_prompt":
+                    continue
+                pred_path = pred_dir / video / object_dir_name(obj) / path.name
+                pred = read_mask(pred_path) > 0 if pred_path.is_file() else np.zeros_like(masks[obj][t])
+                scores = frame_scores(pred, masks[obj][t])
+                for key in (kind, "all"):
+                    sums[key][0] += (scores.J + scores.F) / 2
+                    sums[key][1] += scores.Dice
+                    sums[key][2] += 1
+    return {kind: {"JF": 100 * s[0] / s[2], "Dice": 100 * s[1] / s[2], "n": int(s[2])}
+            for kind, s in sums.items()}
+
+
+def evaluate_policy(root: Path, out: Path, name: str, dtype: str, counter: AttendedCounter) -> dict:
+    """One vos-inference run with scoring, plus the per-kind breakdown and memories attended."""
+    memory, prune = POLICIES[name]
+    config = VOSInferenceConfig(
+        base_video_dir=root / "JPEGImages", input_mask_dir=root / "VOS" / "Annotations_vos_instrument",
+        output_mask_dir=out, gt_root=root / "Annotations", meta=root / "meta.json",
+        memory=memory, num_frame_to_prune=prune, overwrite=True, progress=False,
+    )
+    config.model = replace(config.model, dtype=dtype)
+    counter.memories = counter.object_frames = 0
+    start = time.perf_counter()
+    report = run_vos_inference(config, info=lambda message: None)
+    seconds = time.perf_counter() - start
+    result = report.evaluation.to_json_dict()
+    class_based = result.get("class_based", {})
+    return {
+        "policy": name, "JF": 100 * result["summary"]["JF"], "Dice": 100 * result["summary"]["Dice"],
+        "challenge_IoU": None if class_based.get("challenge_IoU") is None else 100 * class_based["challenge_IoU"],
+        "memories_per_frame": counter.memories / max(counter.object_frames, 1),
+        "by_kind": by_kind(root, out), "seconds": seconds,
+    }
+
+
+def frames_per_second(name: str, frames: int = 40, warmup: int = 8) -> float:
+    """Tracking frames/s of the shipped nano in bf16 with 3 objects on one synthetic clip."""
+    from surgsam2 import Prompt, Tracker
+    from surgsam2.model.checkpoint import load_model
+
+    memory, prune = POLICIES[name]
+    clip = generate_synthetic_video(SyntheticVideoConfig(num_frames=frames + warmup, class_ids=(1, 3, 6),
+                                                         late_entry_probability=0.0, reentry_probability=0.0, seed=3))
+    model = load_model("nano", dtype=torch.bfloat16)
+    tracker = Tracker(model, memory=memory, num_frame_to_prune=prune)
+    prompts = {obj: Prompt(mask=clip.id_maps[0] == obj) for obj in (1, 2, 3)}
+    with torch.inference_mode():
+        for t in range(warmup):
+            tracker.step(clip.frames[t], prompts if t == 0 else None)
+        start = time.perf_counter()
+        for t in range(warmup, warmup + frames):
+            tracker.step(clip.frames[t])
+    return frames / (time.perf_counter() - start)
+
+
+def markdown(rows: dict[str, list[dict]], speeds: dict[str, float]) -> str:
+    """The README tables: overall per set, then J&F by kind on the hard set."""
+    lines = ["| set | policy | J&F | Dice | Challenge IoU | memories / frame | frames/s (bf16, 3 obj) |",
+             "|---|---|---|---|---|---|---|"]
+    for set_name, results in rows.items():
+        for r in results:
+            ciou = "–" if r["challenge_IoU"] is None else f"{r['challenge_IoU']:.1f}"
+            fps = f"{speeds[r['policy']]:.1f}" if r["policy"] in speeds else "–"
+            lines.append(f"| {set_name} | {r['policy']} | {r['JF']:.1f} | {r['Dice']:.1f} | {ciou} | "
+                         f"{r['memories_per_frame']:.2f} | {fps} |")
+    kinds = [k for k in DIFFICULTY_KINDS if k != "before_prompt"]
+    for set_name, results in rows.items():
+        lines += ["", f"J&F by kind of difficulty, {set_name} set (object-frames per kind in brackets):", "",
+                  "| policy | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for r in results:
+            cells = [f"{r['by_kind'][k]['JF']:.1f} ({r['by_kind'][k]['n']})" if k in r["by_kind"] else "–"
+                     for k in kinds]
+            lines.append(f"| {r['policy']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_memory"))
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument("--sets", nargs="+", default=["heldout", "hard"], choices=["heldout", "hard"])
+    parser.add_argument("--hard-videos", type=int, default=4)
+    parser.add_argument("--hard-frames", type=int, default=300)
+    parser.add_argument("--heldout-videos", type=int, default=8)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="evaluation precision")
+    parser.add_argument("--speed-frames", type=int, default=40, help="timed frames per policy (0: skip)")
+    args = parser.parse_args()
+    roots = make_datasets(args.out, args.hard_videos, args.hard_frames, args.heldout_videos)
+    counter = AttendedCounter()
+    counter.install()
+    rows: dict[str, list[dict]] = {}
+    for set_name in args.sets:
+        rows[set_name] = []
+        for name in args.policies:
+            row = evaluate_policy(roots[set_name], args.out / "pred" / set_name / name, name, args.dtype, counter)
+            rows[set_name].append(row)
+            print(f"{set_name} {name}: J&F {row['JF']:.1f} Dice {row['Dice']:.1f} "
+                  f"memories/frame {row['memories_per_frame']:.2f} ({row['seconds']:.0f} s)", flush=True)
+    speeds = {name: frames_per_second(name, args.speed_frames) for name in args.policies} if args.speed_frames else {}
+    (args.out / "results.json").write_text(json.dumps({"rows": rows, "fps": speeds, "args": vars(args)},
+                                                      indent=1, default=str))
+    print(markdown(rows, speeds))
+
+
+if __name__ == "__main__":
+    main()
