@@ -6,56 +6,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-try:
-    import fastapi  # noqa: F401
-except ImportError:  # a failure in CI, which installs the extras; elsewhere a skip that says why
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("the serve extras are not installed: pip install -e '.[serve,test]'", allow_module_level=True)
-from fastapi.testclient import TestClient  # noqa: E402
-
-from surgsam2.data.masks import read_mask  # noqa: E402
-from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video  # noqa: E402
-from surgsam2.model.checkpoint import load_model  # noqa: E402
-from surgsam2.pipelines.prompt_files import prompts_from_json  # noqa: E402
-from surgsam2.pipelines.vos_inference import combine_object_logits  # noqa: E402
-from surgsam2.serve.app import create_app  # noqa: E402
-from surgsam2.serve.registry import ServeConfig  # noqa: E402
-from surgsam2.tracking.offline import segment_video  # noqa: E402
-
-WIDTH, HEIGHT, FRAMES = 96, 80, 8
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("nano", image_size=64)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    clip = generate_synthetic_video(SyntheticVideoConfig(width=WIDTH, height=HEIGHT, num_frames=FRAMES, seed=3))
-    folder = root / "clip"
-    folder.mkdir()
-    for index, frame in enumerate(clip.frames):
-        cv2.imwrite(str(folder / f"{index:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    return root
-
-
-@pytest.fixture()
-def client(model, data_dir):
-    app = create_app(model, ServeConfig(data_dir=data_dir, max_upload_mb=1, memory="efp"))
-    with TestClient(app) as test_client:
-        yield test_client
+from serve_support import FRAMES, HEIGHT, WIDTH, client, data_dir, model  # noqa: F401
+from surgsam2.data.masks import read_mask
+from surgsam2.pipelines.prompt_files import prompts_from_json
+from surgsam2.pipelines.vos_inference import combine_object_logits
+from surgsam2.tracking.offline import segment_video
 
 
 def _session(client) -> str:
@@ -272,7 +234,7 @@ def test_prompts_file_replayed_by_segment_gives_same_masks(client, model, data_d
 
 
 def test_idle_sessions_are_freed_with_their_files(model, data_dir):
-    from surgsam2.serve.registry import SessionRegistry
+    from surgsam2.serve.registry import ServeConfig, SessionRegistry
 
     registry = SessionRegistry(model, ServeConfig(data_dir=data_dir, idle_timeout_s=0.05))
     try:

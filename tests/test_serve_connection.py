@@ -7,7 +7,6 @@ removed; either way the server keeps serving other requests."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -15,37 +14,24 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-try:
-    import fastapi  # noqa: F401
-    import uvicorn
-except ImportError:  # a failure in CI, which installs the extras; elsewhere a skip that says why
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("the serve extras are not installed: pip install -e '.[serve,test]'", allow_module_level=True)
+from serve_support import FRAMES, HEIGHT, WIDTH, write_clip  # noqa: F401
 
-from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video  # noqa: E402
-from surgsam2.model.checkpoint import load_model  # noqa: E402
-from surgsam2.pipelines.vos_inference import combine_object_logits  # noqa: E402
-from surgsam2.serve.app import create_app  # noqa: E402
-from surgsam2.serve.frames import LazyFrames  # noqa: E402
-from surgsam2.serve.registry import ServeConfig  # noqa: E402
-from surgsam2.tracking.offline import segment_video  # noqa: E402
-
-WIDTH, HEIGHT, FRAMES = 96, 80, 8
+import uvicorn
+from surgsam2.model.checkpoint import load_model
+from surgsam2.pipelines.vos_inference import combine_object_logits
+from surgsam2.serve.app import create_app
+from surgsam2.serve.frames import LazyFrames
+from surgsam2.serve.registry import ServeConfig
+from surgsam2.tracking.offline import segment_video
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(base URL, app, model, data dir) of a uvicorn server on a free local port."""
-    root = tmp_path_factory.mktemp("data")
-    clip = generate_synthetic_video(SyntheticVideoConfig(width=WIDTH, height=HEIGHT, num_frames=FRAMES, seed=3))
-    (root / "clip").mkdir()
-    for index, frame in enumerate(clip.frames):
-        cv2.imwrite(str(root / "clip" / f"{index:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    root = write_clip(tmp_path_factory.mktemp("data"))
     model = load_model("nano", image_size=64)
     app = create_app(model, ServeConfig(data_dir=root, memory="efp"))
     with socket.socket() as probe:

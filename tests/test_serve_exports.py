@@ -3,55 +3,21 @@ corrected frame that keeps the earlier frames' masks, and the cached image encod
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-try:
-    import fastapi  # noqa: F401
-except ImportError:  # a failure in CI, which installs the extras; elsewhere a skip that says why
-    if os.environ.get("CI") == "true":
-        raise
-    pytest.skip("the serve extras are not installed: pip install -e '.[serve,test]'", allow_module_level=True)
-from fastapi.testclient import TestClient  # noqa: E402
+from serve_support import FRAMES, HEIGHT, WIDTH, client, data_dir, model  # noqa: F401
+from fastapi.testclient import TestClient
 
-from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video  # noqa: E402
-from surgsam2.model.checkpoint import load_model  # noqa: E402
-from surgsam2.pipelines.prompt_files import prompts_from_json  # noqa: E402
-from surgsam2.serve.app import create_app  # noqa: E402
-from surgsam2.serve.exports import rle_decode, rle_encode  # noqa: E402
-from surgsam2.serve.frames import LazyFrames  # noqa: E402
-from surgsam2.serve.registry import ServeConfig  # noqa: E402
-from surgsam2.tracking.offline import segment_video  # noqa: E402
-
-WIDTH, HEIGHT, FRAMES = 96, 80, 8
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("nano", image_size=64)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    clip = generate_synthetic_video(SyntheticVideoConfig(width=WIDTH, height=HEIGHT, num_frames=FRAMES, seed=3))
-    folder = root / "clip"
-    folder.mkdir()
-    for index, frame in enumerate(clip.frames):
-        cv2.imwrite(str(folder / f"{index:05d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    return root
-
-
-@pytest.fixture()
-def client(model, data_dir):
-    app = create_app(model, ServeConfig(data_dir=data_dir, max_upload_mb=1, memory="efp"))
-    with TestClient(app) as test_client:
-        yield test_client
+from surgsam2.pipelines.prompt_files import prompts_from_json
+from surgsam2.serve.app import create_app
+from surgsam2.serve.exports import rle_decode, rle_encode
+from surgsam2.serve.frames import LazyFrames
+from surgsam2.serve.registry import ServeConfig
+from surgsam2.tracking.offline import segment_video
 
 
 def _post(client, url: str, body: dict | None = None) -> dict:
