@@ -12,8 +12,6 @@ import io
 import json
 import os
 import shutil
-import socket
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from local_server import local_server
 
 from surgsam2.data.mask_geometry import interior_point, mask_box
 from surgsam2.data.masks import object_ids, read_mask
@@ -68,27 +67,14 @@ def clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(clip):
     _missing_tools()
-    import uvicorn
-
     from surgsam2.model.checkpoint import load_model
     from surgsam2.serve.app import create_app
     from surgsam2.serve.registry import ServeConfig
 
     model = load_model("nano", image_size=256)
     app = create_app(model, ServeConfig(data_dir=clip[0], status="model nano (256 px), device cpu"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", app, model
-    server.should_exit = True
-    thread.join(timeout=10)
+    with local_server(app) as base:
+        yield base, app, model
 
 
 def _canvas_position(page, x: float, y: float) -> dict[str, float]:

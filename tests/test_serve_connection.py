@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_server import local_server
 
 from serve_support import FRAMES, HEIGHT, WIDTH, write_clip  # noqa: F401
 
-import uvicorn
 from surgsam2.model.checkpoint import load_model
 from surgsam2.pipelines.vos_inference import combine_object_logits
 from surgsam2.serve.app import create_app
@@ -34,19 +33,8 @@ def served(tmp_path_factory):
     root = write_clip(tmp_path_factory.mktemp("data"))
     model = load_model("nano", image_size=64)
     app = create_app(model, ServeConfig(data_dir=root, memory="efp"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", app, model, root
-    server.should_exit = True
-    thread.join(timeout=10)
+    with local_server(app) as base:
+        yield base, app, model, root
 
 
 def _call(base: str, method: str, path: str, body: dict | None = None) -> dict:

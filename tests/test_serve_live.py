@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from local_server import local_server
 
 try:
     import fastapi  # noqa: F401
@@ -166,11 +167,9 @@ def test_live_in_the_browser(model, stream, tmp_path):
     """The page offers the allow-listed source, shows the tracked frames with the achieved frames/s,
     a click on the live frame adds the selected object, and Stop frees the reader."""
     import shutil
-    import socket
 
     chromium = "/usr/bin/chromium"
     try:
-        import uvicorn
         from playwright.sync_api import sync_playwright
     except ImportError as error:
         if os.environ.get("CI") == "true":
@@ -181,20 +180,11 @@ def test_live_in_the_browser(model, stream, tmp_path):
             pytest.fail(f"CI=true but no chromium at {chromium}")
         pytest.skip(f"no chromium at {chromium}: apt-get install -y chromium")
     app = create_app(model, ServeConfig(live_sources=(str(stream[0]),)))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with local_server(app) as base:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1100, "height": 700})
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"{base}/")
             page.wait_for_function("() => ui.session !== null && !document.getElementById('live-bar').hidden")
             page.click("#live-btn")
             page.wait_for_function("() => ui.live && ui.live.image && ui.live.state.frames_per_second > 0")
@@ -214,9 +204,6 @@ def test_live_in_the_browser(model, stream, tmp_path):
         while _live_threads() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _live_threads() == []
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_a_negative_camera_index_is_one_line(capsys) -> None:
