@@ -18,12 +18,13 @@ import torch
 
 import onnxruntime as ort
 
+from onnx_parity import random_model
 from surgsam2 import __version__
 from surgsam2.export.manifest import load_manifest
 from surgsam2.export.onnx_export import ExportOptions, SlotCounts, export_onnx
+from surgsam2.export.runtime import OnnxTracker
 from surgsam2.memory.assembly import MemoryCandidates, memory_tokens
-from surgsam2.model.configs import get_config
-from surgsam2.model.sam2 import ImageFeatures, SAM2Model, build_model
+from surgsam2.model.sam2 import ImageFeatures, SAM2Model
 
 TOLERANCE = 1e-4
 
@@ -36,15 +37,6 @@ def assert_close(name: str, got: np.ndarray, ref: torch.Tensor) -> None:
     used = float(np.max(np.abs(got.astype(np.float64) - ref_np) / allowance))
     print(f"{name}: max |delta| {np.max(np.abs(got - ref_np)):.2e}, {used:.1%} of the allowance")
     assert used <= 1.0, f"{name}: beyond 1e-4 x max(1, |ref|) ({used:.2f}x the allowance)"
-
-
-def random_model(name: str, image_size: int | None = None) -> SAM2Model:
-    """Random weights with the object-score head biased to 'visible', as the parity tests do."""
-    torch.manual_seed(0)
-    model = build_model(get_config(name, image_size)).eval()
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
-    return model
 
 
 def sessions(folder: Path) -> dict[str, ort.InferenceSession]:
@@ -225,6 +217,8 @@ def copy_export(source: Path, target: Path) -> Path:
 
 
 def test_manifest_refuses_altered_missing_or_foreign_exports(nano_export, tmp_path: Path) -> None:
+    """A changed or missing graph file, another package version (also when the runtime opens it),
+    another model, image size or config, no manifest: one-line errors."""
     _, folder, _ = nano_export
     altered = copy_export(folder, tmp_path / "altered")
     with open(altered / "mask_decoder.onnx", "ab") as handle:
@@ -241,6 +235,12 @@ def test_manifest_refuses_altered_missing_or_foreign_exports(nano_export, tmp_pa
     (other_version / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="exported by surgsam2 0.0.1"):
         load_manifest(other_version)
+    with pytest.raises(ValueError, match="exported by surgsam2 0.0.1, this is"):
+        OnnxTracker(other_version)  # the runtime opens only its own version's exports
+    config = dict(load_manifest(folder)["model"]["config"])
+    config["num_maskmem"] += 1
+    with pytest.raises(ValueError, match=r"another model config \(differs in num_maskmem\)"):
+        load_manifest(folder, config=config)
     with pytest.raises(ValueError, match="expected 'sam2.1_hiera_t'"):
         load_manifest(folder, model="sam2.1_hiera_t")
     with pytest.raises(ValueError, match="image size 256, expected 512"):
