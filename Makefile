@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+ONNX_VENV := .venv-onnx
+ONNX_STAMP := $(ONNX_VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: install install-test demo test test-fast clean
+.PHONY: install install-test install-onnx demo test test-fast clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +29,24 @@ $(TEST_STAMP): $(STAMP)
 	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation "sam2==1.1.0"
 	touch $@
 
+# A second venv without torch: the ONNX runtime's needs only, and this package without its
+# dependencies (torch is one). tests/test_onnx_runtime.py runs the runtime in it.
+$(ONNX_STAMP): pyproject.toml requirements-onnx.txt
+	$(PYTHON) -m venv $(ONNX_VENV)
+	$(ONNX_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ONNX_VENV)/bin/python -m pip install -q -r requirements-onnx.txt
+	$(ONNX_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
 install: $(STAMP)
-install-test: $(TEST_STAMP)
+install-test: $(TEST_STAMP) $(ONNX_STAMP)
+install-onnx: $(ONNX_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/surgsam2 demo --out $(DEMO_OUT)
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(ONNX_STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(ONNX_VENV) outputs .pytest_cache

@@ -5,11 +5,14 @@
 - whole videos (nano at 256 px, 32 frames, 3 objects: mask, points, box added on frame 8, a
   corrective click on frame 16), fifo and efp: mask IoU >= 0.999 per object and frame;
 - the shipped nano on the `make demo` clip: J&F of both engines equal within 0.1;
-- importing and stepping the runtime where `torch` cannot be imported.
+- importing and stepping the runtime where `torch` cannot be imported, and in `.venv-onnx`, the
+  torch-free venv `make test` builds (numpy, onnxruntime, OpenCV, Pillow, surgsam2 --no-deps):
+  its masks against the torch tracker's, IoU >= 0.999.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,33 +22,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video, video_seed
+from onnx_parity import IOU_BAR, assert_parity, compare_engines, iou, random_model, synthetic_clip
+from surgsam2.data.synthetic import video_seed
 from surgsam2.eval.metrics import jf
 from surgsam2.export.onnx_export import ExportOptions, export_onnx
 from surgsam2.export.runtime import OnnxTracker, efp_select, resize_antialiased, round_to_bfloat16
 from surgsam2.memory.policies import EfpPolicy
-from surgsam2.model.configs import get_config
-from surgsam2.model.sam2 import SAM2Model, build_model
+from surgsam2.model.sam2 import SAM2Model
 from surgsam2.tracking.prompts import Prompt
 from surgsam2.tracking.tracker import Tracker
 
-IOU_BAR = 0.999
+REPO = Path(__file__).resolve().parents[1]
+ONNX_VENV_PYTHON = REPO / ".venv-onnx" / "bin" / "python"
 JF_BAR = 0.1
 DEMO_SEED = 900_000  # pipelines/demo.py
 
 
-def random_nano() -> SAM2Model:
-    """Random weights with the object-score head biased to 'visible', as the parity tests do."""
-    torch.manual_seed(0)
-    model = build_model(get_config("nano")).eval()
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(10.0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def nano_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[SAM2Model, Path]:
-    model = random_nano()
+    model = random_model("nano")
     folder = tmp_path_factory.mktemp("nano_onnx")
     export_onnx(model, folder, ExportOptions())
     return model, folder
@@ -77,50 +72,18 @@ def test_resize_and_bfloat16_match_torch() -> None:
     np.testing.assert_array_equal(round_to_bfloat16(values.numpy()), values.to(torch.bfloat16).float().numpy())
 
 
-def _video(frames: int, size: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    config = SyntheticVideoConfig(width=size[0], height=size[1], num_frames=frames, seed=seed)
-    video = generate_synthetic_video(config)
-    return video.frames, video.id_maps
-
-
-def _prompt_script(frames: np.ndarray) -> dict[int, dict[int, Prompt]]:
-    """Object 1 a mask on frame 0, object 2 points on frame 0, object 3 a box on frame 8, a
-    corrective click on object 2 on frame 16."""
-    height, width = frames.shape[1:3]
-    mask = np.zeros((height, width), bool)
-    mask[height // 4 : height // 2, width // 4 : width // 2] = True
-    return {
-        0: {1: Prompt(mask=mask), 2: Prompt(points=[(width * 0.7, height * 0.6), (width * 0.2, height * 0.8)], labels=[1, 0])},
-        8: {3: Prompt(box=(width * 0.5, height * 0.1, width * 0.9, height * 0.4))},
-        16: {2: Prompt(points=[(width * 0.6, height * 0.7)], labels=[1])},
-    }
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+@pytest.fixture(scope="module")
+def nano_records(nano_export: tuple[SAM2Model, Path]):
+    """fifo and efp over one 32-frame clip (the image encoder once per frame and engine)."""
+    model, folder = nano_export
+    frames, _ = synthetic_clip(32, (256, 256), seed=3)
+    return compare_engines(model, folder, frames)
 
 
 @pytest.mark.parametrize("memory", ["fifo", "efp"])
-def test_video_parity_with_torch_tracker(nano_export: tuple[SAM2Model, Path], memory: str) -> None:
+def test_video_parity_with_torch_tracker(nano_records, memory: str) -> None:
     """32 frames, 3 objects (mask, points, box mid-video, a corrective click): IoU >= 0.999."""
-    model, folder = nano_export
-    frames, _ = _video(32, (256, 256), seed=3)
-    script = _prompt_script(frames)
-    torch_tracker = Tracker(model, memory=memory)
-    onnx_tracker = OnnxTracker(folder, memory=memory)
-    worst, pairs, nonempty = (1.0, -1, -1), 0, 0
-    for index, frame in enumerate(frames):
-        expected = torch_tracker.step(frame, script.get(index))
-        got = onnx_tracker.step(frame, script.get(index))
-        assert got.object_ids == expected.object_ids, f"frame {index}"
-        for obj_id in expected.object_ids:
-            iou = _iou(got.masks[obj_id], expected.masks[obj_id])
-            worst = min(worst, (iou, index, obj_id))
-            pairs, nonempty = pairs + 1, nonempty + int(expected.masks[obj_id].any())
-    print(f"{memory}: worst mask IoU {worst[0]:.6f} over {pairs} object-frames ({nonempty} non-empty)")
-    assert worst[0] >= IOU_BAR
-    assert nonempty >= pairs // 2, "too few non-empty masks for the comparison to mean anything"
+    assert_parity(nano_records[memory], f"nano 256 {memory}")
 
 
 def test_shipped_nano_demo_clip_jf(tmp_path: Path) -> None:
@@ -129,7 +92,7 @@ def test_shipped_nano_demo_clip_jf(tmp_path: Path) -> None:
 
     model = load_model("nano", device="cpu")
     export_onnx(model, tmp_path, ExportOptions())
-    frames, id_maps = _video(60, (320, 256), seed=video_seed(DEMO_SEED, 0))
+    frames, id_maps = synthetic_clip(60, (320, 256), seed=video_seed(DEMO_SEED, 0))
     ids = [int(i) for i in np.unique(id_maps[0]) if i != 0]
     prompts = {obj_id: Prompt(mask=id_maps[0] == obj_id) for obj_id in ids}
     scores = {}
@@ -176,7 +139,7 @@ def test_segment_command_onnx_engine(tmp_path: Path) -> None:
     from surgsam2.data.masks import read_mask, write_mask
     from surgsam2.model.checkpoint import load_model
 
-    frames, id_maps = _video(12, (320, 256), seed=video_seed(DEMO_SEED, 0))
+    frames, id_maps = synthetic_clip(12, (320, 256), seed=video_seed(DEMO_SEED, 0))
     (tmp_path / "clip").mkdir()
     for index, frame in enumerate(frames):
         Image.fromarray(frame).save(tmp_path / "clip" / f"{index:05d}.png")
@@ -191,7 +154,66 @@ def test_segment_command_onnx_engine(tmp_path: Path) -> None:
         expected = read_mask(tmp_path / "torch" / "clip" / f"{index:05d}.png")
         got = read_mask(tmp_path / "onnx_out" / "clip" / f"{index:05d}.png")
         for obj_id in (int(i) for i in np.unique(id_maps[0]) if i != 0):
-            worst = min(worst, _iou(got == obj_id, expected == obj_id))
+            worst = min(worst, iou(got == obj_id, expected == obj_id))
     print(f"segment --engine onnx: worst IoU {worst:.6f}")
     assert worst >= IOU_BAR
     assert main(["segment", *common, "--out", str(tmp_path / "x"), "--engine", "onnx"]) == 2  # one-line error
+
+
+TORCH_FREE_SCRIPT = """
+import sys
+try:
+    import torch  # noqa: F401
+except ImportError:
+    pass
+else:
+    sys.exit("torch is importable in this venv: it is not torch-free")
+import numpy as np
+import surgsam2
+from surgsam2.export.runtime import OnnxTracker
+from surgsam2.tracking.prompts import Prompt
+folder, data, out = sys.argv[1:4]
+clip = np.load(data)
+tracker = OnnxTracker(folder, memory="efp")
+prompts = {1: Prompt(mask=clip["mask"]), 2: Prompt(points=[tuple(clip["point"])], labels=[1])}
+masks = {}
+for index, frame in enumerate(clip["frames"]):
+    result = tracker.step(frame, prompts if index == 0 else None)
+    masks.update({f"{index}_{obj_id}": mask for obj_id, mask in result.masks.items()})
+np.savez(out, **masks)
+print("surgsam2 from", surgsam2.__file__)
+"""
+
+
+def test_runtime_in_torch_free_venv(nano_export: tuple[SAM2Model, Path], tmp_path: Path) -> None:
+    """In `.venv-onnx` (no torch), a mask and a point prompt over 6 frames: the torch tracker's
+    masks, IoU >= 0.999 per object and frame."""
+    if not ONNX_VENV_PYTHON.is_file():
+        message = f"{ONNX_VENV_PYTHON} is missing: `make install-onnx` builds the torch-free venv"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    model, folder = nano_export
+    frames, _ = synthetic_clip(6, (240, 200), seed=5)
+    mask = np.zeros((200, 240), bool)
+    mask[50:120, 60:150] = True
+    point = np.array([180.0, 150.0])
+    np.savez(tmp_path / "clip.npz", frames=frames, mask=mask, point=point)
+    env = {"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1"}  # no PYTHONPATH: the venv's own install
+    done = subprocess.run(
+        [str(ONNX_VENV_PYTHON), "-c", TORCH_FREE_SCRIPT, str(folder), str(tmp_path / "clip.npz"), str(tmp_path / "masks.npz")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    assert f"surgsam2 from {REPO / 'src'}" in done.stdout, f"the venv runs another checkout: {done.stdout.strip()}"
+    got = np.load(tmp_path / "masks.npz")
+    tracker = Tracker(model, memory="efp")
+    prompts = {1: Prompt(mask=mask), 2: Prompt(points=[tuple(point)], labels=[1])}
+    worst, pairs = 1.0, 0
+    for index, frame in enumerate(frames):
+        result = tracker.step(frame, prompts if index == 0 else None)
+        assert sorted(key for key in got.files if key.startswith(f"{index}_")) == [f"{index}_{i}" for i in result.object_ids]
+        for obj_id in result.object_ids:
+            worst, pairs = min(worst, iou(got[f"{index}_{obj_id}"], result.masks[obj_id])), pairs + 1
+    print(f"torch-free venv: worst mask IoU {worst:.6f} over {pairs} object-frames; bar {IOU_BAR}")
+    assert worst >= IOU_BAR
