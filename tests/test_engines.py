@@ -92,6 +92,7 @@ def test_openvino_fp32_tracks_as_the_torch_tracker(nano_export: tuple[SAM2Model,
     model, folder = nano_export
     tracker = OnnxTracker(folder, engine="openvino", precision="fp32", threads=1)
     assert tracker.precision == "fp32" and tracker.describe().startswith("openvino (openvino ")
+    assert tracker.manifest["engine_precisions"] == {"onnx": ["fp32"], "openvino": ["fp32", "bf16"]}
     worst, pairs = _worst_iou(Tracker(model, memory="efp"), tracker, _clip(8))
     print(f"openvino fp32 vs torch fp32: worst mask IoU {worst:.6f} over {pairs} object-frames (bar {IOU_BAR})")
     assert pairs == 21 and worst >= IOU_BAR
@@ -182,3 +183,53 @@ def test_segment_command_openvino_engine(nano_export: tuple[SAM2Model, Path], tm
     print(f"segment --engine openvino vs onnx: worst IoU {worst:.6f} (bar {IOU_BAR})")
     assert worst >= IOU_BAR
     assert main(["segment", *common, "--out", str(tmp_path / "x"), "--engine", "onnx", "--dtype", "bf16"]) == 2
+
+
+def test_bench_engine_option_parsing_and_errors() -> None:
+    """`--engine` takes repeats and comma lists (each engine once, in order); what does not go with
+    it is one line naming the option."""
+    from surgsam2.bench import BenchConfig, parse_engines
+    from surgsam2.bench.engines import check_engine_config
+
+    assert parse_engines(["torch,onnx", "openvino", "onnx"]) == ("torch", "onnx", "openvino")
+    assert parse_engines([" openvino , torch"]) == ("openvino", "torch")
+    with pytest.raises(ValueError, match="--engine 'tensorrt': unknown engine; choose from torch, onnx, openvino"):
+        parse_engines(["torch,tensorrt"])
+    cases = {
+        "drop --against-official": {"against_official": True},
+        "drop --stream-frames": {"stream_frames": 10},
+        "runs on the CPU": {"device": "cuda"},
+        r"fastest precision \(torch bf16, onnx fp32\): drop --dtype": {"dtype": "bf16"},
+        "--memory qefp: the exported engines run efp and fifo": {"memory": "qefp"},
+    }
+    for message, fields in cases.items():
+        config = BenchConfig(model="nano", image_size=SIZE, engines=("torch", "onnx"), **fields)
+        with pytest.raises(ValueError, match=message) as raised:
+            check_engine_config(config)
+        assert "\n" not in str(raised.value)
+
+
+def test_bench_engines_tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`surgsam2 bench --engine torch,onnx,openvino` on nano: every engine, its precision, frames/s
+    and IoU against the fp32 torch tracker, in the table and the JSON."""
+    import surgsam2.bench.engines as bench_engines
+    from surgsam2.cli import main
+
+    measure = bench_engines.measure_matmul_peak  # a small matmul: the test checks the peak is reported
+    monkeypatch.setattr(bench_engines, "measure_matmul_peak", lambda device: measure(size=256, repeats=2, device=device))
+
+    out = tmp_path / "engines.json"
+    argv = ["bench", "--model", "nano", "--image-size", str(SIZE), "--objects", "2", "--frames", "2",
+            "--warmup", "1", "--threads", "1", "--engine", "torch,onnx", "--engine", "openvino", "--quiet",
+            "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert list(result["sides"]) == ["torch", "onnx", "openvino"]
+    for name, side in result["sides"].items():
+        assert len(side["frame_seconds"]) == 2 and side["frames_per_second"] > 0, name
+        assert 0.0 <= side["iou_min"] <= side["iou_mean"] <= 1.0, name
+        print(f"{name} {side['precision']}: IoU min {side['iou_min']:.4f} mean {side['iou_mean']:.4f}")
+    assert result["sides"]["onnx"]["precision"] == "fp32" and result["sides"]["torch"]["precision"] == "bf16"
+    assert result["sides"]["openvino"]["precision"] == ("bf16" if _cpu_has_bf16() else "fp32")
+    assert result["sides"]["onnx"]["iou_min"] >= IOU_BAR  # fp32 against fp32
+    assert result["sides"]["torch"]["speed_over_torch"] == 1.0 and result["peak"]["bf16_gflops"] > 0
