@@ -158,7 +158,7 @@ def test_engine_options(tmp_path: Path) -> None:
         check_engine_options(_engine_args("--engine", "openvino", "--onnx-dir", str(tmp_path / "none")))
 
 
-def test_segment_command_openvino_engine(nano_export: tuple[SAM2Model, Path], tmp_path: Path) -> None:
+def test_segment_command_openvino_engine(nano_export: tuple[SAM2Model, Path], tmp_path: Path, capsys) -> None:
     """`surgsam2 segment --engine openvino --onnx-dir DIR` writes the onnx engine's masks (fp32, IoU >= 0.999)."""
     from PIL import Image
 
@@ -175,6 +175,7 @@ def test_segment_command_openvino_engine(nano_export: tuple[SAM2Model, Path], tm
     common = [str(tmp_path / "clip"), "--prompt-mask", str(tmp_path / "prompt.png"), "--quiet", "--onnx-dir", str(folder)]
     for engine in RUNTIME_ENGINES:
         assert main(["segment", *common, "--out", str(tmp_path / engine), "--engine", engine]) == 0
+        assert f"engine {engine} (" in capsys.readouterr().err  # the precision it ran is stated
     worst = min(
         _iou(read_mask(tmp_path / "openvino" / "clip" / f"{index:05d}.png") == obj_id,
              read_mask(tmp_path / "onnx" / "clip" / f"{index:05d}.png") == obj_id)

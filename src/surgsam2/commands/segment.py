@@ -117,10 +117,16 @@ def _export_tracker_factory(args: argparse.Namespace) -> Callable[[int | None], 
     from surgsam2.export.runtime import OnnxTracker
 
     load_manifest(args.onnx_dir)
-    return lambda num_frames: OnnxTracker(
-        args.onnx_dir, memory=args.memory, num_frame_to_prune=args.num_frame_to_prune, num_frames=num_frames,
-        engine=args.engine, precision=args.dtype,
-    )  # fmt: skip
+
+    def make_tracker(num_frames: int | None) -> OnnxTracker:
+        tracker = OnnxTracker(
+            args.onnx_dir, memory=args.memory, num_frame_to_prune=args.num_frame_to_prune, num_frames=num_frames,
+            engine=args.engine, precision=args.dtype,
+        )  # fmt: skip
+        print(f"engine {tracker.describe()}", file=sys.stderr)  # the precision it runs, as compiled
+        return tracker
+
+    return make_tracker
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -198,7 +198,8 @@ class OnnxTracker(StreamTracker):
         }
 
     def describe(self) -> str:
-        """Engine, runtime version and the precision it runs, e.g. 'openvino (openvino 2026.4.1), bf16'."""
+        """Engine, runtime version and the precision it runs, e.g. 'openvino (openvino 2026.4.1), bf16
+        from fp32 graph files'."""
         return f"{self.engine} ({engine_version(self.engine)}), {self.precision} from fp32 graph files"
 
     # --- public API ---------------------------------------------------------------------------
