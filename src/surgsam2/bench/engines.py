@@ -214,7 +214,8 @@ def _notes(config: BenchConfig, machine: MachineInfo) -> list[str]:
     if machine.load_before[0] >= max(1.5, 0.25 * machine.logical_cpus):
         notes.append(
             f"load average {machine.load_before[0]:.2f} on {machine.logical_cpus} CPUs before the run: the machine"
-            " was shared, absolute numbers are pessimistic (the alternation keeps the ratios fair)"
+            " was shared; with more threads than idle CPUs torch's OpenMP threads wait on each other and its"
+            " times scatter more than the other runtimes' (compare engines with --threads 1 there)"
         )
     return notes
 
