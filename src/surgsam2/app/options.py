@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from surgsam2.export.engines import ENGINE_PRECISIONS, RUNTIME_ENGINES
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, policy_names, policy_summaries
 from surgsam2.model.configs import MODEL_CONFIGS, get_config
 from surgsam2.model.sam2 import PRECISIONS, SAM2Model
@@ -90,23 +91,35 @@ def add_memory_options(parser: argparse.ArgumentParser, prune_option: bool = Tru
                             help=f"efp: memories pruned from attention (default {DEFAULT_NUM_FRAME_TO_PRUNE})")  # fmt: skip
 
 
-ENGINES = ("torch", "onnx")
+# The engines a command can track with: our torch model, or an ONNX export on one of its runtimes.
+ENGINES: tuple[str, ...] = ("torch", *RUNTIME_ENGINES)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """--engine torch|onnx and --onnx-dir (the export folder the onnx engine runs)."""
+    """--engine torch|onnx|openvino and --onnx-dir (the export folder the runtime engines run)."""
     group = parser.add_argument_group("engine")
     group.add_argument("--engine", choices=ENGINES, default="torch",
-                       help="torch (default) or onnx: an export of `surgsam2 export --format onnx` on ONNX Runtime")  # fmt: skip
-    group.add_argument("--onnx-dir", type=Path, metavar="DIR", help="the ONNX export folder (with --engine onnx)")
+                       help="torch (default), or an export of `surgsam2 export --format onnx` on ONNX Runtime (onnx,"
+                       " fp32) or OpenVINO (openvino: --dtype fp32, or bf16 compiled from the fp32 files)")  # fmt: skip
+    group.add_argument("--onnx-dir", type=Path, metavar="DIR",
+                       help="the ONNX export folder (with --engine onnx or openvino)")  # fmt: skip
 
 
 def check_engine_options(args: argparse.Namespace) -> None:
-    """One-line errors for an inconsistent engine choice, before anything is loaded."""
-    if args.engine == "onnx" and args.onnx_dir is None:
-        raise ValueError("--engine onnx needs --onnx-dir DIR (an export of `surgsam2 export --format onnx`)")
-    if args.engine != "onnx" and args.onnx_dir is not None:
-        raise ValueError("--onnx-dir applies to --engine onnx")
+    """One-line errors for an inconsistent engine choice (export folder, precision, device),
+    before anything is loaded."""
+    engine = args.engine
+    if engine != "torch" and args.onnx_dir is None:
+        raise ValueError(f"--engine {engine} needs --onnx-dir DIR (an export of `surgsam2 export --format onnx`)")
+    if engine == "torch" and args.onnx_dir is not None:
+        raise ValueError(f"--onnx-dir applies to --engine {' or '.join(RUNTIME_ENGINES)}")
+    if engine != "torch":
+        dtype = getattr(args, "dtype", "fp32")
+        if dtype not in ENGINE_PRECISIONS[engine]:
+            raise ValueError(f"--dtype {dtype}: --engine {engine} runs {', '.join(ENGINE_PRECISIONS[engine])}")
+        device = getattr(args, "device", "cpu")
+        if device not in ("cpu", "auto"):
+            raise ValueError(f"--device {device}: --engine {engine} runs on the CPU (use --engine torch for {device})")
     if args.onnx_dir is not None and not Path(args.onnx_dir).is_dir():
         raise FileNotFoundError(f"--onnx-dir {args.onnx_dir}: no such folder")
 

@@ -35,6 +35,7 @@ machine: the load average before and after is recorded with the results.
 """
 
 from surgsam2.bench.config import BenchConfig, OfficialUnavailableError
+from surgsam2.bench.engines import FASTEST_PRECISION, EngineBenchResult, EngineSide, parse_engines, run_engines
 from surgsam2.bench.machine import FlopCount, MachineInfo, MatmulPeak, count_flops, measure_matmul_peak
 from surgsam2.bench.report import BenchResult, SideResult, StreamPoint, StreamResult, check_json_path, write_json
 from surgsam2.bench.run import BASELINES, run_bench, run_stream
@@ -47,6 +48,9 @@ __all__ = [
     "BenchClip",
     "BenchConfig",
     "BenchResult",
+    "EngineBenchResult",
+    "EngineSide",
+    "FASTEST_PRECISION",
     "FlopCount",
     "MachineInfo",
     "MatmulPeak",
@@ -60,7 +64,9 @@ __all__ = [
     "count_flops",
     "make_clip",
     "measure_matmul_peak",
+    "parse_engines",
     "run_bench",
+    "run_engines",
     "run_stream",
     "write_json",
 ]

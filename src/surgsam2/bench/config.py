@@ -45,6 +45,7 @@ class BenchConfig:
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where every side runs
     cuda_graphs: bool = False  # ours: parts replayed as CUDA graphs (SAM2Model.use_cuda_graphs)
     stream_frames: int | None = None
+    engines: tuple[str, ...] = ()  # instead: these engines side by side (`bench.engines`)
     progress: bool = True
 
     def validate(self) -> BenchConfig:

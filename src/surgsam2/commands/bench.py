@@ -1,7 +1,9 @@
 """Track a synthetic clip at --image-size with random weights and report per-frame latency (median,
 p90), frames/s, achieved GFLOP/s against this machine's matmul peak, state held and peak memory;
 with --against-official the official sam2 video predictor runs on the same frames and weights in
-the same process, frame by frame in alternation. See benchmarks/README.md.
+the same process, frame by frame in alternation. With --engine torch,onnx,openvino: the engines
+on the same frames, each in its fastest precision, their masks against our fp32 torch tracker.
+See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -39,12 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         " memory and pointer counts grow until frame 16)")  # fmt: skip
     parser.add_argument("--stream-frames", type=int, metavar="N",
                         help="instead: run our tracker N frames, report state MB along the way")  # fmt: skip
+    parser.add_argument("--engine", action="append", metavar="ENGINE[,ENGINE]",
+                        help="instead: these engines on the same frames (torch, onnx, openvino; repeat or comma"
+                        " list), each in its fastest precision, masks against our fp32 torch tracker")  # fmt: skip
     parser.add_argument("--json", help="also write the results to this JSON file (rewritten)")
     add_quiet_option(parser, "no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     from surgsam2.bench import BenchConfig, OfficialUnavailableError, check_json_path, run_bench, run_stream, write_json
+    from surgsam2.bench.engines import parse_engines, run_engines
 
     if args.json:
         check_json_path(args.json)  # a bad --json fails before the run, not after it
@@ -55,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
         official_dtype=args.official_dtype, threads=args.threads, seed=args.seed, profile=args.profile,
         key_cache_baseline=args.key_cache_baseline, compile=args.compile, device=args.device,
         cuda_graphs=args.cuda_graphs, stream_frames=args.stream_frames, progress=not args.quiet,
+        engines=parse_engines(args.engine or []),
     )  # fmt: skip
     try:
-        result = run_stream(config) if config.stream_frames else run_bench(config)
+        if config.engines:
+            result = run_engines(config)
+        else:
+            result = run_stream(config) if config.stream_frames else run_bench(config)
     except OfficialUnavailableError as error:
         print(f"surgsam2 bench: error: {error}", file=sys.stderr)
         return 2

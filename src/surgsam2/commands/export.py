@@ -12,7 +12,7 @@ import sys
 from surgsam2.app.options import add_memory_options, add_model_options, add_output_options
 
 NAME = "export"
-HELP = "export the tracking step as ONNX graphs plus a manifest (fp32)"
+HELP = "export the tracking step as ONNX graphs plus a manifest (fp32 files; run by onnx fp32, openvino fp32/bf16)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

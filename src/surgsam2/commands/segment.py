@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     check_engine_options(args)
     if args.prompts:
         if args.engine != "torch":
-            raise ValueError("--prompts replays on the torch engine only (drop --engine onnx)")
+            raise ValueError(f"--prompts replays on the torch engine only (drop --engine {args.engine})")
         return _replay(args)
     if args.prompt_mask:
         if args.object_id is not None:
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     options = ModelOptions.from_args(args)
     inputs = {"--prompt-mask": args.prompt_mask, "--checkpoint": options.checkpoint, "--onnx-dir": args.onnx_dir}
     model, make_tracker = None, None
-    if args.engine == "onnx":
-        make_tracker = _onnx_tracker_factory(args)
+    if args.engine != "torch":
+        make_tracker = _export_tracker_factory(args)
     else:
         model = load_model_for_run(options, warn=lambda message: print(message, file=sys.stderr))
     summary = segment_source(
@@ -110,15 +110,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _onnx_tracker_factory(args: argparse.Namespace) -> Callable[[int | None], Any]:
-    """``make_tracker(num_frames)`` for the ONNX engine; the export is checked (manifest) up front."""
+def _export_tracker_factory(args: argparse.Namespace) -> Callable[[int | None], Any]:
+    """``make_tracker(num_frames)`` for an engine running the export (onnx, openvino) at --dtype;
+    the export is checked (manifest) up front."""
     from surgsam2.export.manifest import load_manifest
     from surgsam2.export.runtime import OnnxTracker
 
     load_manifest(args.onnx_dir)
-    return lambda num_frames: OnnxTracker(
-        args.onnx_dir, memory=args.memory, num_frame_to_prune=args.num_frame_to_prune, num_frames=num_frames
-    )
+
+    def make_tracker(num_frames: int | None) -> OnnxTracker:
+        tracker = OnnxTracker(
+            args.onnx_dir, memory=args.memory, num_frame_to_prune=args.num_frame_to_prune, num_frames=num_frames,
+            engine=args.engine, precision=args.dtype,
+        )  # fmt: skip
+        print(f"engine {tracker.describe()}", file=sys.stderr)  # the precision it runs, as compiled
+        return tracker
+
+    return make_tracker
 
 
 def _replay(args: argparse.Namespace) -> int:

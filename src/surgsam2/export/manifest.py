@@ -2,7 +2,8 @@
 
 Torch-free (json and hashlib only), so that a runtime without PyTorch can read it. It records the
 model config, image size, input normalisation, memory policy and slot counts, and per graph its
-file, sha256, precision, and input/output names, shapes and dtypes. `load_manifest` refuses, in
+file, sha256, precision (fp32: the files are stored in fp32), and input/output names, shapes and
+dtypes, and the precisions each engine can run the files in (``engine_precisions``). `load_manifest` refuses, in
 one line each, a missing or altered file, a manifest of another package version, or of another
 model config or image size than the caller expects.
 """

@@ -2,9 +2,11 @@
 
 The graphs (see `surgsam2.export.graphs`): ``image_encoder.onnx``, ``mask_decoder.onnx``,
 ``memory_attention.onnx`` (fixed memory and pointer slots with validity masks),
-``memory_encoder.onnx``, and ``mask_prompt.onnx`` (a mask prompt's pointer and score). All fp32; B (objects) is a dynamic axis, and N (prompt points) of the
-decoder. The memory policy is the host's (which memories go into the slots); the manifest records
-it and its parameters.
+``memory_encoder.onnx``, and ``mask_prompt.onnx`` (a mask prompt's pointer and score). All files
+fp32 (each graph's ``precision`` in the manifest); the engine chooses the precision it runs them in
+(``engine_precisions``: ONNX Runtime fp32, OpenVINO fp32 or bf16). B (objects) is a dynamic axis,
+and N (prompt points) of the decoder. The memory policy is the host's (which memories go into the
+slots); the manifest records it and its parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from surgsam2 import __version__
+from surgsam2.export.engines import ENGINE_PRECISIONS
 from surgsam2.export.graphs import (
     INVALID_SCORE,
     ImageEncoderGraph,
@@ -197,6 +200,7 @@ def export_onnx(
         },
         "opset": options.opset,
         "precision": "fp32",
+        "engine_precisions": {engine: list(choices) for engine, choices in ENGINE_PRECISIONS.items()},
         "graphs": records,
     }  # fmt: skip
     write_manifest(Path(folder), manifest)

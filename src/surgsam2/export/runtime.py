@@ -1,6 +1,7 @@
 """`OnnxTracker`: the streaming tracker on an ONNX export, without PyTorch.
 
-Needs numpy, onnxruntime, OpenCV, Pillow and an export folder (`surgsam2 export --format onnx`).
+Needs numpy, OpenCV, Pillow, a runtime (onnxruntime, or openvino: `export.engines`) and an export
+folder (`surgsam2 export --format onnx`).
 It has the `Tracker` API (`step(frame, prompts) -> FrameResult`, `remove_object`, `object_ids`)
 and follows the same rules by sharing their code: frame and prompt validation
 (`tracking.frames`, `tracking.prompts`), which memories and pointers a frame may attend to
@@ -19,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from surgsam2.export.engines import GraphFile, GraphSession, engine_version, open_sessions
 from surgsam2.export.manifest import load_manifest
 from surgsam2.memory.rules import BankRules, MemoryLayout, MemoryRules
 from surgsam2.tracking.frames import check_stream_frame, resize_frame
@@ -115,7 +117,9 @@ class OnnxTracker(StreamTracker):
     """Streaming promptable tracker over an ONNX export (the `Tracker` API, no PyTorch).
 
     ``folder``: an export folder (its manifest is verified); ``memory``: ``"efp"`` or ``"fifo"``
-    (default: the manifest's); ``providers``: ONNX Runtime execution providers (default CPU).
+    (default: the manifest's); ``engine``: ``"onnx"`` (ONNX Runtime, fp32) or ``"openvino"``
+    (``precision`` fp32, or bf16 compiled from the same fp32 files; `export.engines`);
+    ``providers``: ONNX Runtime execution providers (default CPU); ``threads``: the runtime's.
     ``num_frames``: only clips of at least the pointer window (16 frames) may be given: the
     export's pointer encoding is fixed to it (shorter clips track as a stream).
     """
@@ -130,9 +134,9 @@ class OnnxTracker(StreamTracker):
         output_logits: bool = True,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        engine: str = "onnx",
+        precision: str | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         config, memory_record = self.manifest["model"]["config"], self.manifest["memory"]
@@ -150,18 +154,10 @@ class OnnxTracker(StreamTracker):
         self.output_logits = output_logits
         self.image_size = int(self.manifest["image_size"])
         self.memory_record = memory_record
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        chosen = list(providers) if providers else ["CPUExecutionProvider"]
-        graphs = self.manifest["graphs"]
-        missing = [name for name in GRAPHS if name not in graphs]
-        if missing:
-            raise ValueError(f"{self.folder}: the export has no {missing[0]!r} graph; export again")
-        self.sessions = {
-            name: ort.InferenceSession(str(self.folder / graphs[name]["file"]), options, providers=chosen)
-            for name in GRAPHS
-        }
+        self.engine = engine
+        self.sessions = open_sessions(engine, self._graph_files(), precision, threads, providers)
+        # What the runtime compiled (OpenVINO may run another precision than asked for).
+        self.precision = "/".join(sorted({session.precision for session in self.sessions.values()}))
         self.bank = BankRules(
             MemoryRules(
                 num_maskmem=config["num_maskmem"],
@@ -179,6 +175,32 @@ class OnnxTracker(StreamTracker):
         self._table = ((scaled[None, :] - mean) / std).astype(np.float32)  # (3, 256)
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None
+
+    def _graph_files(self) -> dict[str, GraphFile]:
+        """The graph files by name; ValueError for a missing graph or one not stored in fp32."""
+        graphs = self.manifest["graphs"]
+        missing = [name for name in GRAPHS if name not in graphs]
+        if missing:
+            raise ValueError(f"{self.folder}: the export has no {missing[0]!r} graph; export again")
+        for name in GRAPHS:
+            if graphs[name].get("precision") != "fp32":
+                raise ValueError(
+                    f"{self.folder / graphs[name]['file']}: stored in {graphs[name].get('precision')!r}, this"
+                    " runtime reads fp32 graph files (the engine chooses the precision it runs)"
+                )
+        return {
+            name: GraphFile(
+                self.folder / graphs[name]["file"],
+                [value["name"] for value in graphs[name]["inputs"]],
+                [value["name"] for value in graphs[name]["outputs"]],
+            )
+            for name in GRAPHS
+        }
+
+    def describe(self) -> str:
+        """Engine, runtime version and the precision it runs, e.g. 'openvino (openvino 2026.4.1), bf16
+        from fp32 graph files'."""
+        return f"{self.engine} ({engine_version(self.engine)}), {self.precision} from fp32 graph files"
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -201,9 +223,7 @@ class OnnxTracker(StreamTracker):
         """The image encoder's outputs by name, from the frame preprocessed as the torch tracker does."""
         pixels = resize_frame(frame, self.image_size)
         image = np.stack([self._table[channel][pixels[:, :, channel]] for channel in range(3)])[None]
-        session = self.sessions["image_encoder"]
-        values = session.run(None, {"images": np.ascontiguousarray(image)})
-        return {output.name: value for output, value in zip(session.get_outputs(), values)}
+        return _named(self.sessions["image_encoder"], {"images": np.ascontiguousarray(image)})
 
     # --- one frame ----------------------------------------------------------------------------
     def _use_multimask(self, is_init_cond_frame: bool, num_points: int) -> bool:
@@ -239,8 +259,7 @@ class OnnxTracker(StreamTracker):
             "mask_input": np.zeros((1, 1, low, low), np.float32) if mask_input is None else mask_input.astype(np.float32),
             "has_mask": np.array([mask_input is not None]), "multimask": np.array([multimask]),
         }  # fmt: skip
-        session = self.sessions["mask_decoder"]
-        return {output.name: value for output, value in zip(session.get_outputs(), session.run(None, inputs))}
+        return _named(self.sessions["mask_decoder"], inputs)
 
     def _run_frame(self, features: dict[str, np.ndarray], prompts: dict[int, _ModelPrompt]) -> dict[int, OnnxObjectOutput]:
         """Known objects tracked (with corrective clicks), then new or replaced objects decoded from
@@ -297,8 +316,8 @@ class OnnxTracker(StreamTracker):
             "high_res_1": features["high_res_1"], "masks": mask[None, None].astype(np.float32),
         }  # fmt: skip
         session = self.sessions["mask_prompt"]
-        declared = {value.name for value in session.get_inputs()}  # the exporter drops unused inputs
-        obj_ptr, score = session.run(None, {name: value for name, value in inputs.items() if name in declared})
+        declared = set(session.input_names)  # the exporter drops unused inputs
+        obj_ptr, score = session.run({name: value for name, value in inputs.items() if name in declared})
         filled = fill_holes_array(low_res[None, None], self.fill_hole_area)
         return OnnxObjectOutput(filled[0], filled[0], 1.0, obj_ptr[0], float(score[0, 0]), conditioning=True)
 
@@ -317,9 +336,9 @@ class OnnxTracker(StreamTracker):
         record = self.memory_record
         slots, pointer_slots = record["memory_slots"], record["pointer_slots"]
         batch = len(obj_ids) + len(fresh)
-        tokens = self.sessions["memory_attention"].get_inputs()[2].shape[2]
-        mem_dim = self.sessions["memory_attention"].get_inputs()[2].shape[3]
-        hidden = self.sessions["memory_attention"].get_inputs()[5].shape[2]
+        shapes = {value["name"]: value["shape"] for value in self.manifest["graphs"]["memory_attention"]["inputs"]}
+        tokens, mem_dim = shapes["memory_tokens"][2:4]
+        hidden = shapes["pointers"][2]
         inputs = {
             "memory_tokens": np.zeros((batch, slots, tokens, mem_dim), np.float32),
             "memory_slots": np.full((batch, slots), record["conditioning_temporal_slot"], np.int64),
@@ -355,7 +374,7 @@ class OnnxTracker(StreamTracker):
         inputs = self._slots(obj_ids, fresh)
         inputs["image_embedding"] = features["image_embedding"]
         inputs["image_position"] = features["image_position"]
-        (pix_feat,) = self.sessions["memory_attention"].run(None, inputs)
+        (pix_feat,) = self.sessions["memory_attention"].run(inputs)
         return {obj_id: pix_feat[row : row + 1] for row, obj_id in enumerate(obj_ids + fresh)}
 
     def _remember(self, features: dict[str, np.ndarray], outputs: dict[int, OnnxObjectOutput]) -> None:
@@ -369,7 +388,7 @@ class OnnxTracker(StreamTracker):
             "object_score_logits": np.array([[outputs[i].object_score_logit] for i in obj_ids], np.float32),
             "binarize": np.array([outputs[i].conditioning for i in obj_ids]),
         }
-        (tokens,) = self.sessions["memory_encoder"].run(None, inputs)
+        (tokens,) = self.sessions["memory_encoder"].run(inputs)
         tokens = round_to_bfloat16(tokens)
         for row, obj_id in enumerate(obj_ids):
             output = outputs[obj_id]
@@ -388,6 +407,11 @@ class OnnxTracker(StreamTracker):
             result.scores[obj_id] = float(1.0 / (1.0 + np.exp(-output.object_score_logit)))
             result.ious[obj_id] = output.iou
         return result
+
+
+def _named(session: GraphSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A session's outputs by name."""
+    return dict(zip(session.output_names, session.run(inputs)))
 
 
 __all__ = ["OnnxTracker", "efp_select", "efp_num_dropped", "resize_antialiased", "round_to_bfloat16"]
