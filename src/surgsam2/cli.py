@@ -1,11 +1,15 @@
 """`surgsam2 <command>`: the command line. Each command lives in `surgsam2.commands.<name>`
 (its name, help, arguments and what it runs); this module puts them together and turns every failure into
-one line on stderr and an exit code: 2 bad input, 130 interrupted, 143 terminated (SIGTERM).
+one line on stderr and an exit code: 2 bad input or PyTorch missing, 130 interrupted, 143 terminated (SIGTERM).
+
+The parsers need no torch (commands import it where they run a model), so every `--help` and
+`segment --engine onnx` work in an environment with ONNX Runtime only (requirements-onnx.txt).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +18,26 @@ from surgsam2.data.termination import TERMINATED_EXIT_CODE, Terminated, terminat
 
 INTERRUPTED_EXIT_CODE = 130
 BAD_INPUT_EXIT_CODE = 2
+# The modules of the torch-free ONNX runtime's requirements (requirements-onnx.txt).
+TORCH_FREE_PACKAGES = ("numpy", "onnxruntime", "cv2", "PIL", "tqdm")
+TORCH_MISSING = (
+    "this needs PyTorch, which is not installed here (pip install torch); without it,"
+    " `surgsam2 segment --engine onnx --onnx-dir DIR` runs an ONNX export"
+)
+
+
+def missing_module_message(error: ModuleNotFoundError) -> str | None:
+    """The one-line error for a module missing from a torch-free install (None: not that case).
+
+    Where torch is not installed, every command but the ONNX engine's needs the full install, whose
+    missing piece is PyTorch; a package of the ONNX runtime's own (requirements-onnx.txt) is named.
+    """
+    root = (error.name or "").partition(".")[0]
+    if root in TORCH_FREE_PACKAGES:
+        return f"this needs the Python package {root!r}, which is not installed here (pip install -r requirements-onnx.txt)"
+    if root == "torch" or importlib.util.find_spec("torch") is None:
+        return TORCH_MISSING
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"surgsam2 {args.command}: interrupted; unfinished outputs were removed", file=sys.stderr)
             return INTERRUPTED_EXIT_CODE
+        except ModuleNotFoundError as error:
+            message = missing_module_message(error)
+            if message is None:
+                raise
+            print(f"surgsam2 {args.command}: error: {message}", file=sys.stderr)
+            return BAD_INPUT_EXIT_CODE
         except MemoryError:
             print(f"surgsam2 {args.command}: error: out of memory (try a smaller --image-size or fewer frames)",
                   file=sys.stderr)  # fmt: skip

@@ -1,8 +1,9 @@
 """Options shared by every command, defined once: model (name, checkpoint, image size, device,
 precision, CUDA graphs, compile, random weights), memory policy, output overwrite, progress.
 
-The choices come from the library's own vocabulary (the policy registry, the model precisions,
-the device resolver), so a new policy or precision appears in every command without an edit here.
+The choices come from the library's own torch-free vocabulary (the policy table the registry is
+bound to, the model precisions, the device names), so a new policy or precision appears in every
+command without an edit here, and the parsers work where torch is not installed.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from surgsam2.export.engines import ENGINE_PRECISIONS, RUNTIME_ENGINES
-from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, policy_names, policy_summaries
+from surgsam2.memory.policy_table import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, POLICY_NAMES, policy_help
 from surgsam2.model.configs import MODEL_CONFIGS, get_config
-from surgsam2.model.sam2 import PRECISIONS, SAM2Model
-from surgsam2.runtime.devices import DEVICE_HELP, is_cuda, resolve_device
+from surgsam2.model.precisions import PRECISIONS
+from surgsam2.runtime.device_names import DEVICE_HELP
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded, so the parsers work without it
+    import torch
+
+    from surgsam2.model.sam2 import SAM2Model
 
 DEFAULT_MODEL = "nano"
 
@@ -83,8 +88,8 @@ def add_runtime_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
 
 def add_memory_options(parser: argparse.ArgumentParser, prune_option: bool = True) -> None:
     """--memory (every registered policy) and --num-frame-to-prune."""
-    parser.add_argument("--memory", choices=policy_names(), default=DEFAULT_POLICY,
-                        help=f"memory policy (default {DEFAULT_POLICY}): " + "; ".join(policy_summaries()))  # fmt: skip
+    parser.add_argument("--memory", choices=POLICY_NAMES, default=DEFAULT_POLICY,
+                        help=f"memory policy (default {DEFAULT_POLICY}): " + policy_help())  # fmt: skip
     if prune_option:
         parser.add_argument("--num-frame-to-prune", "--num_frame_to_prune", type=int,
                             default=DEFAULT_NUM_FRAME_TO_PRUNE,
@@ -138,6 +143,7 @@ def check_model_options(options: ModelOptions) -> torch.device:
     """Everything about ``options`` that can fail before loading (device, CUDA graphs, weights
     given or random weights asked for); returns the resolved device."""
     from surgsam2.model.checkpoint import default_checkpoint
+    from surgsam2.runtime.devices import is_cuda, resolve_device
 
     get_config(options.name, options.image_size)  # an unknown model or a bad size fails first
     device = resolve_device(options.device)
@@ -158,6 +164,8 @@ def check_model_options(options: ModelOptions) -> torch.device:
 def load_model_for_run(options: ModelOptions, warn: Callable[[str], None]) -> SAM2Model:
     """The programs' one model loader: options checked, weights loaded (random ones only when
     asked for, with a warning), precision set, then CUDA graphs / compile when asked for."""
+    import torch
+
     from surgsam2.model.checkpoint import default_checkpoint, load_model
 
     device = check_model_options(options)

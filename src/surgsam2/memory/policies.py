@@ -24,9 +24,7 @@ from typing import ClassVar, TypeVar
 import torch
 import torch.nn.functional as F
 
-
-DEFAULT_POLICY = "efp"
-DEFAULT_NUM_FRAME_TO_PRUNE = 2
+from surgsam2.memory.policy_table import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, POLICY_SUMMARIES
 
 
 @dataclass(frozen=True)
@@ -78,6 +76,8 @@ def register_policy(name: str) -> Callable[[PolicyClass], PolicyClass]:
     """Class decorator: make a policy available under ``name`` everywhere a policy is chosen."""
 
     def register(cls: PolicyClass) -> PolicyClass:
+        if name not in POLICY_SUMMARIES:
+            raise ValueError(f"memory policy {name!r}: list it in surgsam2.memory.policy_table.POLICY_SUMMARIES")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"memory policy {name!r} is already registered by {_REGISTRY[name].__name__}")
         _REGISTRY[name] = cls

@@ -20,6 +20,7 @@ from surgsam2.model.mask_decoder import MaskDecoder
 from surgsam2.model.memory_attention import MemoryAttention
 from surgsam2.model.memory_encoder import MemoryEncoder
 from surgsam2.model.neck import ImageEncoder
+from surgsam2.model.precisions import PRECISIONS
 from surgsam2.model.prompt_encoder import PromptEncoder
 from surgsam2.model.transformer import TwoWayTransformer
 
@@ -49,9 +50,6 @@ class DecoderOutput:
     object_score_logits: torch.Tensor  # (B, 1) > 0 means the object is visible
 
 
-# Precisions a model can be loaded in (`SAM2Model.to_precision`, `load_model(dtype=...)`, the
-# commands' --dtype): "mixed" is fp32 with memory attention in bf16.
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "mixed")
 
 
 def sine_encoding_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -23,10 +23,13 @@ from tqdm import tqdm
 from surgsam2.data.masks import id_map_to_masks, read_mask, write_mask
 from surgsam2.data.outputs import OutputFolder
 from surgsam2.data.video import OverlayVideoWriter, VideoSource, open_video
-from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, MemoryPolicy
-from surgsam2.model.sam2 import SAM2Model
+from surgsam2.memory.policy_table import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY
 from surgsam2.tracking.prompts import Prompt, validate_prompts
-from surgsam2.tracking.tracker import Tracker
+
+if TYPE_CHECKING:  # torch is needed only by the torch engine: the ONNX engine runs without it
+    from surgsam2.memory.policies import MemoryPolicy
+    from surgsam2.model.sam2 import SAM2Model
+    from surgsam2.tracking.tracker import Tracker
 
 
 @dataclass
@@ -166,6 +169,8 @@ def segment_source(
             if make_tracker is not None:
                 tracker = make_tracker(video.num_frames)
             else:
+                from surgsam2.tracking.tracker import Tracker
+
                 tracker = Tracker(model, memory=memory, num_frame_to_prune=num_frame_to_prune, num_frames=video.num_frames)
             bar = stack.enter_context(
                 tqdm(total=total, desc=f"segment {video.name}", unit="frame", disable=not progress)

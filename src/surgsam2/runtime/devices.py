@@ -8,7 +8,8 @@ import re
 
 import torch
 
-DEVICE_HELP = "cpu, cuda, cuda:N or auto (cuda when available, else cpu)"
+from surgsam2.runtime.device_names import DEVICE_HELP
+
 _CUDA_NAME = re.compile(r"^cuda(?::(\d+))?$")
 
 
