@@ -11,7 +11,8 @@ is a separate timed run (nano, 3 objects, bf16, 256 px, one synthetic clip).
     # reduced: --hard-videos 2 --hard-frames 300 --heldout-videos 8 --policies fifo efp2 qefp2
 
 The datasets are generated into --out when missing (the held-out one exactly as
-`surgsam2 synth --videos 8 --frames 60 --size 320x256 --seed 900001` writes it).
+`surgsam2 synth --videos 8 --frames 60 --size 320x256 --seed 900001` writes it, the hard one as
+`surgsam2 synth --preset hard --videos 2 --frames 300 --size 320x256 --seed 910001`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ import torch
 
 import surgsam2.tracking.tracker as tracker_module
 from surgsam2.data.masks import read_mask
-from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video, write_synthetic_dataset
+from surgsam2.data.synthetic import (
+    SYNTHETIC_PRESETS,
+    SyntheticVideoConfig,
+    generate_synthetic_video,
+    write_synthetic_dataset,
+)
 from surgsam2.data.synthetic_occluders import DIFFICULTY_KINDS, frame_difficulty
 from surgsam2.eval.metrics import frame_scores
 from surgsam2.eval.vos_output import object_dir_name
@@ -36,10 +42,9 @@ from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inferen
 
 HELDOUT = dict(seed=900001, videos=8, frames=60, size=(320, 256))
 HARD_SEED = 910001
-# The hard set: 2-3 instruments that leave and come back, four occluders (blood / dense smoke /
-# glare) per clip, twice the camera motion, full smoke; long clips.
-HARD_CONFIG = SyntheticVideoConfig(min_instruments=2, max_instruments=3, reentry_probability=0.9,
-                                   late_entry_probability=0.3, camera_motion=2.0, smoke=1.0, occluders=4)
+# The hard set: `surgsam2 synth --preset hard` (2-3 instruments that leave and come back, four
+# occluders per clip, twice the camera motion, full smoke), long clips.
+HARD_CONFIG = SYNTHETIC_PRESETS["hard"]
 POLICIES = {"fifo": ("fifo", 2), "efp1": ("efp", 1), "efp2": ("efp", 2), "efp3": ("efp", 3),
             "qefp1": ("qefp", 1), "qefp2": ("qefp", 2), "qefp3": ("qefp", 3)}
 
