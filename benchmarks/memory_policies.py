@@ -46,7 +46,7 @@ HARD_SEED = 910001
 # occluders per clip, twice the camera motion, full smoke), long clips.
 HARD_CONFIG = SYNTHETIC_PRESETS["hard"]
 POLICIES = {"fifo": ("fifo", 2), "efp1": ("efp", 1), "efp2": ("efp", 2), "efp3": ("efp", 3),
-            "qefp1": ("qefp", 1), "qefp2": ("qefp", 2), "qefp3": ("qefp", 3)}
+            "qefp1": ("qefp", 1), "qefp2": ("qefp", 2), "qefp3": ("qefp", 3), "refp2": ("refp", 2)}
 
 
 @dataclass
