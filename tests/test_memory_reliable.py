@@ -154,6 +154,23 @@ def test_bank_retains_the_newest_reliable_memories_and_stays_bounded():
     assert [slot for _, slot in layout.memories[1:3]] == [NUM_MASKMEM - 2] * 2
 
 
+def test_retained_slot_is_configurable_and_checked():
+    """refp's ``retained_slot`` reaches the bank through the tracker; a slot outside the table is
+    refused with one line."""
+    bank = MemoryBank(BankConfig(retained_memories=1, retained_slot=NUM_MASKMEM - 1))
+    bank.add_object(1)
+    for frame in range(12):
+        bank.write(1, frame, torch.zeros(NUM_TOKENS, NUM_CHANNELS), torch.zeros(16), conditioning=frame == 0,
+                   object_score=torch.tensor(3.0), iou=torch.tensor(0.9))  # fmt: skip
+    assert [slot for (_, slot), flag in zip(bank.layout(1, 12).memories, bank.layout(1, 12).retained) if flag] == [6]
+    with pytest.raises(ValueError, match="retained_slot must be in 0..6"):
+        BankConfig(retained_memories=1, retained_slot=7)
+    tracker = Tracker(random_model(), memory=ReliableEfpPolicy(retained_memories=3, min_iou=0.7, retained_slot=6))
+    config = tracker.bank.config
+    assert (config.retained_memories, config.retained_min_iou, config.retained_slot) == (3, 0.7, 6)
+    assert Tracker(random_model(), memory="efp").bank.config.retained_memories == 0
+
+
 def test_bank_retains_nothing_for_fifo_efp_qefp_and_before_the_window_is_full():
     """Without retention (the default) the layout is SAM 2's; with it, no slot exists until a memory
     leaves the recent window, so early frames propose exactly SAM 2's candidates."""

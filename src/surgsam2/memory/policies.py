@@ -253,6 +253,8 @@ class ReliableEfpPolicy(QualityEfpPolicy):
     """
 
     retained_memories: int = 2
+    # Temporal slot of retained memories (index into maskmem_tpos_enc); None: the farthest recent one.
+    retained_slot: int | None = None
     name: str = "refp"
 
     def __post_init__(self) -> None:

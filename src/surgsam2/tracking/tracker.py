@@ -103,6 +103,7 @@ class Tracker(StreamTracker):
                 # A policy that attends to retained reliable memories says how many and how reliable.
                 retained_memories=getattr(self.policy, "retained_memories", 0),
                 retained_min_iou=getattr(self.policy, "min_iou", 0.5),
+                retained_slot=getattr(self.policy, "retained_slot", None),
             )
         )
         self.frame_index = 0
