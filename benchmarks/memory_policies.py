@@ -1,14 +1,15 @@
-"""Memory policies compared (issue 16): fifo, efp (P = 1, 2, 3) and qefp on the held-out set and
-on the hard set, with the shipped nano.
+"""Memory policies compared (issue 16): fifo, efp (P = 1, 2, 3), qefp and refp (with variants:
+`REFP_VARIANTS`) on the held-out set and on the hard set, with the shipped nano.
 
 Every row is the same evaluation: `vos-inference` (first-appearance mask prompts, `surgsam2`
 protocol) gives J&F, Dice and Challenge IoU; the written per-object masks are then scored frame
 by frame and grouped by kind of difficulty (`data.synthetic_occluders.frame_difficulty`) for J&F
-and Dice by kind; memories attended per tracked object-frame are counted at the policy call; frames/s
-is a separate timed run (nano, 3 objects, bf16, 256 px, one synthetic clip).
+and Dice by kind; memories attended per tracked object-frame (and, for refp, how many of them are
+retained ones) are counted at the policy call; frames/s is a separate timed run (nano, 3 objects,
+bf16, 256 px, one synthetic clip; policies timed in turn, best of two, matmul peak printed).
 
     PYTHONPATH=src .venv/bin/python benchmarks/memory_policies.py --out outputs/bench_memory
-    # reduced: --hard-videos 2 --hard-frames 300 --heldout-videos 8 --policies fifo efp2 qefp2
+    # reduced: --hard-videos 2 --hard-frames 300 --heldout-videos 8 --policies fifo efp2 qefp2 refp2
 
 The datasets are generated into --out when missing (the held-out one exactly as
 `surgsam2 synth --videos 8 --frames 60 --size 320x256 --seed 900001` writes it, the hard one as
