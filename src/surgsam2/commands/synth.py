@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reentry", type=float, default=None,
                         help="probability that an instrument leaves the view and comes back (default 0.3)")  # fmt: skip
     parser.add_argument("--late-entry", type=float, default=None,
-                        help="probability that an instrument but the first enters after frame 0 (default 0.3)")  # fmt: skip
+                        help="probability that an instrument but the first enters late (default 0.3)")  # fmt: skip
     parser.add_argument("--occluders", type=int, default=None,
                         help="blood / dense smoke / glare events per clip, 0-64 (default 0)")  # fmt: skip
     parser.add_argument("--camera-motion", type=float, default=None,

@@ -5,8 +5,9 @@ frames a policy may still select, and proposes the candidates of a new frame fol
 rules (docs/architecture.md, "The memory rules"). Nothing older than SAM 2 could ever attend to is
 kept, except, when a policy asks for it, a few *retained* memories per object (frames where the
 object was present and well segmented that fell out of the recent window; the torch bank keeps
-them on the device, `memory.bank`). Arrays are opaque here (torch tensors in `memory.bank.MemoryBank`, numpy arrays in the ONNX
-runtime), so both trackers share one implementation of the rules.
+them on the device, `memory.bank`). Arrays are opaque here (torch tensors in
+`memory.bank.MemoryBank`, numpy arrays in the ONNX runtime), so both trackers share one
+implementation of the rules.
 """
 
 from __future__ import annotations
@@ -255,7 +256,8 @@ class BankRules:
             if stored is not None:
                 pointers.append((stored, frames_back))
         retained += [False] * (len(memories) - len(retained))
-        return MemoryLayout(tuple(memories), tuple(protected), tuple(pointers), tuple(retained) if any(retained) else ())
+        retained_flags = tuple(retained) if any(retained) else ()
+        return MemoryLayout(tuple(memories), tuple(protected), tuple(pointers), retained_flags)
 
 
 __all__ = ["Array", "BankRules", "MemoryLayout", "MemoryRules", "ObjectMemory", "StoredMemory"]
