@@ -6,7 +6,8 @@ protocol) gives J&F, Dice and Challenge IoU; the written per-object masks are th
 by frame and grouped by kind of difficulty (`data.synthetic_occluders.frame_difficulty`) for J&F
 and Dice by kind; memories attended per tracked object-frame (and, for refp, how many of them are
 retained ones) are counted at the policy call; frames/s is a separate timed run (nano, 3 objects,
-bf16, 256 px, one synthetic clip; policies timed in turn, best of two, matmul peak printed).
+bf16, 256 px, one synthetic clip; policies timed in turn, best of --speed-rounds, matmul peak
+printed).
 
     PYTHONPATH=src .venv/bin/python benchmarks/memory_policies.py --out outputs/bench_memory
     # reduced: --hard-videos 2 --hard-frames 300 --heldout-videos 8 --policies fifo efp2 qefp2 refp2
@@ -101,13 +102,14 @@ class AttendedCounter:
         tracker_module.select_memories = counted
 
 
-def make_datasets(out: Path, hard_videos: int, hard_frames: int, heldout_videos: int) -> dict[str, Path]:
-    """The held-out and hard datasets under ``out`` (written when missing)."""
+def make_datasets(out: Path, hard_videos: int, hard_frames: int, heldout_videos: int,
+                  sets: tuple[str, ...] = ("heldout", "hard")) -> dict[str, Path]:
+    """The held-out and hard datasets under ``out`` (those of ``sets`` written when missing)."""
     roots = {"heldout": out / "data" / "synth_heldout", "hard": out / "data" / f"synth_hard_{hard_videos}x{hard_frames}"}
-    if not (roots["heldout"] / "meta.json").is_file():
+    if "heldout" in sets and not (roots["heldout"] / "meta.json").is_file():
         write_synthetic_dataset(roots["heldout"], videos=heldout_videos, frames=HELDOUT["frames"],
                                 size=HELDOUT["size"], seed=HELDOUT["seed"])
-    if not (roots["hard"] / "meta.json").is_file():
+    if "hard" in sets and not (roots["hard"] / "meta.json").is_file():
         write_synthetic_dataset(roots["hard"], videos=hard_videos, frames=hard_frames, size=(320, 256),
                                 seed=HARD_SEED, config=HARD_CONFIG)
     return roots
@@ -208,14 +210,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_memory"))
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
-    parser.add_argument("--sets", nargs="+", default=["heldout", "hard"], choices=["heldout", "hard"])
+    parser.add_argument("--sets", nargs="*", default=["heldout", "hard"], choices=["heldout", "hard"],
+                        help="sets to evaluate (none: frames/s only)")
     parser.add_argument("--hard-videos", type=int, default=4)
     parser.add_argument("--hard-frames", type=int, default=300)
     parser.add_argument("--heldout-videos", type=int, default=8)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="evaluation precision")
     parser.add_argument("--speed-frames", type=int, default=40, help="timed frames per policy (0: skip)")
+    parser.add_argument("--speed-rounds", type=int, default=2, help="timed runs per policy, in turn (best counts)")
     args = parser.parse_args()
-    roots = make_datasets(args.out, args.hard_videos, args.hard_frames, args.heldout_videos)
+    roots = make_datasets(args.out, args.hard_videos, args.hard_frames, args.heldout_videos, tuple(args.sets))
     counter = AttendedCounter()
     counter.install()
     rows: dict[str, list[dict]] = {}
@@ -231,8 +235,8 @@ def main() -> None:
     if args.speed_frames:
         from surgsam2.bench.machine import measure_matmul_peak
 
-        # Policies timed in turn, twice, best of the two: on a shared machine load drifts.
-        for _ in range(2):
+        # Policies timed in turn, best of --speed-rounds: on a shared machine load drifts.
+        for _ in range(args.speed_rounds):
             for name in args.policies:
                 speeds[name] = max(speeds.get(name, 0.0), frames_per_second(name, args.speed_frames))
         peak = measure_matmul_peak()
