@@ -1,17 +1,20 @@
-"""Memory policies compared (issue 16): fifo, efp (P = 1, 2, 3) and qefp on the held-out set and
-on the hard set, with the shipped nano.
+"""Memory policies compared (issue 16): fifo, efp (P = 1, 2, 3), qefp and refp (with variants:
+`REFP_VARIANTS`) on the held-out set and on the hard set, with the shipped nano.
 
 Every row is the same evaluation: `vos-inference` (first-appearance mask prompts, `surgsam2`
 protocol) gives J&F, Dice and Challenge IoU; the written per-object masks are then scored frame
 by frame and grouped by kind of difficulty (`data.synthetic_occluders.frame_difficulty`) for J&F
-and Dice by kind; memories attended per tracked object-frame are counted at the policy call; frames/s
-is a separate timed run (nano, 3 objects, bf16, 256 px, one synthetic clip).
+and Dice by kind; memories attended per tracked object-frame (and, for refp, how many of them are
+retained ones) are counted at the policy call; frames/s is a separate timed run (nano, 3 objects,
+bf16, 256 px, one synthetic clip; policies timed in turn, best of --speed-rounds, matmul peak
+printed).
 
     PYTHONPATH=src .venv/bin/python benchmarks/memory_policies.py --out outputs/bench_memory
-    # reduced: --hard-videos 2 --hard-frames 300 --heldout-videos 8 --policies fifo efp2 qefp2
+    # reduced: --hard-videos 2 --hard-frames 300 --heldout-videos 8 --policies fifo efp2 qefp2 refp2
 
 The datasets are generated into --out when missing (the held-out one exactly as
-`surgsam2 synth --videos 8 --frames 60 --size 320x256 --seed 900001` writes it).
+`surgsam2 synth --videos 8 --frames 60 --size 320x256 --seed 900001` writes it, the hard one as
+`surgsam2 synth --preset hard --videos 2 --frames 300 --size 320x256 --seed 910001`).
 """
 
 from __future__ import annotations
@@ -28,20 +31,50 @@ import torch
 
 import surgsam2.tracking.tracker as tracker_module
 from surgsam2.data.masks import read_mask
-from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video, write_synthetic_dataset
+from surgsam2.data.synthetic import (
+    SYNTHETIC_PRESETS,
+    SyntheticVideoConfig,
+    generate_synthetic_video,
+    write_synthetic_dataset,
+)
 from surgsam2.data.synthetic_occluders import DIFFICULTY_KINDS, frame_difficulty
 from surgsam2.eval.metrics import frame_scores
 from surgsam2.eval.vos_output import object_dir_name
+from surgsam2.memory.policies import PolicyOptions, ReliableEfpPolicy, policy_names, register_policy
 from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inference
 
 HELDOUT = dict(seed=900001, videos=8, frames=60, size=(320, 256))
 HARD_SEED = 910001
-# The hard set: 2-3 instruments that leave and come back, four occluders (blood / dense smoke /
-# glare) per clip, twice the camera motion, full smoke; long clips.
-HARD_CONFIG = SyntheticVideoConfig(min_instruments=2, max_instruments=3, reentry_probability=0.9,
-                                   late_entry_probability=0.3, camera_motion=2.0, smoke=1.0, occluders=4)
+# The hard set: `surgsam2 synth --preset hard` (2-3 instruments that leave and come back, four
+# occluders per clip, twice the camera motion, full smoke), long clips.
+HARD_CONFIG = SYNTHETIC_PRESETS["hard"]
 POLICIES = {"fifo": ("fifo", 2), "efp1": ("efp", 1), "efp2": ("efp", 2), "efp3": ("efp", 3),
-            "qefp1": ("qefp", 1), "qefp2": ("qefp", 2), "qefp3": ("qefp", 3)}
+            "qefp1": ("qefp", 1), "qefp2": ("qefp", 2), "qefp3": ("qefp", 3), "refp2": ("refp", 2)}
+# Variants of refp (benchmark-only registrations): reliability threshold, retained count, slot.
+REFP_VARIANTS = {"refp2_iou80": dict(min_iou=0.8), "refp2_present": dict(min_iou=0.0),
+                 "refp2_r4": dict(retained_memories=4), "refp2_condslot": dict(retained_slot=6)}
+
+
+def refp_variant(name: str, options: dict) -> type[ReliableEfpPolicy]:
+    """A policy class made from its name as refp with ``options`` (and the shared P)."""
+
+    class Variant(ReliableEfpPolicy):
+        @classmethod
+        def from_options(cls, policy_options: PolicyOptions) -> ReliableEfpPolicy:
+            return ReliableEfpPolicy(num_frame_to_prune=policy_options.num_frame_to_prune, name=name, **options)
+
+    return Variant
+
+
+def register_refp_variants() -> None:
+    """Register each refp variant under its name, so `vos-inference` can run it like the others."""
+    for name, options in REFP_VARIANTS.items():
+        if name not in policy_names():
+            register_policy(name)(refp_variant(name, options))
+        POLICIES[name] = (name, 2)
+
+
+register_refp_variants()
 
 
 @dataclass
@@ -50,6 +83,7 @@ class AttendedCounter:
 
     memories: int = 0
     object_frames: int = 0
+    retained: int = 0  # of which retained memories (refp), read on the host: benchmark only
 
     def install(self) -> None:
         original = tracker_module.select_memories
@@ -59,18 +93,23 @@ class AttendedCounter:
             count, batch = candidates.features.shape[:2]
             self.memories += (count if keep is None else keep.shape[0]) * batch
             self.object_frames += batch
+            quality = candidates.quality
+            if quality is not None and any(quality.retained):
+                flags = torch.tensor(quality.retained, device=candidates.features.device)
+                self.retained += int(flags[keep].sum()) if keep is not None else sum(quality.retained) * batch
             return keep
 
         tracker_module.select_memories = counted
 
 
-def make_datasets(out: Path, hard_videos: int, hard_frames: int, heldout_videos: int) -> dict[str, Path]:
-    """The held-out and hard datasets under ``out`` (written when missing)."""
+def make_datasets(out: Path, hard_videos: int, hard_frames: int, heldout_videos: int,
+                  sets: tuple[str, ...] = ("heldout", "hard")) -> dict[str, Path]:
+    """The held-out and hard datasets under ``out`` (those of ``sets`` written when missing)."""
     roots = {"heldout": out / "data" / "synth_heldout", "hard": out / "data" / f"synth_hard_{hard_videos}x{hard_frames}"}
-    if not (roots["heldout"] / "meta.json").is_file():
+    if "heldout" in sets and not (roots["heldout"] / "meta.json").is_file():
         write_synthetic_dataset(roots["heldout"], videos=heldout_videos, frames=HELDOUT["frames"],
                                 size=HELDOUT["size"], seed=HELDOUT["seed"])
-    if not (roots["hard"] / "meta.json").is_file():
+    if "hard" in sets and not (roots["hard"] / "meta.json").is_file():
         write_synthetic_dataset(roots["hard"], videos=hard_videos, frames=hard_frames, size=(320, 256),
                                 seed=HARD_SEED, config=HARD_CONFIG)
     return roots
@@ -111,7 +150,7 @@ def evaluate_policy(root: Path, out: Path, name: str, dtype: str, counter: Atten
         memory=memory, num_frame_to_prune=prune, overwrite=True, progress=False,
     )
     config.model = replace(config.model, dtype=dtype)
-    counter.memories = counter.object_frames = 0
+    counter.memories = counter.object_frames = counter.retained = 0
     start = time.perf_counter()
     report = run_vos_inference(config, info=lambda message: None)
     seconds = time.perf_counter() - start
@@ -121,6 +160,7 @@ def evaluate_policy(root: Path, out: Path, name: str, dtype: str, counter: Atten
         "policy": name, "JF": 100 * result["summary"]["JF"], "Dice": 100 * result["summary"]["Dice"],
         "challenge_IoU": None if class_based.get("challenge_IoU") is None else 100 * class_based["challenge_IoU"],
         "memories_per_frame": counter.memories / max(counter.object_frames, 1),
+        "retained_per_frame": counter.retained / max(counter.object_frames, 1),
         "by_kind": by_kind(root, out), "seconds": seconds,
     }
 
@@ -170,14 +210,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_memory"))
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
-    parser.add_argument("--sets", nargs="+", default=["heldout", "hard"], choices=["heldout", "hard"])
+    parser.add_argument("--sets", nargs="*", default=["heldout", "hard"], choices=["heldout", "hard"],
+                        help="sets to evaluate (none: frames/s only)")
     parser.add_argument("--hard-videos", type=int, default=4)
     parser.add_argument("--hard-frames", type=int, default=300)
     parser.add_argument("--heldout-videos", type=int, default=8)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="evaluation precision")
     parser.add_argument("--speed-frames", type=int, default=40, help="timed frames per policy (0: skip)")
+    parser.add_argument("--speed-rounds", type=int, default=2, help="timed runs per policy, in turn (best counts)")
     args = parser.parse_args()
-    roots = make_datasets(args.out, args.hard_videos, args.hard_frames, args.heldout_videos)
+    roots = make_datasets(args.out, args.hard_videos, args.hard_frames, args.heldout_videos, tuple(args.sets))
     counter = AttendedCounter()
     counter.install()
     rows: dict[str, list[dict]] = {}
@@ -187,8 +229,19 @@ def main() -> None:
             row = evaluate_policy(roots[set_name], args.out / "pred" / set_name / name, name, args.dtype, counter)
             rows[set_name].append(row)
             print(f"{set_name} {name}: J&F {row['JF']:.1f} Dice {row['Dice']:.1f} "
-                  f"memories/frame {row['memories_per_frame']:.2f} ({row['seconds']:.0f} s)", flush=True)
-    speeds = {name: frames_per_second(name, args.speed_frames) for name in args.policies} if args.speed_frames else {}
+                  f"memories/frame {row['memories_per_frame']:.2f} (retained {row['retained_per_frame']:.2f}) "
+                  f"({row['seconds']:.0f} s)", flush=True)
+    speeds: dict[str, float] = {}
+    if args.speed_frames:
+        from surgsam2.bench.machine import measure_matmul_peak
+
+        # Policies timed in turn, best of --speed-rounds: on a shared machine load drifts.
+        for _ in range(args.speed_rounds):
+            for name in args.policies:
+                speeds[name] = max(speeds.get(name, 0.0), frames_per_second(name, args.speed_frames))
+        peak = measure_matmul_peak()
+        print("frames/s (nano, 3 objects, bf16): " + ", ".join(f"{n} {v:.2f}" for n, v in speeds.items())
+              + f"; machine bf16 matmul peak {peak.bf16_gflops:.0f} GFLOP/s", flush=True)
     (args.out / "results.json").write_text(json.dumps({"rows": rows, "fps": speeds, "args": vars(args)},
                                                       indent=1, default=str))
     print(markdown(rows, speeds))

@@ -115,3 +115,42 @@ def test_frame_difficulty_labels_each_kind():
     assert one[10:20] == ["reentry"] * 10  # the first 10 frames back
     assert one[20:24] == ["crossing"] * 4
     assert labels[2][:20] == ["normal"] * 20 and labels[2][20:] == ["crossing"] * 4
+
+
+def test_synth_preset_hard_is_the_benchmark_config_and_options_override_it(tmp_path):
+    """`synth --preset hard` is the memory benchmark's hard set; each option overrides one field;
+    without options the default preset is the generator's default (so default output is unchanged)."""
+    import argparse
+
+    from surgsam2.commands import synth
+    from surgsam2.data.synthetic import SYNTHETIC_PRESETS
+
+    parser = argparse.ArgumentParser()
+    synth.add_arguments(parser)
+    out = ["--out", str(tmp_path / "ds")]
+    assert synth.synth_config(parser.parse_args(out)) == SyntheticVideoConfig()
+    hard = synth.synth_config(parser.parse_args(out + ["--preset", "hard"]))
+    assert hard == SYNTHETIC_PRESETS["hard"] and hard.occluders == 4 and hard.reentry_probability == 0.9
+    custom = synth.synth_config(parser.parse_args(out + [
+        "--preset", "hard", "--occluders", "2", "--camera-motion", "0.5", "--smoke", "0.25",
+        "--late-entry", "0.1", "--reentry", "0.2", "--instruments", "1-2"]))  # fmt: skip
+    assert custom == replace(SYNTHETIC_PRESETS["hard"], occluders=2, camera_motion=0.5, smoke=0.25,
+                             late_entry_probability=0.1, reentry_probability=0.2,
+                             min_instruments=1, max_instruments=2)  # fmt: skip
+    with pytest.raises(ValueError, match="smoke must be in"):
+        synth.synth_config(parser.parse_args(out + ["--smoke", "2"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(out + ["--instruments", "a-b"])
+
+
+def test_synth_command_writes_the_hard_preset(tmp_path):
+    """The CLI with --preset hard writes occluder events into meta.json (as the benchmark's set)."""
+    from surgsam2.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["synth", "--out", str(out), "--videos", "1", "--frames", "40", "--size", "96x80",
+                 "--seed", "7", "--preset", "hard"]) == 0  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    (entry,) = meta["videos"].values()
+    assert len(entry["occluders"]) == 4 and 2 <= len(entry["objects"]) <= 3
+    assert main(["synth", "--out", str(tmp_path / "bad"), "--occluders", "65"]) == 2

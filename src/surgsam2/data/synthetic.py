@@ -130,6 +130,16 @@ class SyntheticVideoConfig:
         return replace(self, smoke=0.0, motion_blur=0.0, flicker=0.0, jpeg_artifacts=0.0, sensor_noise=0.0)
 
 
+# Named generator settings, read by `surgsam2 synth --preset` and by benchmarks/memory_policies.py.
+# "hard" (issue 16): 2-3 instruments that mostly leave and come back, four occluders (blood / dense
+# smoke / glare) per clip, twice the camera motion and full smoke.
+SYNTHETIC_PRESETS: dict[str, SyntheticVideoConfig] = {
+    "default": SyntheticVideoConfig(),
+    "hard": SyntheticVideoConfig(min_instruments=2, max_instruments=3, reentry_probability=0.9,
+                                 late_entry_probability=0.3, camera_motion=2.0, smoke=1.0, occluders=4),
+}  # fmt: skip
+
+
 @dataclass
 class SyntheticVideo:
     """A generated clip: frames (T,H,W,3 uint8 RGB), id maps (T,H,W uint8) and object classes."""

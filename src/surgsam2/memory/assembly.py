@@ -50,22 +50,27 @@ def _as_batch(tensor: torch.Tensor, unbatched_dim: int) -> torch.Tensor:
 
 
 def _gather_quality(layouts: Sequence[MemoryLayout], widths: Sequence[int], device: torch.device) -> MemoryQuality:
-    """(N, B) object-score logits and IoUs of the candidates; a memory written without them counts
-    as present and well segmented (logit +inf, IoU 1)."""
+    """(N, B) object-score logits, IoUs and frame indices of the candidates; a memory written
+    without quality counts as present and well segmented (logit +inf, IoU 1)."""
 
-    def column(layout: MemoryLayout, width: int, name: str, unknown: float) -> torch.Tensor:
+    def column(layout: MemoryLayout, width: int, name: str, unknown: float | None) -> torch.Tensor:
         values = []
         for stored, _ in layout.memories:
             value = getattr(stored, name)
             if value is None:
-                value = torch.full((width,), unknown, device=device)
-            values.append(value.to(device=device, dtype=torch.float32).reshape(width))
+                fill = float(stored.frame_index) if unknown is None else unknown
+                value = torch.full((width,), fill, device=device)
+            values.append(value.to(device=device, dtype=torch.float32).reshape(-1).expand(width))
         return torch.stack(values, dim=0)  # (N, width)
 
-    def gather(name: str, unknown: float) -> torch.Tensor:
+    def gather(name: str, unknown: float | None) -> torch.Tensor:
         return torch.cat([column(layout, width, name, unknown) for layout, width in zip(layouts, widths)], dim=1)
 
-    return MemoryQuality(object_scores=gather("object_score", float("inf")), ious=gather("iou", 1.0))
+    retained = layouts[0].retained
+    # Frame indices matter only to order retained memories (whose frame only the device knows).
+    frames = gather("frame_stamp", None) if any(retained) else None
+    return MemoryQuality(object_scores=gather("object_score", float("inf")), ious=gather("iou", 1.0),
+                         frames=frames, retained=retained)  # fmt: skip
 
 
 def gather_candidates(layouts: Sequence[MemoryLayout], with_quality: bool = False) -> MemoryCandidates:

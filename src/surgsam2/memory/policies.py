@@ -9,6 +9,8 @@ tensors only, work on the device and never synchronise with the host.
   newest one, so attention looks at fewer frames.
 - ``qefp``: quality-first EFP — drop the memories of frames where the object was absent or poorly
   segmented first, then the most redundant ones, within EFP's budget.
+- ``refp``: reliable-memory EFP — the bank also retains the newest reliable memories that left the
+  recent window; poor recent memories are replaced by them, then EFP prunes as usual.
 
 Policies are looked up by name in one registry (the command line, the Python API and the training
 switch all read it): a new policy is one class decorated with ``@register_policy("name")``.
@@ -33,6 +35,10 @@ class MemoryQuality:
 
     object_scores: torch.Tensor  # (N, B) object-score logit of the frame (> 0: object present)
     ious: torch.Tensor  # (N, B) predicted IoU of the mask the memory was encoded from
+    # (N, B) frame index of each memory (a retained memory's is only known on the device), or None
+    frames: torch.Tensor | None = None
+    # N host flags: retained memories (kept by the bank after they left the recent window); () none
+    retained: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,74 @@ class QualityEfpPolicy(EfpPolicy):
         by_redundancy = torch.sort(scores, dim=0, descending=True, stable=True).indices
         by_quality = torch.sort(poor.gather(0, by_redundancy), dim=0, descending=True, stable=True).indices
         order = by_redundancy.gather(0, by_quality)
+        keep = torch.ones(num_candidates, batch_size, dtype=torch.bool, device=features.device)
+        keep.scatter_(0, order[:dropped], False)
+        ranked = torch.where(keep, indices[:, None], num_candidates)
+        return torch.sort(ranked, dim=0).values[: num_candidates - dropped]
+
+
+@register_policy("refp")
+@dataclass
+class ReliableEfpPolicy(QualityEfpPolicy):
+    """Reliable-memory EFP: poor recent memories are replaced by retained reliable ones, then EFP prunes.
+
+    The bank retains, per object, the newest ``retained_memories`` = R reliable memories (object-score
+    logit > 0 and predicted IoU >= ``min_iou``) that left the recent window, and proposes them (slot:
+    the farthest recent one) after the conditioning frames. The count dropped is EFP's formula over
+    all candidates (with R retained candidates: efp's k plus R), a host-side number. Drop order per
+    object: empty or poor retained slots, then poor recent memories (most redundant first), then
+    reliable retained ones (oldest first), then reliable recent ones (EFP: most redundant first);
+    ties the older first. Conditioning memories and the newest one are never dropped. When every
+    memory is reliable it keeps exactly efp's memories; without quality it is efp.
+    """
+
+    retained_memories: int = 2
+    # Temporal slot of retained memories (index into maskmem_tpos_enc); None: the farthest recent one.
+    retained_slot: int | None = None
+    name: str = "refp"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.retained_memories <= 16:
+            raise ValueError(f"retained_memories must be in 0..16, got {self.retained_memories}")
+
+    @classmethod
+    def from_options(cls, options: PolicyOptions) -> ReliableEfpPolicy:
+        return cls(num_frame_to_prune=options.num_frame_to_prune)
+
+    def drop_order(self, features: torch.Tensor, protected: Sequence[bool], quality: MemoryQuality) -> torch.Tensor:
+        """(N, B) candidate indices per object, the first to drop first (never-dropped ones last)."""
+        num_candidates = features.shape[0]
+        never_flags = list(protected)
+        never_flags[-1] = True
+        retained_flags = list(quality.retained) or [False] * num_candidates
+        flags = torch.tensor([never_flags, retained_flags], dtype=torch.bool).to(features.device, non_blocking=True)
+        never, retained = flags[0][:, None], flags[1][:, None]
+        poor = self.poor(quality)
+        # Tier (dropped from the highest): 3 poor retained, 2 poor recent, 1 retained, 0 recent, -1 never.
+        tier = torch.where(retained, torch.where(poor, 3, 1), torch.where(poor, 2, 0)).masked_fill(never, -1)
+        # Within a tier: recent memories the most redundant first; retained ones the oldest first.
+        frames = quality.frames if quality.frames is not None else torch.zeros_like(quality.ious)
+        secondary = torch.where(retained, -frames.float(), self.redundancy(features))
+        by_secondary = torch.sort(secondary, dim=0, descending=True, stable=True).indices
+        by_tier = torch.sort(tier.gather(0, by_secondary), dim=0, descending=True, stable=True).indices
+        return by_secondary.gather(0, by_tier)
+
+    def select(
+        self,
+        features: torch.Tensor,
+        protected: Sequence[bool],
+        capacity: int,
+        quality: MemoryQuality | None = None,
+    ) -> torch.Tensor:
+        if quality is None:
+            return EfpPolicy.select(self, features, protected, capacity)
+        num_candidates, batch_size = features.shape[:2]
+        dropped = self.num_dropped(protected, capacity)
+        indices = torch.arange(num_candidates, device=features.device)
+        if dropped == 0:
+            return indices[:, None].expand(num_candidates, batch_size)
+        order = self.drop_order(features, protected, quality)
         keep = torch.ones(num_candidates, batch_size, dtype=torch.bool, device=features.device)
         keep.scatter_(0, order[:dropped], False)
         ranked = torch.where(keep, indices[:, None], num_candidates)

@@ -3,8 +3,11 @@
 Per object, the bank keeps the memories of its conditioning (prompted) frames and of the recent
 frames a policy may still select, and proposes the candidates of a new frame following SAM 2's
 rules (docs/architecture.md, "The memory rules"). Nothing older than SAM 2 could ever attend to is
-kept. Arrays are opaque here (torch tensors in `memory.bank.MemoryBank`, numpy arrays in the ONNX
-runtime), so both trackers share one implementation of the rules.
+kept, except, when a policy asks for it, a few *retained* memories per object (frames where the
+object was present and well segmented that fell out of the recent window; the torch bank keeps
+them on the device, `memory.bank`). Arrays are opaque here (torch tensors in
+`memory.bank.MemoryBank`, numpy arrays in the ONNX runtime), so both trackers share one
+implementation of the rules.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class StoredMemory:
     # device, for quality-aware policies; None when the writer did not give them.
     object_score: Array | None = None
     iou: Array | None = None
+    # A retained memory's frame index as a device scalar (its slot is chosen on the device, so the
+    # host does not know which frame it holds; ``frame_index`` is then -1); None otherwise.
+    frame_stamp: Array | None = None
 
 
 @dataclass
@@ -38,6 +44,10 @@ class ObjectMemory:
 
     conditioning: dict[int, StoredMemory] = field(default_factory=dict)
     recent: OrderedDict[int, StoredMemory] = field(default_factory=OrderedDict)
+    # Reliable memories kept after they left the recent window (a fixed number of slots, possibly
+    # empty ones), and the storage behind them (opaque to the rules; `memory.bank.RetainedStore`).
+    retained: list[StoredMemory] = field(default_factory=list)
+    retained_store: Any = None
 
 
 @dataclass(frozen=True)
@@ -48,16 +58,20 @@ class MemoryLayout:
     ``slot`` indexes the temporal encoding table (num_maskmem - 1 for conditioning frames).
     ``protected``: one flag per memory, True for conditioning frames.
     ``pointers``: (stored memory, signed temporal offset) for the object pointers.
+    ``retained``: one flag per memory, True for retained memories (after the conditioning ones);
+    empty when the bank retains none.
     """
 
     memories: tuple[tuple[StoredMemory, int], ...]
     protected: tuple[bool, ...]
     pointers: tuple[tuple[StoredMemory, int], ...]
+    retained: tuple[bool, ...] = ()
 
     @property
-    def shape_key(self) -> tuple[int, tuple[bool, ...], int]:
+    def shape_key(self) -> tuple:
         """Objects with equal keys can go through memory attention as one batch."""
-        return (len(self.memories), self.protected, len(self.pointers))
+        key = (len(self.memories), self.protected, len(self.pointers))
+        return key + (self.retained,) if any(self.retained) else key
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,20 @@ class MemoryRules:
     max_cond_frames_in_attn: int = -1
     only_obj_ptrs_in_the_past: bool = True
     use_signed_tpos_enc_to_obj_ptrs: bool = True
+    # Reliable memories retained per object beyond the recent window (0: none, SAM 2's rules), the
+    # predicted IoU a memory needs to be reliable (with an object-score logit > 0), and the temporal
+    # slot retained memories are attended with (None: the farthest recent slot, num_maskmem - 2).
+    retained_memories: int = 0
+    retained_min_iou: float = 0.5
+    retained_slot: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.retained_memories < 0:
+            raise ValueError(f"retained_memories must be >= 0, got {self.retained_memories}")
+        if not 0.0 <= self.retained_min_iou <= 1.0:
+            raise ValueError(f"retained_min_iou must be in [0, 1], got {self.retained_min_iou}")
+        if self.retained_slot is not None and not 0 <= self.retained_slot < self.num_maskmem:
+            raise ValueError(f"retained_slot must be in 0..{self.num_maskmem - 1}, got {self.retained_slot}")
 
 
 class BankRules:
@@ -138,11 +166,18 @@ class BankRules:
         )
         oldest_pointer = next_frame - (config.max_obj_ptrs_in_encoder - 1)
         for frame_index in list(memory.recent):
+            stored = memory.recent[frame_index]
+            if frame_index < oldest_feature and stored.features is not None:
+                self._retire(memory, stored)
             if frame_index < oldest_feature and frame_index < oldest_pointer:
                 del memory.recent[frame_index]
             elif frame_index < oldest_feature:
-                memory.recent[frame_index].features = None
-                memory.recent[frame_index].keys = None
+                stored.features = None
+                stored.keys = None
+
+    def _retire(self, memory: ObjectMemory, stored: StoredMemory) -> None:
+        """A memory leaves the recent window: a bank that retains reliable memories
+        (``retained_memories`` > 0) may keep it in ``memory.retained``; here nothing is kept."""
 
     # --- reading ----------------------------------------------------------------------------
     def has_memory(self, obj_id: int) -> bool:
@@ -187,6 +222,10 @@ class BankRules:
         cond_slot = config.num_maskmem - 1
         memories: list[tuple[StoredMemory, int]] = [(memory.conditioning[t], cond_slot) for t in selected]
         protected = [True] * len(memories)
+        retained_slot = max(config.num_maskmem - 2, 0) if config.retained_slot is None else config.retained_slot
+        memories += [(stored, retained_slot) for stored in memory.retained]
+        protected += [False] * len(memory.retained)
+        retained = [False] * len(selected) + [True] * len(memory.retained)
         stride = config.memory_temporal_stride
         for t_pos in range(1, config.num_maskmem):
             frames_back = config.num_maskmem - t_pos
@@ -216,7 +255,9 @@ class BankRules:
             stored = recent_or_unselected(previous)
             if stored is not None:
                 pointers.append((stored, frames_back))
-        return MemoryLayout(tuple(memories), tuple(protected), tuple(pointers))
+        retained += [False] * (len(memories) - len(retained))
+        retained_flags = tuple(retained) if any(retained) else ()
+        return MemoryLayout(tuple(memories), tuple(protected), tuple(pointers), retained_flags)
 
 
 __all__ = ["Array", "BankRules", "MemoryLayout", "MemoryRules", "ObjectMemory", "StoredMemory"]

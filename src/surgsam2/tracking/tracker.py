@@ -100,6 +100,10 @@ class Tracker(StreamTracker):
                 max_cond_frames_in_attn=config.max_cond_frames_in_attn,
                 only_obj_ptrs_in_the_past=config.only_obj_ptrs_in_the_past_for_eval,
                 use_signed_tpos_enc_to_obj_ptrs=config.use_signed_tpos_enc_to_obj_ptrs,
+                # A policy that attends to retained reliable memories says how many and how reliable.
+                retained_memories=getattr(self.policy, "retained_memories", 0),
+                retained_min_iou=getattr(self.policy, "min_iou", 0.5),
+                retained_slot=getattr(self.policy, "retained_slot", None),
             )
         )
         self.frame_index = 0
