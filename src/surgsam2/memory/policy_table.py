@@ -16,6 +16,7 @@ POLICY_SUMMARIES: dict[str, str] = {
     "fifo": "SAM 2: attend to every candidate (conditioning frames plus the last num_maskmem-1 frames)",
     "efp": "Surgical SAM 2's Efficient Frame Pruning",
     "qefp": "Quality-first EFP: drop memories of absent or poorly segmented frames first, then redundant ones",
+    "refp": "Reliable-memory EFP: poor recent memories are replaced by retained reliable ones, then EFP prunes",
 }
 
 POLICY_NAMES: tuple[str, ...] = tuple(POLICY_SUMMARIES)
