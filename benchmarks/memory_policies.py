@@ -31,6 +31,7 @@ import torch
 
 import surgsam2.tracking.tracker as tracker_module
 from surgsam2.data.masks import read_mask
+from surgsam2.data.outputs import atomic_write
 from surgsam2.data.synthetic import (
     SYNTHETIC_PRESETS,
     SyntheticVideoConfig,
@@ -242,8 +243,9 @@ def main() -> None:
         peak = measure_matmul_peak()
         print("frames/s (nano, 3 objects, bf16): " + ", ".join(f"{n} {v:.2f}" for n, v in speeds.items())
               + f"; machine bf16 matmul peak {peak.bf16_gflops:.0f} GFLOP/s", flush=True)
-    (args.out / "results.json").write_text(json.dumps({"rows": rows, "fps": speeds, "args": vars(args)},
-                                                      indent=1, default=str))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out / "results.json", json.dumps({"rows": rows, "fps": speeds, "args": vars(args)},
+                                                       indent=1, default=str))
     print(markdown(rows, speeds))
 
 
