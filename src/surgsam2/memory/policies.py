@@ -263,10 +263,6 @@ class ReliableEfpPolicy(QualityEfpPolicy):
         if not 0 <= self.retained_memories <= 16:
             raise ValueError(f"retained_memories must be in 0..16, got {self.retained_memories}")
 
-    @classmethod
-    def from_options(cls, options: PolicyOptions) -> ReliableEfpPolicy:
-        return cls(num_frame_to_prune=options.num_frame_to_prune)
-
     def drop_order(self, features: torch.Tensor, protected: Sequence[bool], quality: MemoryQuality) -> torch.Tensor:
         """(N, B) candidate indices per object, the first to drop first (never-dropped ones last)."""
         num_candidates = features.shape[0]
