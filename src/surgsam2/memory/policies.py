@@ -209,6 +209,18 @@ class QualityEfpPolicy(EfpPolicy):
         """(N, B) bool: memories of frames where the object was absent or poorly segmented."""
         return (quality.object_scores <= 0) | (quality.ious < self.min_iou)
 
+    def drop_order(self, features: torch.Tensor, protected: Sequence[bool], quality: MemoryQuality) -> torch.Tensor:
+        """(N, B) candidate indices per object, the first to drop first (never-dropped ones last)."""
+        never_flags = list(protected)
+        never_flags[-1] = True
+        never = torch.tensor(never_flags, dtype=torch.bool).to(features.device, non_blocking=True)
+        scores = self.redundancy(features).masked_fill(never[:, None], float("-inf"))
+        poor = (self.poor(quality) & ~never[:, None]).to(torch.int8)
+        # Two stable sorts: by redundancy (descending), then poor before good keeping that order.
+        by_redundancy = torch.sort(scores, dim=0, descending=True, stable=True).indices
+        by_quality = torch.sort(poor.gather(0, by_redundancy), dim=0, descending=True, stable=True).indices
+        return by_redundancy.gather(0, by_quality)
+
     def select(
         self,
         features: torch.Tensor,
@@ -223,15 +235,7 @@ class QualityEfpPolicy(EfpPolicy):
         indices = torch.arange(num_candidates, device=features.device)
         if dropped == 0:
             return indices[:, None].expand(num_candidates, batch_size)
-        never_flags = list(protected)
-        never_flags[-1] = True
-        never = torch.tensor(never_flags, dtype=torch.bool).to(features.device, non_blocking=True)
-        scores = self.redundancy(features).masked_fill(never[:, None], float("-inf"))
-        poor = (self.poor(quality) & ~never[:, None]).to(torch.int8)
-        # Two stable sorts: by redundancy (descending), then poor before good keeping that order.
-        by_redundancy = torch.sort(scores, dim=0, descending=True, stable=True).indices
-        by_quality = torch.sort(poor.gather(0, by_redundancy), dim=0, descending=True, stable=True).indices
-        order = by_redundancy.gather(0, by_quality)
+        order = self.drop_order(features, protected, quality)
         keep = torch.ones(num_candidates, batch_size, dtype=torch.bool, device=features.device)
         keep.scatter_(0, order[:dropped], False)
         ranked = torch.where(keep, indices[:, None], num_candidates)
@@ -280,26 +284,6 @@ class ReliableEfpPolicy(QualityEfpPolicy):
         by_secondary = torch.sort(secondary, dim=0, descending=True, stable=True).indices
         by_tier = torch.sort(tier.gather(0, by_secondary), dim=0, descending=True, stable=True).indices
         return by_secondary.gather(0, by_tier)
-
-    def select(
-        self,
-        features: torch.Tensor,
-        protected: Sequence[bool],
-        capacity: int,
-        quality: MemoryQuality | None = None,
-    ) -> torch.Tensor:
-        if quality is None:
-            return EfpPolicy.select(self, features, protected, capacity)
-        num_candidates, batch_size = features.shape[:2]
-        dropped = self.num_dropped(protected, capacity)
-        indices = torch.arange(num_candidates, device=features.device)
-        if dropped == 0:
-            return indices[:, None].expand(num_candidates, batch_size)
-        order = self.drop_order(features, protected, quality)
-        keep = torch.ones(num_candidates, batch_size, dtype=torch.bool, device=features.device)
-        keep.scatter_(0, order[:dropped], False)
-        ranked = torch.where(keep, indices[:, None], num_candidates)
-        return torch.sort(ranked, dim=0).values[: num_candidates - dropped]
 
 
 def make_policy(policy: str | MemoryPolicy, num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE) -> MemoryPolicy:
