@@ -514,6 +514,27 @@ def test_resume_continues_bit_exactly(tmp_path: Path, synthetic_root: Path) -> N
     assert trained.image_size == IMAGE_SIZE
 
 
+def test_run_entries_are_listed_as_ours_before_the_first_step(
+    tmp_path: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed without cleanup (SIGKILL) must leave a folder that `--resume` accepts: the
+    marker lists the run's entries before any step runs, not only when the run exits."""
+    import surgsam2.train.trainer as trainer_module
+    from surgsam2.data.outputs import read_marker
+
+    out = tmp_path / "run"
+    listed_at_start: set[str] = set()
+    original_run = trainer_module._Trainer.run
+
+    def run_reading_marker(self: object, stop_after: int | None) -> object:
+        listed_at_start.update(read_marker(out).get("entries", {}))
+        return original_run(self, stop_after)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module._Trainer, "run", run_reading_marker)
+    run_training(load_config(write_config(tmp_path / "a.yaml", synthetic_root, out)), stop_after=1)
+    assert set(trainer_module.RUN_ENTRIES) <= listed_at_start, listed_at_start
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

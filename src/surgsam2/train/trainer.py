@@ -547,9 +547,12 @@ def run_training(
                     folder = stack.enter_context(OutputFolder(config.train.out_dir, inputs=inputs, command="train"))
                     for name in RUN_ENTRIES:  # never replace a file of that name we did not write
                         folder.claim(name, replace_own=True)
-                    stack.callback(lambda: folder.record(n for n in RUN_ENTRIES if (folder.path / n).exists()))
                 trainer = _Trainer(config, context)
                 trainer.setup(resume)
+                if context.is_main:
+                    # Listed as ours before the first step: a run killed without cleanup (SIGKILL,
+                    # power loss) leaves a folder that `--resume` accepts.
+                    folder.record(RUN_ENTRIES)
                 return trainer.run(stop_after)
     finally:
         torch.set_num_threads(threads_before)
