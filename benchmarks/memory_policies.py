@@ -1,5 +1,5 @@
 """Memory policies compared (issue 16): fifo, efp (P = 1, 2, 3), qefp and refp (with variants:
-`REFP_VARIANTS`) on the held-out set and on the hard set, with the shipped nano.
+`REFP_VARIANTS`) on the held-out set and on the hard set, with the shipped nano (or --checkpoint).
 
 Every row is the same evaluation: `vos-inference` (first-appearance mask prompts, `surgsam2`
 protocol) gives J&F, Dice and Challenge IoU; the written per-object masks are then scored frame
@@ -14,7 +14,14 @@ printed).
 
 The datasets are generated into --out when missing (the held-out one exactly as
 `surgsam2 synth --videos 8 --frames 60 --size 320x256 --seed 900001` writes it, the hard one as
-`surgsam2 synth --preset hard --videos 2 --frames 300 --size 320x256 --seed 910001`).
+`surgsam2 synth --preset hard --videos 4 --frames 300 --size 320x256 --seed 910001`).
+
+Choosing (a default policy, its P) is done on the validation sets only: `val` (as
+`benchmarks/validate_checkpoints.py` scores checkpoints, seed 800001) and `hardval` (the hard
+preset with seed 920001). `heldout` and `hard` are looked at once per shipped model, to report.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/memory_policies.py --sets hardval --speed-frames 0 \
+        --checkpoint runs/nano_synthetic_stage5/checkpoints/model_step0001200.pt --out outputs/bench_memory_val
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inferen
 
 HELDOUT = dict(seed=900001, videos=8, frames=60, size=(320, 256))
 HARD_SEED = 910001
+VALIDATION_SEED = 800001  # the checkpoint-validation set's seed (8 videos of 60 frames)
+HARD_VALIDATION_SEED = 920001  # the hard preset, for choosing policies
+SET_NAMES = ("heldout", "hard", "val", "hardval")
 # The hard set: `surgsam2 synth --preset hard` (2-3 instruments that leave and come back, four
 # occluders per clip, twice the camera motion, full smoke), long clips.
 HARD_CONFIG = SYNTHETIC_PRESETS["hard"]
@@ -105,14 +115,21 @@ class AttendedCounter:
 
 def make_datasets(out: Path, hard_videos: int, hard_frames: int, heldout_videos: int,
                   sets: tuple[str, ...] = ("heldout", "hard")) -> dict[str, Path]:
-    """The held-out and hard datasets under ``out`` (those of ``sets`` written when missing)."""
-    roots = {"heldout": out / "data" / "synth_heldout", "hard": out / "data" / f"synth_hard_{hard_videos}x{hard_frames}"}
-    if "heldout" in sets and not (roots["heldout"] / "meta.json").is_file():
-        write_synthetic_dataset(roots["heldout"], videos=heldout_videos, frames=HELDOUT["frames"],
-                                size=HELDOUT["size"], seed=HELDOUT["seed"])
-    if "hard" in sets and not (roots["hard"] / "meta.json").is_file():
-        write_synthetic_dataset(roots["hard"], videos=hard_videos, frames=hard_frames, size=(320, 256),
-                                seed=HARD_SEED, config=HARD_CONFIG)
+    """The datasets of ``sets`` under ``out`` (written when missing): held-out and validation
+    (default preset), hard and hard validation (hard preset, long clips)."""
+    hard = f"{hard_videos}x{hard_frames}"
+    plans = {
+        "heldout": ("synth_heldout", heldout_videos, HELDOUT["frames"], HELDOUT["seed"], None),
+        "val": ("synth_val", heldout_videos, HELDOUT["frames"], VALIDATION_SEED, None),
+        "hard": (f"synth_hard_{hard}", hard_videos, hard_frames, HARD_SEED, HARD_CONFIG),
+        "hardval": (f"synth_hardval_{hard}", hard_videos, hard_frames, HARD_VALIDATION_SEED, HARD_CONFIG),
+    }
+    roots = {name: out / "data" / plan[0] for name, plan in plans.items()}
+    for name in sets:
+        _, videos, frames, seed, config = plans[name]
+        if not (roots[name] / "meta.json").is_file():
+            write_synthetic_dataset(roots[name], videos=videos, frames=frames, size=HELDOUT["size"], seed=seed,
+                                    config=config)
     return roots
 
 
@@ -142,15 +159,17 @@ def by_kind(root: Path, pred_dir: Path) -> dict[str, dict[str, float]]:
             for kind, s in sums.items()}
 
 
-def evaluate_policy(root: Path, out: Path, name: str, dtype: str, counter: AttendedCounter) -> dict:
-    """One vos-inference run with scoring, plus the per-kind breakdown and memories attended."""
+def evaluate_policy(root: Path, out: Path, name: str, dtype: str, counter: AttendedCounter,
+                    checkpoint: Path | None = None) -> dict:
+    """One vos-inference run with scoring, plus the per-kind breakdown and memories attended
+    (``checkpoint``: nano weights to evaluate; None: the shipped ones)."""
     memory, prune = POLICIES[name]
     config = VOSInferenceConfig(
         base_video_dir=root / "JPEGImages", input_mask_dir=root / "VOS" / "Annotations_vos_instrument",
         output_mask_dir=out, gt_root=root / "Annotations", meta=root / "meta.json",
         memory=memory, num_frame_to_prune=prune, overwrite=True, progress=False,
     )
-    config.model = replace(config.model, dtype=dtype)
+    config.model = replace(config.model, dtype=dtype, checkpoint=checkpoint)
     counter.memories = counter.object_frames = counter.retained = 0
     start = time.perf_counter()
     report = run_vos_inference(config, info=lambda message: None)
@@ -211,12 +230,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_memory"))
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
-    parser.add_argument("--sets", nargs="*", default=["heldout", "hard"], choices=["heldout", "hard"],
+    parser.add_argument("--sets", nargs="*", default=["heldout", "hard"], choices=list(SET_NAMES),
                         help="sets to evaluate (none: frames/s only)")
     parser.add_argument("--hard-videos", type=int, default=4)
     parser.add_argument("--hard-frames", type=int, default=300)
     parser.add_argument("--heldout-videos", type=int, default=8)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="evaluation precision")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="nano weights (default: the shipped ones)")
     parser.add_argument("--speed-frames", type=int, default=40, help="timed frames per policy (0: skip)")
     parser.add_argument("--speed-rounds", type=int, default=2, help="timed runs per policy, in turn (best counts)")
     args = parser.parse_args()
@@ -227,7 +247,8 @@ def main() -> None:
     for set_name in args.sets:
         rows[set_name] = []
         for name in args.policies:
-            row = evaluate_policy(roots[set_name], args.out / "pred" / set_name / name, name, args.dtype, counter)
+            row = evaluate_policy(roots[set_name], args.out / "pred" / set_name / name, name, args.dtype, counter,
+                                  args.checkpoint)
             rows[set_name].append(row)
             print(f"{set_name} {name}: J&F {row['JF']:.1f} Dice {row['Dice']:.1f} "
                   f"memories/frame {row['memories_per_frame']:.2f} (retained {row['retained_per_frame']:.2f}) "
