@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ from surgsam2.bench import (
     run_stream,
     write_json,
 )
-from surgsam2.bench.runners import official_config_file
+from surgsam2.bench.runners import build_official_predictor, make_clip, official_config_file
 
 
 def test_bench_runs_and_writes_json(tmp_path) -> None:
@@ -107,6 +108,10 @@ def test_against_official_runs_side_by_side() -> None:
 def test_bad_config_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="objects"):
         BenchConfig(objects=0).validate()
+    with pytest.raises(ValueError, match=r"objects must be in 1\.\.16, got 17"):
+        BenchConfig(model="nano", image_size=64, objects=17).validate()
+    with pytest.raises(ValueError, match="official_vos_optimized needs against_official"):
+        BenchConfig(model="nano", image_size=64, official_vos_optimized=True).validate()
     with pytest.raises(ValueError, match="official config"):
         official_config_file("nano")
     for device in ("tpu", "tpu9", "cuda:x"):
@@ -141,3 +146,27 @@ def test_json_never_overwrites_a_file_that_is_not_a_bench_result(tmp_path) -> No
         check_json_path(notes / "bench.json")
     assert notes.read_text() == '{"mine": true}\n'
     assert check_json_path(tmp_path / "new" / "bench.json") == tmp_path / "new" / "bench.json"
+
+
+def test_more_objects_than_instruments_reuse_their_masks() -> None:
+    """16 objects on a clip of 8 instruments: ids 1..16, objects 9..16 prompted with the masks of
+    1..8 (tracked independently: the per-object work a 16-object bench measures)."""
+    BenchConfig(model="nano", image_size=64, objects=16).validate()
+    clip = make_clip(128, 2, 16, seed=0, jpeg_dir=None)
+    assert sorted(clip.masks) == list(range(1, 17))
+    for obj_id in range(9, 17):
+        assert np.array_equal(clip.masks[obj_id], clip.masks[obj_id - 8])
+    assert len({clip.masks[i].tobytes() for i in range(1, 9)}) == 8  # eight different instruments
+    assert all(mask.mean() >= 1e-3 for mask in clip.masks.values())
+
+
+def test_official_vos_mode_builds_its_vos_predictor() -> None:
+    """--official-vos-optimized builds the official SAM2VideoPredictorVOS (compiled on first use,
+    so building costs no compile) with the same seeded weights as the plain predictor."""
+    require_official()
+    plain = build_official_predictor("sam2.1_hiera_t", 64, seed=0)
+    vos = build_official_predictor("sam2.1_hiera_t", 64, seed=0, vos_optimized=True)
+    assert type(vos).__name__ == "SAM2VideoPredictorVOS" and type(plain).__name__ == "SAM2VideoPredictor"
+    plain_state, vos_state = plain.state_dict(), vos.state_dict()
+    assert plain_state.keys() == vos_state.keys()
+    assert all(torch.equal(plain_state[k], vos_state[k]) for k in plain_state)

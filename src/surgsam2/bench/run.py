@@ -99,7 +99,9 @@ def _build_sides(config: BenchConfig, scratch: Path, total_frames: int, device: 
     official_predictor, checkpoint = None, None
     if config.against_official:
         _log(config, "building the official predictor with random weights")
-        official_predictor = build_official_predictor(config.model, config.image_size, config.seed, device)
+        official_predictor = build_official_predictor(
+            config.model, config.image_size, config.seed, device, vos_optimized=config.official_vos_optimized
+        )
         checkpoint = scratch / "shared.pt"
         torch.save({"model": {k: v.cpu() for k, v in official_predictor.state_dict().items()}}, checkpoint)
     model = build_our_model(config, checkpoint)
@@ -242,6 +244,9 @@ def _notes(config: BenchConfig, machine: MachineInfo, sides: _Sides, native: boo
         )
     if config.against_official:
         notes.append("official: SAM 2 memory (fifo, 7 memories), each object through memory attention alone")
+        if config.official_vos_optimized:
+            notes.append("official: VOS mode (vos_optimized=True: its parts under torch.compile; compile time"
+                         " falls in the warm-up)")
         notes.append("ours as the official runs without its CUDA extension: no hole filling (fill_hole_area=0)")
     if config.memory == "efp":
         notes.append("ours efp: at most 5 memories attended (num_frame_to_prune=2) of the 7 SAM 2 keeps")

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from surgsam2.bench.config import BenchConfig, OfficialUnavailableError
+from surgsam2.bench.config import CLIP_INSTRUMENTS, BenchConfig, OfficialUnavailableError
 from surgsam2.bench.profile import StageTimer
 from surgsam2.model.sam2 import SAM2Model
 
@@ -42,7 +42,9 @@ class BenchClip:
 
 
 def make_clip(image_size: int, num_frames: int, objects: int, seed: int, jpeg_dir: Path | None) -> BenchClip:
-    """A synthetic clip with ``objects`` instruments all visible on frame 0, at image_size^2.
+    """A synthetic clip with ``objects`` objects (ids 1..objects) all visible on frame 0, at
+    image_size^2: one instrument each, up to `CLIP_INSTRUMENTS`; beyond that, objects are prompted
+    with the instruments' masks again, in turn (each tracked on its own: the same work).
 
     With ``jpeg_dir`` the frames are written as JPEG (quality 95) and decoded back with PIL,
     exactly as the official loader reads them; the decoded frames are what ours gets too.
@@ -51,13 +53,14 @@ def make_clip(image_size: int, num_frames: int, objects: int, seed: int, jpeg_di
 
     from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video
 
+    instruments = min(objects, CLIP_INSTRUMENTS)
     for attempt in range(32):
         config = SyntheticVideoConfig(
             width=image_size,
             height=image_size,
             num_frames=num_frames,
-            min_instruments=objects,
-            max_instruments=objects,
+            min_instruments=instruments,
+            max_instruments=instruments,
             reentry_probability=0.0,
             late_entry_probability=0.0,
             seed=seed + attempt,
@@ -65,10 +68,12 @@ def make_clip(image_size: int, num_frames: int, objects: int, seed: int, jpeg_di
         video = generate_synthetic_video(config)
         masks = {obj_id: video.id_maps[0] == obj_id for obj_id in sorted(video.object_classes)}
         # Every object needs a usable prompt: at least 0.1% of the frame on frame 0.
-        if len(masks) == objects and all(mask.mean() >= 1e-3 for mask in masks.values()):
+        if len(masks) == instruments and all(mask.mean() >= 1e-3 for mask in masks.values()):
             break
     else:
-        raise ValueError(f"could not draw a clip with {objects} instruments all visible on frame 0")
+        raise ValueError(f"could not draw a clip with {instruments} instruments all visible on frame 0")
+    drawn = list(masks.values())
+    masks = {obj_id: drawn[(obj_id - 1) % instruments] for obj_id in range(1, objects + 1)}
     frames = list(video.frames)
     if jpeg_dir is not None:
         jpeg_dir.mkdir(parents=True, exist_ok=True)
@@ -92,10 +97,13 @@ def official_config_file(name: str) -> str:
     return f"configs/{family}/{name}.yaml"
 
 
-def build_official_predictor(name: str, image_size: int, seed: int, device: torch.device | str = "cpu") -> Any:
+def build_official_predictor(
+    name: str, image_size: int, seed: int, device: torch.device | str = "cpu", vos_optimized: bool = False
+) -> Any:
     """The official SAM2VideoPredictor with seeded random weights (perturbed so no part is
     trivially zero), in fp32 on ``device``, holes not filled (the official code needs its CUDA
     extension for that). The weights are drawn on CPU, so they are the same on every device.
+    ``vos_optimized``: its VOS mode (SAM2VideoPredictorVOS, parts compiled on first use).
     Raises OfficialUnavailableError with the install command when sam2 is missing."""
     config_file = official_config_file(name)
     try:
@@ -110,6 +118,7 @@ def build_official_predictor(name: str, image_size: int, seed: int, device: torc
         ckpt_path=None,
         device="cpu",
         hydra_overrides_extra=[f"++model.image_size={image_size}", "++model.fill_hole_area=0"],
+        vos_optimized=vos_optimized,
     )
     predictor.fill_hole_area = 0
     generator = torch.Generator().manual_seed(seed)

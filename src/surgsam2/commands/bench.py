@@ -21,7 +21,7 @@ HELP = "speed and memory of our tracker, side by side with the official SAM 2 pr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="sam2.1_hiera_s", help="model config (default sam2.1_hiera_s)")
     parser.add_argument("--image-size", type=int, default=512, help="input size, frames drawn at it (default 512)")
-    parser.add_argument("--objects", type=int, default=1, help="objects prompted on frame 0 (default 1)")
+    parser.add_argument("--objects", type=int, default=1, help="objects prompted on frame 0, 1..16 (default 1)")
     parser.add_argument("--frames", type=int, default=40, help="timed frames (default 40)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed frames first, incl. the prompt (default 5)")
     add_memory_options(parser, prune_option=False)
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the official sam2 predictor (test-only dependency)")  # fmt: skip
     parser.add_argument("--official-dtype", choices=("fp32", "bf16"), default="fp32",
                         help="official precision; bf16 = torch.autocast, as its users do (default fp32)")  # fmt: skip
+    parser.add_argument("--official-vos-optimized", action="store_true",
+                        help="the official predictor in its VOS mode (vos_optimized=True: torch.compile;"
+                        " use --warmup 20 or more)")  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clip and the random weights")
     parser.add_argument("--profile", action="store_true",
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         model=args.model, image_size=args.image_size, objects=args.objects, frames=args.frames,
         warmup=args.warmup, memory=args.memory, dtype=args.dtype, against_official=args.against_official,
-        official_dtype=args.official_dtype, threads=args.threads, seed=args.seed, profile=args.profile,
+        official_dtype=args.official_dtype, official_vos_optimized=args.official_vos_optimized, threads=args.threads, seed=args.seed, profile=args.profile,
         key_cache_baseline=args.key_cache_baseline, compile=args.compile, device=args.device,
         cuda_graphs=args.cuda_graphs, stream_frames=args.stream_frames, progress=not args.quiet,
         engines=parse_engines(args.engine or []),
