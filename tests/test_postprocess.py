@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from surgsam2.tracking.postprocess import HOLE_FILL_SCORE, fill_holes, fill_holes_on_device
+from surgsam2.tracking.postprocess import HOLE_FILL_SCORE, fill_holes, fill_holes_for_device, fill_holes_on_device
 
 MAX_AREAS = (1, 2, 8, 50)
 
@@ -179,15 +179,16 @@ def test_masks_too_large_for_exact_float32_labels_are_refused() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu/run.sh)")
 def test_cuda_has_no_host_sync_and_matches_opencv() -> None:
-    """torch's sync debug mode set to "error" raises on any synchronising call in the function."""
+    """torch's sync debug mode set to "error" raises on any synchronising call in the function
+    the tracker calls on a GPU."""
     generator = torch.Generator().manual_seed(10)
     noise = torch.randn(3, 1, 128, 128, generator=generator)
     logits = (F.avg_pool2d(noise, 3, stride=1, padding=1) * 3).cuda()
-    fill_holes_on_device(logits, 8)  # warm-up: first calls may load kernels
+    fill_holes_for_device(logits, 8)  # warm-up: first calls may load kernels
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        got = fill_holes_on_device(logits, 8)
+        got = fill_holes_for_device(logits, 8)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(got.cpu(), fill_holes(logits.cpu(), 8))

