@@ -155,6 +155,15 @@ def test_bf16_logits_match_opencv() -> None:
         assert _compare(logits, max_area)[0] == 0
 
 
+def test_non_contiguous_logits_match_opencv() -> None:
+    """The decoder's chosen mask may be a slice of its multimask output, or another layout."""
+    generator = torch.Generator().manual_seed(11)
+    multimasks = torch.randn(3, 3, 24, 24, generator=generator)
+    for logits in (multimasks[:, 1:2], multimasks[:, :1].transpose(2, 3)):
+        assert not logits.is_contiguous()
+        assert _compare(logits, 8)[0] == 0
+
+
 @pytest.mark.parametrize("max_area", (0, -1))
 def test_max_area_zero_or_less_is_the_identity(max_area: int) -> None:
     logits = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(9))

@@ -80,13 +80,13 @@ def fill_holes_on_device(low_res_logits: torch.Tensor, max_area: int) -> torch.T
     # one bin per (image, label) plus a last, ignored bin for the foreground
     bins = batch * height * width
     offsets = torch.arange(batch, device=labels.device).view(batch, 1, 1, 1) * (height * width)
-    index = torch.where(background, labels.clamp(max=height * width - 1).long() + offsets, bins).view(-1)
+    index = torch.where(background, labels.clamp(max=height * width - 1).long() + offsets, bins).reshape(-1)
     sizes = torch.zeros(bins + 1, dtype=torch.int32, device=labels.device)
     sizes.scatter_add_(0, index, torch.ones_like(index, dtype=torch.int32))
     openings = torch.zeros(bins + 1, dtype=torch.int32, device=labels.device)
-    openings.scatter_add_(0, index, (~closed).view(-1).int())
+    openings.scatter_add_(0, index, (~closed).reshape(-1).int())
     small_hole = (sizes <= max_area) & (openings == 0)
-    hole = background & small_hole.gather(0, index).view_as(background)
+    hole = background & small_hole.gather(0, index).reshape(background.shape)
     return torch.where(hole, torch.full_like(low_res_logits, HOLE_FILL_SCORE), low_res_logits)
 
 
