@@ -26,7 +26,7 @@ from surgsam2.memory.bank import BankConfig, MemoryBank, MemoryLayout
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, MemoryPolicy, make_policy
 from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
 from surgsam2.tracking.frames import check_stream_frame, preprocess_frame, validate_frame
-from surgsam2.tracking.postprocess import fill_holes
+from surgsam2.tracking.postprocess import fill_holes_for_device
 from surgsam2.tracking.prompts import ModelPrompt, Prompt, to_model_prompt, validate_prompts
 from surgsam2.tracking.results import FrameResult, ObjectOutput
 from surgsam2.tracking.stages import NO_STAGES, StageHook
@@ -232,7 +232,7 @@ class Tracker(StreamTracker):
 
     def _prompted_output(self, decoded: DecoderOutput) -> ObjectOutput:
         """A prompted frame's output: its memory is encoded from the shown (hole-filled) mask."""
-        filled = fill_holes(decoded.low_res_masks, self.fill_hole_area)
+        filled = fill_holes_for_device(decoded.low_res_masks, self.fill_hole_area)
         return ObjectOutput(
             filled, filled, decoded.ious, decoded.obj_ptr, decoded.object_score_logits, conditioning=True
         )
@@ -260,7 +260,7 @@ class Tracker(StreamTracker):
                 pix_feat = self.model.attend_to_memory(features, memory, memory_pos, num_ptr_tokens, keys)
             with self.stage_hook.stage("decoder"):
                 decoded = self.model.decode(pix_feat, features.high_res, multimask_output=multimask)
-            filled = fill_holes(decoded.low_res_masks, self.fill_hole_area)  # one host trip per group
+            filled = fill_holes_for_device(decoded.low_res_masks, self.fill_hole_area)  # on a GPU: no host trip
             for row, obj_id in enumerate(group):
                 tracked[obj_id] = (_rows(decoded, row), filled[row : row + 1], pix_feat[row : row + 1])
         return {obj_id: tracked[obj_id] for obj_id in obj_ids}
