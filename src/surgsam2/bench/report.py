@@ -228,8 +228,8 @@ def check_json_path(path: str | Path) -> Path:
     return target
 
 
-def write_json(result: BenchResult | StreamResult, path: str | Path) -> Path:
-    """Write the result as JSON, atomically (a previous result there is rewritten, never appended).
+def write_json(result: Any, path: str | Path) -> Path:
+    """Write a result (anything with ``to_json``: `BenchResult`, `StreamResult`, ...) as JSON, atomically (a previous result there is rewritten, never appended).
     ValueError for a path `check_json_path` refuses."""
     path = check_json_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
