@@ -114,7 +114,7 @@ def run_streams(config: BenchConfig) -> StreamsBenchResult:
     multi = MultiStreamTracker(model, config.streams, memory=config.memory)
     steps = {
         "one tracker": lambda i: single.step(clip.frames[i], prompts if i == 0 else None),
-        f"{config.streams} streams": lambda i: multi.step(
+        f"{config.streams} stream{'s' if config.streams != 1 else ''}": lambda i: multi.step(
             [clip.frames[i]] * config.streams, [prompts if i == 0 else None] * config.streams
         ),
     }
