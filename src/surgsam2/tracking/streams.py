@@ -118,7 +118,9 @@ class MultiStreamTracker:
             prompts = [None] * count
         elif isinstance(prompts, Mapping) or len(prompts) != count:
             got = "one mapping" if isinstance(prompts, Mapping) else f"{len(prompts)}"
-            raise ValueError(f"expected a sequence of {count} prompt mappings (one per stream, None for none), got {got}")
+            raise ValueError(
+                f"expected a sequence of {count} prompt mappings (one per stream, None for none), got {got}"
+            )
         checked_frames: list[np.ndarray | None] = []
         checked_prompts: list[dict[int, Prompt]] = []
         for index, (frame, tracker) in enumerate(zip(frames, self.streams)):
