@@ -18,6 +18,7 @@ from surgsam2.bench import (
     count_flops,
     run_bench,
     run_stream,
+    run_streams,
     write_json,
 )
 from surgsam2.bench.runners import build_official_predictor, make_clip, official_config_file
@@ -77,6 +78,25 @@ def test_stream_mode_reports_flat_state() -> None:
     # Past the memory capacity (7 memories, 16 pointers) the state no longer grows.
     assert result.points[0].state_bytes < result.points[1].state_bytes == result.points[2].state_bytes
     assert "state flat" in result.format_table()
+
+
+def test_streams_mode_reports_both_sides(tmp_path) -> None:
+    """--streams 3: one tracker against 3 copies of the clip, frames/s in all and per stream."""
+    config = BenchConfig(model="nano", image_size=64, frames=2, warmup=1, streams=3, progress=False)
+    result = run_streams(config)
+    single, multi = result.sides
+    assert (single.name, single.streams, multi.name, multi.streams) == ("one tracker", 1, "3 streams", 3)
+    assert len(single.step_seconds) == len(multi.step_seconds) == 2
+    assert multi.frames_per_second == pytest.approx(3 * multi.frames_per_second_per_stream)
+    assert result.ratio == pytest.approx(multi.frames_per_second / single.frames_per_second)
+    table = result.format_table()
+    assert "frames/s in all" in table and "bf16" in table and "no multi-stream mode" in table
+    written = json.loads(write_json(result, tmp_path / "streams.json").read_text())
+    assert written["config"]["streams"] == 3 and len(written["sides"]) == 2
+    with pytest.raises(ValueError, match="ours only: the official predictor has no multi-stream mode"):
+        BenchConfig(streams=2, against_official=True).validate()
+    with pytest.raises(ValueError, match="streams must be >= 1, got 0"):
+        BenchConfig(streams=0).validate()
 
 
 def test_against_official_without_the_package_is_one_clear_line(monkeypatch) -> None:

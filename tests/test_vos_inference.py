@@ -331,9 +331,12 @@ def test_point_and_box_prompts_run_and_are_repeatable(dataset: Path, tmp_path: P
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("streams", ["1", "3"])
 def test_bad_videos_are_reported_and_skipped(
-    dataset: Path, single_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    dataset: Path, single_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], streams: str
 ) -> None:
+    """An undecodable frame, a prompt mask of the wrong size and a missing prompt folder each fail
+    their video only; with 3 streams the failed videos' streams are dropped and the others go on."""
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
     frame = data / "JPEGImages" / "synth_000" / "00003.jpg"
@@ -347,7 +350,7 @@ def test_bad_videos_are_reported_and_skipped(
     out = tmp_path / "out"
     shutil.copytree(single_run, out)  # an earlier run's outputs: those of failed videos must not survive
 
-    code = _run_in_process(_args(data, out, "--overwrite"))
+    code = _run_in_process(_args(data, out, "--overwrite", "--streams", streams))
     captured = capsys.readouterr()
     assert code == 1
     assert re.search(r"synth_000: FAILED: .*00003\.jpg", captured.err)
@@ -359,6 +362,69 @@ def test_bad_videos_are_reported_and_skipped(
     results = json.loads((out / "results.json").read_text())
     assert {row["video"] for row in results["per_object"]} == {"synth_002"}
     assert "1/4 videos written" in captured.out
+    assert _tree(out / "synth_002") == _tree(single_run / "synth_002")
+
+
+@pytest.mark.parametrize("streams", ["1", "3"])
+def test_a_frame_of_another_size_fails_its_video_only(
+    dataset: Path, single_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], streams: str
+) -> None:
+    """A frame whose size differs from its video's is refused by the tracker (with 3 streams,
+    before any stream advanced): that video fails, the other streams' videos are as alone."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    frame = data / "JPEGImages" / "synth_001" / "00003.jpg"
+    Image.open(frame).resize((48, 40)).save(frame)
+    out = tmp_path / "out"
+    assert _run_in_process(_args(data, out, "--streams", streams, gt=False)) == 1
+    error = capsys.readouterr().err
+    assert re.search(r"synth_001: FAILED: frame 3: size 48x40 differs from the stream's 96x80", error), error
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["synth_000", "synth_002"]
+    for video in ("synth_000", "synth_002"):
+        assert _tree(out / video) == _tree(single_run / video)
+
+
+@pytest.mark.parametrize("streams", ["2", "4"])
+def test_streams_write_what_one_stream_writes(dataset: Path, single_run: Path, tmp_path: Path, streams: str) -> None:
+    """--streams N (2: a stream takes the third video when its first ends; 4: more streams than
+    videos) writes byte-identical masks and results to one video at a time (one torch thread)."""
+    out = tmp_path / "out"
+    assert _run_in_process(_args(dataset, out, "--streams", streams)) == 0
+    assert _tree(out) == _tree(single_run)
+    assert not [p for p in out.iterdir() if p.name.startswith(".surgsam2-staging")]
+
+
+def test_streams_interrupted_keep_published_videos_and_remove_open_ones(
+    dataset: Path, single_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in a multi-stream step (2 streams: synth_000 and synth_001 published after 6 steps,
+    synth_002 on its third frame): exit 130, the published videos stay, the open one is removed."""
+    from surgsam2.tracking.streams import MultiStreamTracker
+
+    real_step = MultiStreamTracker.step
+    calls = []
+
+    def interrupted_on_the_ninth(self, frames, prompts=None):
+        calls.append(1)
+        if len(calls) == 9:
+            raise KeyboardInterrupt
+        return real_step(self, frames, prompts)
+
+    monkeypatch.setattr(MultiStreamTracker, "step", interrupted_on_the_ninth)
+    out = tmp_path / "out"
+    assert _run_in_process(_args(dataset, out, "--streams", "2", gt=False)) == 130
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".surgsam2")) == VIDEOS[:2]
+    assert not [p for p in out.iterdir() if p.name.startswith(".surgsam2-staging")]
+    for video in VIDEOS[:2]:
+        assert _tree(out / video) == _tree(single_run / video)
+
+
+def test_streams_must_be_positive(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run_in_process(_args(dataset, tmp_path / "out", "--streams", "0")) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "streams must be at least 1, got 0" in error
 
 
 def test_a_folder_not_written_by_us_is_never_replaced(

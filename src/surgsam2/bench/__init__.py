@@ -30,6 +30,9 @@ memory is ``torch.cuda.max_memory_allocated`` (process peak) plus each side's wo
 the most any frame of that side, warm-up included (CUDA graphs are captured there, their memory
 pools stay), allocated above what was allocated when the frame started.
 
+``streams=N`` (`surgsam2.bench.streams`): ours only, one tracker on the clip against N copies of
+it tracked together by one `MultiStreamTracker` (the official predictor has no multi-stream mode).
+
 A benchmark, never a test: nothing here asserts on time. Absolute numbers mean little on a shared
 machine: the load average before and after is recorded with the results.
 """
@@ -40,6 +43,7 @@ from surgsam2.bench.machine import FlopCount, MachineInfo, MatmulPeak, count_flo
 from surgsam2.bench.report import BenchResult, SideResult, StreamPoint, StreamResult, check_json_path, write_json
 from surgsam2.bench.run import BASELINES, run_bench, run_stream
 from surgsam2.bench.runners import BenchClip, build_official_predictor, build_our_model, make_clip
+from surgsam2.bench.streams import StreamsBenchResult, StreamsSide, run_streams
 from surgsam2.tracking.stages import STAGES
 
 __all__ = [
@@ -58,6 +62,8 @@ __all__ = [
     "SideResult",
     "StreamPoint",
     "StreamResult",
+    "StreamsBenchResult",
+    "StreamsSide",
     "build_official_predictor",
     "build_our_model",
     "check_json_path",
@@ -68,5 +74,6 @@ __all__ = [
     "run_bench",
     "run_engines",
     "run_stream",
+    "run_streams",
     "write_json",
 ]

@@ -51,6 +51,7 @@ class BenchConfig:
     cuda_graphs: bool = False  # ours: parts replayed as CUDA graphs (SAM2Model.use_cuda_graphs)
     stream_frames: int | None = None
     engines: tuple[str, ...] = ()  # instead: these engines side by side (`bench.engines`)
+    streams: int | None = None  # instead: one tracker against N streams of the clip (`bench.streams`)
     progress: bool = True
 
     def validate(self) -> BenchConfig:
@@ -77,6 +78,13 @@ class BenchConfig:
             raise ValueError(f"threads must be in 1..{cpus} (this machine's CPUs), got {self.threads}")
         if self.stream_frames is not None and self.stream_frames < 1:
             raise ValueError(f"stream frames must be >= 1, got {self.stream_frames}")
+        if self.streams is not None:
+            if self.streams < 1:
+                raise ValueError(f"streams must be >= 1, got {self.streams}")
+            if self.against_official:
+                raise ValueError("--streams runs ours only: the official predictor has no multi-stream mode")
+            if self.stream_frames is not None or self.engines:
+                raise ValueError("--streams is a mode of its own: not with --stream-frames or --engine")
         # Ours runs seeded random weights (or the official ones, shared): the same checks as every command.
         check_model_options(
             ModelOptions(name=self.model, device=self.device, cuda_graphs=self.cuda_graphs, random_weights=True)

@@ -228,9 +228,10 @@ def check_json_path(path: str | Path) -> Path:
     return target
 
 
-def write_json(result: BenchResult | StreamResult, path: str | Path) -> Path:
-    """Write the result as JSON, atomically (a previous result there is rewritten, never appended).
-    ValueError for a path `check_json_path` refuses."""
+def write_json(result: Any, path: str | Path) -> Path:
+    """Write a result (anything with ``to_json``: `BenchResult`, `StreamResult`, `StreamsBenchResult`)
+    as JSON, atomically (a previous result there is rewritten, never appended). ValueError for a
+    path `check_json_path` refuses."""
     path = check_json_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, json.dumps(result.to_json(), indent=2, default=str) + "\n")

@@ -3,6 +3,7 @@ p90), frames/s, achieved GFLOP/s against this machine's matmul peak, state held 
 with --against-official the official sam2 video predictor runs on the same frames and weights in
 the same process, frame by frame in alternation. With --engine torch,onnx,openvino: the engines
 on the same frames, each in its fastest precision, their masks against our fp32 torch tracker.
+With --streams N: one tracker against N copies of the clip tracked together (ours only).
 See benchmarks/README.md.
 """
 
@@ -47,12 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", action="append", metavar="ENGINE[,ENGINE]",
                         help="instead: these engines on the same frames (torch, onnx, openvino; repeat or comma"
                         " list), each in its fastest precision, masks against our fp32 torch tracker")  # fmt: skip
+    parser.add_argument("--streams", type=int, metavar="N",
+                        help="instead: one tracker against N copies of the clip tracked together (image"
+                        " encoder batched), frames/s in all and per stream; ours only (the official"
+                        " predictor has no multi-stream mode)")  # fmt: skip
     parser.add_argument("--json", help="also write the results to this JSON file (rewritten)")
     add_quiet_option(parser, "no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    from surgsam2.bench import BenchConfig, OfficialUnavailableError, check_json_path, run_bench, run_stream, write_json
+    from surgsam2.bench import (
+        BenchConfig,
+        OfficialUnavailableError,
+        check_json_path,
+        run_bench,
+        run_stream,
+        run_streams,
+        write_json,
+    )
     from surgsam2.bench.engines import parse_engines, run_engines
 
     if args.json:
@@ -64,11 +77,13 @@ def run(args: argparse.Namespace) -> int:
         official_dtype=args.official_dtype, official_vos_optimized=args.official_vos_optimized, threads=args.threads, seed=args.seed, profile=args.profile,
         key_cache_baseline=args.key_cache_baseline, compile=args.compile, device=args.device,
         cuda_graphs=args.cuda_graphs, stream_frames=args.stream_frames, progress=not args.quiet,
-        engines=parse_engines(args.engine or []),
+        engines=parse_engines(args.engine or []), streams=args.streams,
     )  # fmt: skip
     try:
         if config.engines:
             result = run_engines(config)
+        elif config.streams is not None:
+            result = run_streams(config)
         else:
             result = run_stream(config) if config.stream_frames else run_bench(config)
     except OfficialUnavailableError as error:

@@ -1,8 +1,9 @@
 """Surgical SAM 2's vos_inference: each object is prompted on its first appearance in
 --input_mask_dir and tracked forward (all objects of a video batched). Writes
 <out>/<video>/<id:03d>/<frame>.png per object and <out>/<video>/all/<frame>.png combined. Under
-torchrun the videos are split over the processes (video i -> rank i % world size). Exit code 1
-when a video failed (named on stderr; the others complete).
+torchrun the videos are split over the processes (video i -> rank i % world size); --streams N
+tracks N videos of a process together. Exit code 1 when a video failed (named on stderr; the
+others complete).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meta", help="meta.json (object id -> instrument class) for class-based IoUs")
     parser.add_argument("--output", help="results JSON (default <output_mask_dir>/results.json); CSV next to it")
     parser.add_argument("--workers", type=int, default=1, help="processes scoring videos (default 1)")
+    parser.add_argument("--streams", type=int, default=1,
+                        help="videos tracked together, the image encoder batched across them (same"
+                        " masks; default 1: one video at a time; under torchrun: per process)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of random-init weights and of the 5-point samples (default 0)")  # fmt: skip
     add_output_options(parser)
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         score_thresh=args.score_thresh, model=ModelOptions.from_args(args), memory=args.memory,
         num_frame_to_prune=args.num_frame_to_prune, fill_hole_area=args.fill_hole_area,
         prompt_type=args.prompt_type, meta=args.meta, output=args.output, workers=args.workers,
-        seed=args.seed, overwrite=args.overwrite, progress=not args.quiet,
+        seed=args.seed, overwrite=args.overwrite, progress=not args.quiet, streams=args.streams,
     )  # fmt: skip
     report = run_vos_inference(config)
     if report.rank != 0:

@@ -38,6 +38,12 @@ class ImageFeatures:
     position: torch.Tensor  # (1, C, h, w) sine position encoding of the stride-16 grid
     high_res: list[torch.Tensor]  # stride-4 and stride-8 features projected for the decoder
 
+    def row(self, index: int) -> ImageFeatures:
+        """Image ``index`` of features encoded as a batch of images (batch dimension kept, views
+        only): how a batch encoded once for several streams is handed to each stream's tracker."""
+        pick = slice(index, index + 1)
+        return ImageFeatures(self.embedding[pick], self.position[pick], [level[pick] for level in self.high_res])
+
 
 @dataclass
 class DecoderOutput:
@@ -183,7 +189,8 @@ class SAM2Model(nn.Module):
     # Image
     # ------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        """Normalised (1, 3, S, S) images -> features for the decoder and memory attention."""
+        """Normalised (B, 3, S, S) images -> features for the decoder and memory attention (B > 1:
+        one image per stream, split with `ImageFeatures.row`)."""
         backbone = self.image_encoder(images)
         # The neck fuses levels in float32 (as the official one does); a reduced-precision model
         # continues in its own dtype (a no-op in float32).

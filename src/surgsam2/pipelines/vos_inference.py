@@ -6,6 +6,8 @@ The equivalent of Surgical SAM 2's ``tools/vos_inference.py`` on our streaming t
   in ``<input_mask_dir>/<video>/<frame>.png`` (palette, pixel = object id). Each object is
   prompted once, on its first appearance in the prompt masks, and propagated forward
   (`surgsam2.pipelines.prompts`). All objects of a video go through one `Tracker` (one batch).
+  With ``streams`` N > 1, N videos are tracked together by one `MultiStreamTracker` (the image
+  encoder batched across them; same masks); a stream whose video ends takes the next one.
 * Outputs, per video: ``<output_mask_dir>/<video>/<id:03d>/<frame>.png`` (that object alone,
   pixel = id where its mask logit > ``score_thresh``; empty before its first appearance), and
   ``<output_mask_dir>/<video>/all/<frame>.png`` (non-overlapping: where several objects are above
@@ -21,11 +23,14 @@ The equivalent of Surgical SAM 2's ``tools/vos_inference.py`` on our streaming t
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +44,9 @@ from surgsam2.eval.vos_output import ALL_OBJECTS_DIR, evaluate_vos_output, gt_vi
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, policy_names
 from surgsam2.pipelines.prompts import PROMPT_TYPES, first_appearance_prompts, prompt_from_mask, prompt_seed
 from surgsam2.runtime.distributed import ProcessGroup, shard
+from surgsam2.tracking.prompts import Prompt
+from surgsam2.tracking.results import FrameResult
+from surgsam2.tracking.streams import MultiStreamTracker, StreamError
 from surgsam2.tracking.tracker import Tracker
 
 DEFAULT_RESULTS_NAME = "results.json"
@@ -64,6 +72,7 @@ class VOSInferenceConfig:
     workers: int = 1  # evaluation processes
     seed: int = 0  # the 5-point samples
     overwrite: bool = False  # replace videos an earlier run of ours wrote
+    streams: int = 1  # videos tracked together by one MultiStreamTracker (1: one at a time)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -97,6 +106,7 @@ class VOSInferenceConfig:
              f"unknown memory policy {self.memory!r}; choose one of {', '.join(policy_names())}"),
             (self.num_frame_to_prune >= 0, f"num_frame_to_prune must be >= 0, got {self.num_frame_to_prune}"),
             (self.workers >= 1, f"workers must be at least 1, got {self.workers}"),
+            (self.streams >= 1, f"streams must be at least 1, got {self.streams}"),
             (bool(np.isfinite(self.score_thresh)), f"score_thresh must be a finite number, got {self.score_thresh}"),
         )  # fmt: skip
         for ok, message in checks:
@@ -189,14 +199,34 @@ def _open_video(config: VOSInferenceConfig, name: str) -> VOSVideo:
     return VOSVideo(name, image_dir, annotation_dir=None, prompt_dir=prompt_dir)
 
 
-def infer_video(
-    model, name: str, config: VOSInferenceConfig, staging: Path, on_frame: Callable[[], None] | None = None
-) -> VideoReport:
-    """Track every object of one video and write its per-object and ``all/`` masks into ``staging``.
+@dataclass
+class VideoJob:
+    """One video being tracked: its frames, each object's prompt frame, and the staging folder its
+    masks are written to, frame by frame (``position``: the next frame)."""
 
-    Raises (ValueError, FileNotFoundError, ...) on a bad video.
-    """
-    start = time.perf_counter()
+    name: str
+    video: VOSVideo
+    prompts_by_position: dict[int, dict[int, np.ndarray]]
+    object_ids: list[int]
+    staging: Path
+    started: float
+    position: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.video)
+
+    def report(self) -> VideoReport:
+        """The report of the completed video."""
+        return VideoReport(
+            video=self.name, frames=len(self.video), objects=len(self.object_ids),
+            seconds=time.perf_counter() - self.started,
+        )  # fmt: skip
+
+
+def start_video(name: str, config: VOSInferenceConfig, staging: Path) -> VideoJob:
+    """Open one video and its first-appearance prompts; raises on a missing folder or no object."""
+    started = time.perf_counter()
     video = _open_video(config, name)
     prompts_by_position = first_appearance_prompts(video)
     object_ids = sorted({obj for masks in prompts_by_position.values() for obj in masks})
@@ -207,28 +237,55 @@ def infer_video(
         if lossy:
             hint = f" ({len(lossy)} JPEG file(s) such as {lossy[0]} are not read: masks must be lossless PNG)"
         raise ValueError(f"no object in the prompt masks of {prompt_dir}{hint}")
-    tracker = Tracker(
-        model, memory=config.memory, num_frame_to_prune=config.num_frame_to_prune,
-        fill_hole_area=config.fill_hole_area, num_frames=len(video),
-    )  # fmt: skip
+    return VideoJob(name, video, prompts_by_position, object_ids, staging, started)
+
+
+def next_input(job: VideoJob, config: VOSInferenceConfig) -> tuple[np.ndarray, dict[int, Prompt]]:
+    """The job's next frame and the prompts of the objects that first appear on it."""
+    frame = job.video.read_frame(job.position)
+    prompts = {
+        obj: prompt_from_mask(mask, config.prompt_type, prompt_seed(job.name, obj, config.seed))
+        for obj, mask in job.prompts_by_position.get(job.position, {}).items()
+    }
+    return frame, prompts
+
+
+def write_result(job: VideoJob, result: FrameResult, shape: tuple[int, int], config: VOSInferenceConfig) -> None:
+    """Write the job's next frame's per-object and ``all/`` masks (frame size ``shape``)."""
     threshold = float(config.score_thresh)
-    for position, frame_name in enumerate(video.frame_names):
-        frame = video.read_frame(position)
-        prompts = {
-            obj: prompt_from_mask(mask, config.prompt_type, prompt_seed(name, obj, config.seed))
-            for obj, mask in prompts_by_position.get(position, {}).items()
-        }
-        result = tracker.step(frame, prompts or None)
-        shape = frame.shape[:2]
-        for obj in object_ids:
-            logits = result.logits.get(obj)
-            mask = np.zeros(shape, dtype=bool) if logits is None else (logits > threshold)
-            write_mask(staging / object_dir_name(obj) / f"{frame_name}.png", np.where(mask, obj, 0).astype(np.uint8))
-        combined = combine_object_logits(result.logits, shape, threshold)
-        write_mask(staging / ALL_OBJECTS_DIR / f"{frame_name}.png", combined)
+    frame_name = job.video.frame_names[job.position]
+    for obj in job.object_ids:
+        logits = result.logits.get(obj)
+        mask = np.zeros(shape, dtype=bool) if logits is None else (logits > threshold)
+        write_mask(job.staging / object_dir_name(obj) / f"{frame_name}.png", np.where(mask, obj, 0).astype(np.uint8))
+    combined = combine_object_logits(result.logits, shape, threshold)
+    write_mask(job.staging / ALL_OBJECTS_DIR / f"{frame_name}.png", combined)
+    job.position += 1
+
+
+def tracker_options(config: VOSInferenceConfig) -> dict[str, Any]:
+    """The `Tracker` options of the run (every video, every stream)."""
+    return {
+        "memory": config.memory, "num_frame_to_prune": config.num_frame_to_prune,
+        "fill_hole_area": config.fill_hole_area,
+    }  # fmt: skip
+
+
+def infer_video(
+    model, name: str, config: VOSInferenceConfig, staging: Path, on_frame: Callable[[], None] | None = None
+) -> VideoReport:
+    """Track every object of one video and write its per-object and ``all/`` masks into ``staging``.
+
+    Raises (ValueError, FileNotFoundError, ...) on a bad video.
+    """
+    job = start_video(name, config, staging)
+    tracker = Tracker(model, num_frames=len(job.video), **tracker_options(config))
+    while not job.done:
+        frame, prompts = next_input(job, config)
+        write_result(job, tracker.step(frame, prompts or None), frame.shape[:2], config)
         if on_frame is not None:
             on_frame()
-    return VideoReport(video=name, frames=len(video), objects=len(object_ids), seconds=time.perf_counter() - start)
+    return job.report()
 
 
 def _count_frames(config: VOSInferenceConfig, name: str) -> int:
@@ -291,16 +348,36 @@ def _infer_share(
     model, videos: list[str], config: VOSInferenceConfig, folder: OutputFolder, group: ProcessGroup,
     info: Callable[[str], None], warn: Callable[[str], None],
 ) -> list[VideoReport]:  # fmt: skip
-    """Infer this rank's videos, each published when complete; a bad video is reported and skipped."""
+    """Infer this rank's videos, each published when complete; a bad video is reported and skipped.
+    With ``config.streams`` > 1 that many videos are tracked together (`_infer_streams`)."""
     from tqdm import tqdm
 
     reports: list[VideoReport] = []
     prefix = group.log_prefix
+
+    def finished(report: VideoReport, frames_left: int) -> None:
+        """Report a video as it completes or fails (a failed one's earlier output of ours is removed)."""
+        if report.ok:
+            info(
+                f"{prefix}{report.video}: {report.frames} frames, {report.objects} objects,"
+                f" {report.frames_per_second:.1f} frames/s -> {config.output_mask_dir / report.video}"
+            )
+        else:
+            if group.is_main:
+                folder.remove_own(report.video)
+            bar.update(max(0, frames_left))
+            warn(f"{prefix}{report.video}: FAILED: {report.error}")
+        report.rank = group.rank
+        reports.append(report)
+
     with tqdm(
         total=sum(_count_frames(config, video) for video in videos), unit="frame",
         desc=f"{prefix}vos-inference".strip(), dynamic_ncols=True,
         position=group.rank if group.is_distributed else None, disable=not config.progress, leave=True,
     ) as bar:  # fmt: skip
+        if config.streams > 1:
+            _infer_streams(model, videos, config, folder, group.is_main, lambda: bar.update(1), finished)
+            return reports
         for video in videos:
             bar.set_postfix_str(video, refresh=False)
             frames_before = bar.n
@@ -312,18 +389,129 @@ def _infer_share(
                     report = infer_video(model, video, config, staging, on_frame=lambda: bar.update(1))
             except Exception as error:  # a bad video is reported and skipped
                 report = VideoReport(video=video, error=one_line(error))
-                if group.is_main:
-                    folder.remove_own(video)
-                bar.update(max(0, _count_frames(config, video) - (bar.n - frames_before)))
-                warn(f"{prefix}{video}: FAILED: {report.error}")
+                finished(report, _count_frames(config, video) - (bar.n - frames_before))
             else:
-                info(
-                    f"{prefix}{video}: {report.frames} frames, {report.objects} objects,"
-                    f" {report.frames_per_second:.1f} frames/s -> {config.output_mask_dir / video}"
-                )
-            report.rank = group.rank
-            reports.append(report)
+                finished(report, 0)
     return reports
+
+
+# --------------------------------------------------------------------------------------------
+# Many videos at once (--streams N)
+# --------------------------------------------------------------------------------------------
+
+Finished = Callable[[VideoReport, int], None]  # a video's report, its frames not run
+
+
+@dataclass
+class _StreamSlot:
+    """The video a stream is tracking and the open staging of its output."""
+
+    job: VideoJob
+    staging: contextlib.ExitStack
+
+
+def _discard(staging: contextlib.ExitStack, error: BaseException) -> None:
+    """Remove a video's staging folder after ``error`` (nothing published)."""
+    staging.__exit__(type(error), error, error.__traceback__)
+
+
+def _infer_streams(
+    model, videos: list[str], config: VOSInferenceConfig, folder: OutputFolder, record: bool,
+    on_frame: Callable[[], None], finished: Finished,
+) -> None:  # fmt: skip
+    """Track ``config.streams`` videos at a time with one `MultiStreamTracker` (one image-encoder
+    call per step for all of them); a stream whose video ends or fails takes the next video. Each
+    video is staged and published on its own, as with one stream; a bad video fails alone."""
+    tracker = MultiStreamTracker(model, config.streams, **tracker_options(config))
+    queue = deque(videos)
+    slots: list[_StreamSlot | None] = [None] * config.streams
+    try:
+        while queue or any(slot is not None for slot in slots):
+            for index, slot in enumerate(slots):
+                if slot is None:
+                    slots[index] = slot = _start_next(queue, config, folder, record, finished)
+                    if slot is not None:
+                        tracker.reset(index, num_frames=len(slot.job.video))
+            _step_streams(tracker, slots, config, on_frame, finished)
+    except BaseException as error:  # Ctrl-C, SIGTERM: the open stagings are removed
+        for slot in slots:
+            if slot is not None:
+                _discard(slot.staging, error)
+        raise
+
+
+def _start_next(
+    queue: deque[str], config: VOSInferenceConfig, folder: OutputFolder, record: bool, finished: Finished
+) -> _StreamSlot | None:
+    """Open the next video of ``queue`` that starts (those that fail are reported); None when none is left."""
+    while queue:
+        name = queue.popleft()
+        staging = contextlib.ExitStack()
+        try:
+            job = start_video(name, config, staging.enter_context(folder.stage_dir(name, record=record)))
+        except Exception as error:
+            _discard(staging, error)
+            finished(VideoReport(video=name, error=one_line(error)), _count_frames(config, name))
+        except BaseException as error:
+            _discard(staging, error)
+            raise
+        else:
+            return _StreamSlot(job, staging)
+    return None
+
+
+def _fail_stream(
+    slots: list[_StreamSlot | None], index: int, error: Exception, config: VOSInferenceConfig, finished: Finished
+) -> None:
+    """Stream ``index``'s video failed: remove its staging, report it, free the stream."""
+    slot = slots[index]
+    slots[index] = None
+    _discard(slot.staging, error)
+    message = error.reason if isinstance(error, StreamError) else one_line(error)
+    finished(VideoReport(video=slot.job.name, error=message), _count_frames(config, slot.job.name) - slot.job.position)
+
+
+def _step_streams(
+    tracker: MultiStreamTracker, slots: list[_StreamSlot | None], config: VOSInferenceConfig,
+    on_frame: Callable[[], None], finished: Finished,
+) -> None:  # fmt: skip
+    """One step of every stream with a video: read, track, write; publish the videos that end."""
+    frames: list[np.ndarray | None] = [None] * len(slots)
+    prompts: list[dict[int, Prompt] | None] = [None] * len(slots)
+    for index, slot in enumerate(slots):
+        if slot is not None:
+            try:
+                frames[index], prompts[index] = next_input(slot.job, config)
+            except Exception as error:  # e.g. an undecodable frame
+                _fail_stream(slots, index, error, config, finished)
+    while True:
+        try:
+            results = tracker.step(frames, prompts)
+            break
+        except StreamError as error:  # found before any stream advanced: drop that stream, step the others
+            _fail_stream(slots, error.stream, error, config, finished)
+            frames[error.stream] = prompts[error.stream] = None
+        except Exception as error:  # the network failed: every stream of this step fails
+            for index, frame in enumerate(frames):
+                if frame is not None:
+                    _fail_stream(slots, index, error, config, finished)
+            return
+    for index, result in enumerate(results):
+        slot = slots[index]
+        if result is None or slot is None:
+            continue
+        try:
+            write_result(slot.job, result, frames[index].shape[:2], config)
+            on_frame()
+            if slot.job.done:
+                slots[index] = None
+                slot.staging.close()  # publish (the staging is removed if that fails)
+                finished(slot.job.report(), 0)
+        except Exception as error:
+            if slots[index] is None:  # publishing failed: its staging is gone already
+                finished(VideoReport(video=slot.job.name, error=one_line(error)), 0)
+            else:
+                _fail_stream(slots, index, error, config, finished)
 
 
 def _evaluate_completed(
