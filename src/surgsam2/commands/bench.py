@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(
         model=args.model, image_size=args.image_size, objects=args.objects, frames=args.frames,
         warmup=args.warmup, memory=args.memory, dtype=args.dtype, against_official=args.against_official,
-        official_dtype=args.official_dtype, official_vos_optimized=args.official_vos_optimized, threads=args.threads, seed=args.seed, profile=args.profile,
+        official_dtype=args.official_dtype, official_vos_optimized=args.official_vos_optimized,
+        threads=args.threads, seed=args.seed, profile=args.profile,
         key_cache_baseline=args.key_cache_baseline, compile=args.compile, device=args.device,
         cuda_graphs=args.cuda_graphs, stream_frames=args.stream_frames, progress=not args.quiet,
         engines=parse_engines(args.engine or []), streams=args.streams,
