@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,27 @@ def test_official_vos_mode_builds_its_vos_predictor() -> None:
     plain_state, vos_state = plain.state_dict(), vos.state_dict()
     assert plain_state.keys() == vos_state.keys()
     assert all(torch.equal(plain_state[k], vos_state[k]) for k in plain_state)
+
+
+def test_gpu_summary_reads_bench_and_streams_json(tmp_path, monkeypatch) -> None:
+    """benchmarks/gpu/summary.py (run at the end of benchmarks/gpu/run.sh, where GPU time is
+    scarce) reads real `--json` results of a side-by-side run and of a --streams run."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu" / "summary.py"
+    spec = importlib.util.spec_from_file_location("gpu_summary", script)
+    assert spec is not None and spec.loader is not None
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+
+    write_json(run_bench(BenchConfig(model="nano", image_size=64, frames=2, warmup=1, progress=False)),
+               tmp_path / "nano_256_3obj.json")
+    write_json(run_streams(BenchConfig(model="nano", image_size=64, frames=2, warmup=1, streams=2, progress=False)),
+               tmp_path / "streams_16x1obj.json")
+    monkeypatch.setattr(sys, "argv", ["summary.py", str(tmp_path)])
+    summary.main()
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["nano_256_3obj"]["value"] == written["nano_256_3obj"]["ours_fps"] > 0
+    assert written["streams_16x1obj"]["streams"] == 2 and written["streams_16x1obj"]["fps_in_all"] > 0
+    assert written["streams_16x1obj"]["met"] is False  # 1,000 frames/s is not a 2-core CPU's
+    assert "missing" in written["hiera_s_512_1obj"]

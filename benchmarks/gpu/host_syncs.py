@@ -1,7 +1,7 @@
 """Where one steady-state frame of our tracker waits for the GPU: torch's sync debug mode set to
 "warn" around `Tracker.step`, each synchronising call counted by its Python source line.
 
-    python benchmarks/gpu/host_syncs.py --model sam2.1_hiera_s --image-size 512 --objects 3
+    python benchmarks/gpu/host_syncs.py --model sam2.1_hiera_s --image-size 512 --objects 3 [--json F]
 
 Random weights (nothing is downloaded); needs a CUDA GPU.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=1)
     parser.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "mixed"))
     parser.add_argument("--frames", type=int, default=20, help="frames tracked before the inspected one")
+    parser.add_argument("--json", type=Path, help="also write the count and where each sync is to this file")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("host_syncs.py: needs a CUDA GPU")
@@ -57,6 +60,10 @@ def main() -> None:
     )
     for line, count in where.most_common():
         print(f"  {count:3d}  {line}")
+    if args.json:
+        record = {"model": args.model, "image_size": args.image_size, "objects": args.objects, "dtype": args.dtype,
+                  "host_syncs": sum(where.values()), "where": dict(where.most_common())}
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
