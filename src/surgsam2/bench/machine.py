@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from surgsam2.bench.config import DTYPES
+from surgsam2.bench.config import DTYPES, BenchConfig
+from surgsam2.runtime.devices import resolve_device
 
 
 @dataclass
@@ -69,6 +70,16 @@ def load_average() -> tuple[float, float, float]:
     except OSError:
         return (float("nan"),) * 3
     return (round(one, 2), round(five, 2), round(fifteen, 2))
+
+
+def start_run(config: BenchConfig) -> tuple[torch.device, MachineInfo]:
+    """Every run's start: the config checked, torch's threads set (--threads), the device
+    resolved and the machine described (its load before the run)."""
+    config.validate()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    return device, machine_info(device)
 
 
 def machine_info(device: torch.device | str = "cpu") -> MachineInfo:

@@ -22,10 +22,10 @@ from surgsam2.bench.machine import (
     count_flops,
     current_rss_bytes,
     load_average,
-    machine_info,
     measure_matmul_peak,
     peak_rss_bytes,
     sdpa_counted_by_torch,
+    start_run,
     synchronize,
 )
 from surgsam2.bench.profile import StageTimer, median_stages
@@ -41,7 +41,6 @@ from surgsam2.bench.runners import (
     mask_iou,
 )
 from surgsam2.model.cuda_graphs import CudaGraphed
-from surgsam2.runtime.devices import resolve_device
 
 # Ours before one optimisation, run as its own side: side name -> (the BenchConfig flag asking
 # for it, the Tracker options that undo the optimisation).
@@ -289,11 +288,7 @@ def _bench_result(
 def run_bench(config: BenchConfig) -> BenchResult:
     """Run ours (its baselines, and the official predictor) on the same clip and weights; see
     the package doc. ValueError (one line) for a bad config, before anything runs."""
-    config.validate()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    machine = machine_info(device)
+    device, machine = start_run(config)
     _log(config, f"load average {machine.load_before}; measuring the matmul peak on {device}")
     peak = measure_matmul_peak(device=device)
     if device.type == "cuda":
@@ -335,13 +330,9 @@ def run_stream(
     from surgsam2.tracking.prompts import Prompt
     from surgsam2.tracking.tracker import Tracker
 
-    config.validate()
     if config.stream_frames is None:
         raise ValueError("run_stream needs stream_frames")
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    machine = machine_info(device)
+    device, machine = start_run(config)
     clip = make_clip(config.image_size, min(clip_frames, config.stream_frames), config.objects, config.seed, None)
     model = build_our_model(config, None)
     if config.compile:

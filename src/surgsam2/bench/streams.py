@@ -21,13 +21,12 @@ from surgsam2.bench.machine import (
     MachineInfo,
     MatmulPeak,
     load_average,
-    machine_info,
     measure_matmul_peak,
     peak_rss_bytes,
+    start_run,
     synchronize,
 )
 from surgsam2.bench.runners import build_our_model, make_clip
-from surgsam2.runtime.devices import resolve_device
 
 
 @dataclass
@@ -96,13 +95,9 @@ def run_streams(config: BenchConfig) -> StreamsBenchResult:
     from surgsam2.tracking.streams import MultiStreamTracker
     from surgsam2.tracking.tracker import Tracker
 
-    config.validate()
     if config.streams is None:
         raise ValueError("run_streams needs streams")
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    machine = machine_info(device)
+    device, machine = start_run(config)
     peak = measure_matmul_peak(device=device)
     total = config.warmup + config.frames
     clip = make_clip(config.image_size, total, config.objects, config.seed, None)
