@@ -196,3 +196,54 @@ def test_ring_bank_refuses_retained_memories_and_out_of_order_frames(model: SAM2
     ring.write_frame([1], 3, features, pointer, [False])
     with pytest.raises(ValueError, match="object 1: frame 2 written after frame 3"):
         ring.write_frame([1], 2, features, pointer, [False])
+
+
+# --- the tracker with either bank ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tracker_model() -> SAM2Model:
+    import test_tracker
+
+    return test_tracker.random_model()
+
+
+@pytest.mark.parametrize("memory", ["fifo", "efp", "qefp"])
+def test_tracker_with_the_ring_bank_equals_the_default_bank(tracker_model: SAM2Model, memory: str) -> None:
+    """40 frames, 3 objects prompted on frames 0, 5 and 12, corrective clicks on frames 12 and 20,
+    an object removed on frame 30: masks and logits are bit-identical with either bank."""
+    import test_tracker
+    from surgsam2 import Prompt, Tracker
+
+    frames, masks = test_tracker.moving_discs(40)
+    prompts = {
+        0: {1: Prompt(mask=masks[1])},
+        5: {2: Prompt(box=(70, 40, 110, 80))},
+        12: {3: Prompt(points=[(60, 32)], labels=[1]), 1: Prompt(points=[(42, 40), (5, 5)], labels=[1, 0])},
+        20: {2: Prompt(points=[(70, 60)], labels=[1])},
+    }
+    default = Tracker(tracker_model, memory=memory)
+    ring = Tracker(tracker_model, memory=memory, bank="ring")
+    for index, frame in enumerate(frames):
+        if index == 30:
+            default.remove_object(3)
+            ring.remove_object(3)
+        expected, seen = default.step(frame, prompts.get(index)), ring.step(frame, prompts.get(index))
+        assert seen.object_ids == expected.object_ids, f"frame {index}"
+        for obj_id in expected.object_ids:
+            assert torch.equal(torch.from_numpy(seen.logits[obj_id]), torch.from_numpy(expected.logits[obj_id])), (
+                f"frame {index} object {obj_id}"
+            )
+            assert (seen.masks[obj_id] == expected.masks[obj_id]).all()
+            assert seen.scores[obj_id] == expected.scores[obj_id] and seen.ious[obj_id] == expected.ious[obj_id]
+    assert sorted(ring.bank.objects[1].conditioning) == [0, 12]
+    print(f"[ring tracker] {memory}: 40 frames bit-identical; state {ring.state_bytes()} B (default {default.state_bytes()} B)")
+
+
+def test_tracker_rejects_an_unknown_bank_and_refp_with_the_ring(tracker_model: SAM2Model) -> None:
+    from surgsam2 import Tracker
+
+    with pytest.raises(ValueError, match="unknown memory bank 'rings'; choose one of dict, ring"):
+        Tracker(tracker_model, bank="rings")
+    with pytest.raises(ValueError, match="the ring bank does not retain memories"):
+        Tracker(tracker_model, memory="refp", bank="ring")
