@@ -181,12 +181,12 @@ def cached_rotated_keys(
         for stored, _ in layout.memories:
             if stored.keys is None:
                 raise ValueError(f"stored memory of frame {stored.frame_index} has no cached keys")
-    num_layers, _, num_tokens, channels = temporal_keys.shape
-    num_kept = len(layouts[0].memories) if keep is None else keep.shape[0]
-    out = temporal_keys.new_empty(num_layers, len(layouts), num_kept * num_tokens + num_pointer_tokens, channels)
     if host_indices is None:
         host_indices = keep is None or keep.device.type == "cpu"
     if host_indices:
+        num_layers, _, num_tokens, channels = temporal_keys.shape
+        num_kept = len(layouts[0].memories) if keep is None else keep.shape[0]
+        out = temporal_keys.new_empty(num_layers, len(layouts), num_kept * num_tokens + num_pointer_tokens, channels)
         kept = keep.T.tolist() if keep is not None else [list(range(num_kept))] * len(layouts)
         for row, (layout, indices) in enumerate(zip(layouts, kept)):
             for position, index in enumerate(indices):
@@ -199,13 +199,38 @@ def cached_rotated_keys(
     slots = torch.tensor(
         [[slot for _, slot in layout.memories] for layout in layouts], dtype=torch.long
     ).T.to(stacked.device, non_blocking=True)
+    return kept_rotated_keys(stacked, slots, keep, temporal_keys, num_pointer_tokens)
+
+
+def kept_rotated_keys(
+    candidate_keys: torch.Tensor,
+    slots: torch.Tensor,
+    keep: torch.Tensor | None,
+    temporal_keys: torch.Tensor,
+    num_pointer_tokens: int,
+) -> torch.Tensor:
+    """`cached_rotated_keys` from the candidates' keys already stacked on the device:
+    ``candidate_keys`` (N, B, L, T, d) and their temporal ``slots`` (N, B) (as the ring bank,
+    `memory.ring`, gathers them); the kept ones are gathered without a host sync."""
+    num_layers, _, num_tokens, channels = temporal_keys.shape
+    batch_size = candidate_keys.shape[1]
+    num_kept = candidate_keys.shape[0] if keep is None else keep.shape[0]
+    out = temporal_keys.new_empty(num_layers, batch_size, num_kept * num_tokens + num_pointer_tokens, channels)
     if keep is not None:
-        stacked = torch.gather(stacked, 0, keep[:, :, None, None, None].expand(-1, -1, *stacked.shape[2:]))
+        index = keep[:, :, None, None, None].expand(-1, -1, *candidate_keys.shape[2:])
+        candidate_keys = torch.gather(candidate_keys, 0, index)
         slots = torch.gather(slots, 0, keep)
     terms = temporal_keys[:, slots]  # (L, K, B, T, d)
-    spatial_rows = out[:, :, : num_kept * num_tokens].view(num_layers, len(layouts), num_kept, num_tokens, channels)
-    torch.add(stacked.permute(2, 1, 0, 3, 4), terms.transpose(1, 2), out=spatial_rows)
+    spatial_rows = out[:, :, : num_kept * num_tokens].view(num_layers, batch_size, num_kept, num_tokens, channels)
+    torch.add(candidate_keys.permute(2, 1, 0, 3, 4), terms.transpose(1, 2), out=spatial_rows)
     return out
 
 
-__all__ = ["MemoryCandidates", "gather_candidates", "select_memories", "memory_tokens", "cached_rotated_keys"]
+__all__ = [
+    "MemoryCandidates",
+    "gather_candidates",
+    "select_memories",
+    "memory_tokens",
+    "cached_rotated_keys",
+    "kept_rotated_keys",
+]

@@ -21,9 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from surgsam2.memory.assembly import cached_rotated_keys, gather_candidates, memory_tokens, select_memories
+from surgsam2.memory.assembly import (
+    cached_rotated_keys,
+    gather_candidates,
+    kept_rotated_keys,
+    memory_tokens,
+    select_memories,
+)
 from surgsam2.memory.bank import BankConfig, MemoryBank, MemoryLayout
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, MemoryPolicy, make_policy
+from surgsam2.memory.ring import BANK_KINDS, DEFAULT_BANK, RingBank
 from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
 from surgsam2.tracking.frames import check_stream_frame, preprocess_frame, validate_frame
 from surgsam2.tracking.postprocess import fill_holes_for_device
@@ -69,6 +76,9 @@ class Tracker(StreamTracker):
     rounding.
     ``stage_hook``: receives the named stages of every frame (`surgsam2.tracking.stages`; also
     settable later as the ``stage_hook`` attribute); default: none, at no cost.
+    ``bank``: how memories are stored (`surgsam2.memory.ring.BANK_KINDS`): ``"dict"`` (default,
+    `MemoryBank`: tensors per object and frame) or ``"ring"`` (`RingBank`: preallocated slots at
+    fixed addresses, the same candidates and results; not with ``refp``).
     """
 
     def __init__(
@@ -81,9 +91,12 @@ class Tracker(StreamTracker):
         output_logits: bool = True,
         cache_memory_keys: bool = True,
         stage_hook: StageHook | None = None,
+        bank: str = DEFAULT_BANK,
     ) -> None:
         if not isinstance(model, SAM2Model):
             raise ValueError(f"model must be a surgsam2 SAM2Model, got {type(model).__name__}")
+        if bank not in BANK_KINDS:
+            raise ValueError(f"unknown memory bank {bank!r}; choose one of {', '.join(BANK_KINDS)}")
         self.model = model.eval()
         self.policy = make_policy(memory, num_frame_to_prune)
         config = model.config
@@ -92,20 +105,19 @@ class Tracker(StreamTracker):
         self.output_logits = output_logits
         self.cache_memory_keys = cache_memory_keys
         self.stage_hook: StageHook = NO_STAGES if stage_hook is None else stage_hook
-        self.bank = MemoryBank(
-            BankConfig(
-                num_maskmem=config.num_maskmem,
-                max_obj_ptrs_in_encoder=config.max_obj_ptrs_in_encoder,
-                memory_temporal_stride=config.memory_temporal_stride_for_eval,
-                max_cond_frames_in_attn=config.max_cond_frames_in_attn,
-                only_obj_ptrs_in_the_past=config.only_obj_ptrs_in_the_past_for_eval,
-                use_signed_tpos_enc_to_obj_ptrs=config.use_signed_tpos_enc_to_obj_ptrs,
-                # A policy that attends to retained reliable memories says how many and how reliable.
-                retained_memories=getattr(self.policy, "retained_memories", 0),
-                retained_min_iou=getattr(self.policy, "min_iou", 0.5),
-                retained_slot=getattr(self.policy, "retained_slot", None),
-            )
+        bank_config = BankConfig(
+            num_maskmem=config.num_maskmem,
+            max_obj_ptrs_in_encoder=config.max_obj_ptrs_in_encoder,
+            memory_temporal_stride=config.memory_temporal_stride_for_eval,
+            max_cond_frames_in_attn=config.max_cond_frames_in_attn,
+            only_obj_ptrs_in_the_past=config.only_obj_ptrs_in_the_past_for_eval,
+            use_signed_tpos_enc_to_obj_ptrs=config.use_signed_tpos_enc_to_obj_ptrs,
+            # A policy that attends to retained reliable memories says how many and how reliable.
+            retained_memories=getattr(self.policy, "retained_memories", 0),
+            retained_min_iou=getattr(self.policy, "min_iou", 0.5),
+            retained_slot=getattr(self.policy, "retained_slot", None),
         )
+        self.bank: MemoryBank | RingBank = RingBank(bank_config) if bank == "ring" else MemoryBank(bank_config)
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None
         self._memory_pos: torch.Tensor | None = None  # (T, mem_dim) spatial encoding of memories
@@ -255,7 +267,7 @@ class Tracker(StreamTracker):
         multimask = self.model.use_multimask(False, 0)
         for group in groups.values():
             with self.stage_hook.stage("memory_assembly"):
-                memory, memory_pos, num_ptr_tokens, keys = self._memory_inputs([layouts[i] for i in group])
+                memory, memory_pos, num_ptr_tokens, keys = self._memory_inputs(group, [layouts[i] for i in group])
             with self.stage_hook.stage("memory_attention"):
                 pix_feat = self.model.attend_to_memory(features, memory, memory_pos, num_ptr_tokens, keys)
             with self.stage_hook.stage("decoder"):
@@ -266,7 +278,7 @@ class Tracker(StreamTracker):
         return {obj_id: tracked[obj_id] for obj_id in obj_ids}
 
     def _memory_inputs(
-        self, layouts: list[MemoryLayout]
+        self, obj_ids: list[int], layouts: list[MemoryLayout]
     ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
         """Memory tokens (L, B, C), their encodings, the number of pointer tokens and (with the
         key cache) the precomputed keys, after the policy chose which memories each object
@@ -274,14 +286,23 @@ class Tracker(StreamTracker):
         max_pointers = self.model.config.max_obj_ptrs_in_encoder
         if self.num_frames is not None:
             max_pointers = min(self.num_frames, max_pointers)
-        candidates = gather_candidates(layouts, with_quality=getattr(self.policy, "uses_quality", False))
+        with_quality = getattr(self.policy, "uses_quality", False)
+        ring = isinstance(self.bank, RingBank)
+        if ring:
+            candidates, candidate_keys = self.bank.candidates(obj_ids, layouts, with_quality)
+        else:
+            candidates = gather_candidates(layouts, with_quality=with_quality)
         keep = select_memories(candidates, self.policy, self.model.num_maskmem)
         memory, memory_pos, num_ptr_tokens = memory_tokens(
             self.model, candidates, keep, self._memory_pos, max_pointers
         )
         keys = None
         if self.cache_memory_keys:
-            keys = cached_rotated_keys(layouts, keep, self._rotated_temporal_keys(), num_ptr_tokens)
+            temporal = self._rotated_temporal_keys()
+            if ring:
+                keys = kept_rotated_keys(candidate_keys, candidates.slots, keep, temporal, num_ptr_tokens)
+            else:
+                keys = cached_rotated_keys(layouts, keep, temporal, num_ptr_tokens)
         return memory, memory_pos, num_ptr_tokens, keys
 
     def _rotated_temporal_keys(self) -> torch.Tensor:
@@ -317,6 +338,15 @@ class Tracker(StreamTracker):
             stored_tokens = tokens.to(self.bank.config.storage_dtype).to(model.dtype)
             keys = model.memory_attention.rotated_spatial_keys(stored_tokens, self._memory_pos)
         with_quality = getattr(self.policy, "uses_quality", False)
+        if isinstance(self.bank, RingBank):  # every object in one write
+            ious = torch.cat([outputs[i].ious.max(dim=-1).values for i in obj_ids]) if with_quality else None
+            self.bank.write_frame(
+                obj_ids, self.frame_index, tokens, torch.cat([outputs[i].obj_ptr for i in obj_ids]),
+                [outputs[i].conditioning for i in obj_ids], keys,
+                object_scores=object_scores.reshape(-1) if with_quality else None,
+                ious=ious,
+            )  # fmt: skip
+            return
         for row, obj_id in enumerate(obj_ids):
             output = outputs[obj_id]
             self.bank.write(
