@@ -1,8 +1,9 @@
-"""Export the tracking step of a model as five ONNX graphs plus ``manifest.json``.
+"""Export the tracking step of a model as six ONNX graphs plus ``manifest.json``.
 
 The graphs (see `surgsam2.export.graphs`): ``image_encoder.onnx``, ``mask_decoder.onnx``,
 ``memory_attention.onnx`` (fixed memory and pointer slots with validity masks),
-``memory_encoder.onnx``, and ``mask_prompt.onnx`` (a mask prompt's pointer and score). All files
+``memory_encoder.onnx``, ``memory_keys.onnx`` (a written memory's attention keys, which the host
+stores with it) and ``mask_prompt.onnx`` (a mask prompt's pointer and score). All files
 fp32 (each graph's ``precision`` in the manifest); the engine chooses the precision it runs them in
 (``engine_precisions``: ONNX Runtime fp32, OpenVINO fp32 or bf16). B (objects) is a dynamic axis,
 and N (prompt points) of the decoder. The memory policy is the host's (which memories go into the
@@ -29,6 +30,7 @@ from surgsam2.export.graphs import (
     MaskPromptGraph,
     MemoryAttentionGraph,
     MemoryEncoderGraph,
+    MemoryKeysGraph,
     memory_spatial_position,
 )
 from surgsam2.export.manifest import file_sha256, write_manifest
@@ -87,6 +89,7 @@ def example_inputs(
     """Inputs of the right shapes for tracing each graph (values matter only for the tests)."""
     size, grid, hidden = model.image_size, model.config.embedding_size, model.hidden_dim
     tokens, mem_dim = grid * grid, model.mem_dim
+    layers, d_model = model.memory_attention.num_layers, model.memory_attention.d_model
     with torch.no_grad():
         images = torch.randn(1, 3, size, size)
         embedding, position, high_0, high_1 = ImageEncoderGraph(model)(images)
@@ -100,13 +103,14 @@ def example_inputs(
         ),
         "memory_attention": (
             embedding, position, torch.randn(batch, slots.memory_slots, tokens, mem_dim),
-            torch.full((batch, slots.memory_slots), model.num_maskmem - 1, dtype=torch.long),
+            torch.randn(batch, slots.memory_slots, layers, tokens, d_model), torch.full((batch, slots.memory_slots), model.num_maskmem - 1, dtype=torch.long),
             torch.ones(batch, slots.memory_slots, dtype=torch.bool), torch.randn(batch, slots.pointer_slots, hidden),
             torch.arange(1, slots.pointer_slots + 1).repeat(batch, 1), torch.ones(batch, slots.pointer_slots, dtype=torch.bool),
         ),
         "memory_encoder": (
             embedding, torch.randn(batch, 1, 4 * grid, 4 * grid), torch.ones(batch, 1), torch.zeros(batch, dtype=torch.bool),
         ),
+        "memory_keys": (torch.randn(batch, tokens, mem_dim),),
         "mask_prompt": (embedding, high_0, high_1, (torch.rand(batch, 1, size, size) > 0.5).float()),
     }  # fmt: skip
 
@@ -114,11 +118,13 @@ def example_inputs(
 def build_graphs(model: SAM2Model, slots: SlotCounts) -> dict[str, torch.nn.Module]:
     """The exportable parts of ``model`` in eval mode, by graph name (eval on the wrappers
     too: the exporter restores each wrapper's mode afterwards, recursively into the model)."""
+    spatial_pos = memory_spatial_position(model)
     graphs = {
         "image_encoder": ImageEncoderGraph(model),
         "mask_decoder": MaskDecoderGraph(model),
-        "memory_attention": MemoryAttentionGraph(model, memory_spatial_position(model), slots.max_pointers),
+        "memory_attention": MemoryAttentionGraph(model, spatial_pos, slots.max_pointers),
         "memory_encoder": MemoryEncoderGraph(model),
+        "memory_keys": MemoryKeysGraph(model, spatial_pos),
         "mask_prompt": MaskPromptGraph(model),
     }
     return {name: graph.eval() for name, graph in graphs.items()}
@@ -132,8 +138,11 @@ _DYNAMIC = {
     },
     "memory_attention": {
         name: {0: "objects"}
-        for name in ("memory_tokens", "memory_slots", "memory_valid", "pointers", "pointer_offsets", "pointer_valid")
+        for name in (
+            "memory_tokens", "memory_keys", "memory_slots", "memory_valid", "pointers", "pointer_offsets", "pointer_valid",
+        )
     },
+    "memory_keys": {"memory_tokens": {0: "objects"}},
     "memory_encoder": {"low_res_masks": {0: "objects"}, "object_score_logits": {0: "objects"}, "binarize": {0: "objects"}},
     "mask_prompt": {"masks": {0: "objects"}},
 }  # fmt: skip

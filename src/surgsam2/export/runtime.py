@@ -29,7 +29,7 @@ from surgsam2.tracking.prompts import Prompt, prompt_point_arrays, validate_prom
 from surgsam2.tracking.results import FrameResult
 from surgsam2.tracking.stream import StreamTracker
 
-GRAPHS = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "mask_prompt")
+GRAPHS = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "memory_keys", "mask_prompt")
 PREVIOUS_LOGITS_CLAMP = 32.0  # as the torch tracker clamps the tracked mask fed back with clicks
 MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # a mask prompt's logits, as SAM2Model.mask_as_output
 EFP_EPS = 1e-8  # cosine similarity's norm floor, as torch's
@@ -341,6 +341,7 @@ class OnnxTracker(StreamTracker):
         hidden = shapes["pointers"][2]
         inputs = {
             "memory_tokens": np.zeros((batch, slots, tokens, mem_dim), np.float32),
+            "memory_keys": np.zeros((batch, slots, *shapes["memory_keys"][2:]), np.float32),
             "memory_slots": np.full((batch, slots), record["conditioning_temporal_slot"], np.int64),
             "memory_valid": np.zeros((batch, slots), bool),
             "pointers": np.zeros((batch, pointer_slots, hidden), np.float32),
@@ -359,6 +360,7 @@ class OnnxTracker(StreamTracker):
             for position, index in enumerate(kept):
                 stored, slot = layout.memories[index]
                 inputs["memory_tokens"][row, position] = stored.features
+                inputs["memory_keys"][row, position] = stored.keys
                 inputs["memory_slots"][row, position] = slot
                 inputs["memory_valid"][row, position] = True
             for position, (stored, offset) in enumerate(layout.pointers):
@@ -378,7 +380,9 @@ class OnnxTracker(StreamTracker):
         return {obj_id: pix_feat[row : row + 1] for row, obj_id in enumerate(obj_ids + fresh)}
 
     def _remember(self, features: dict[str, np.ndarray], outputs: dict[int, OnnxObjectOutput]) -> None:
-        """Encode every object's memory of this frame in one batch and store it (in bfloat16)."""
+        """Encode every object's memory of this frame in one batch and store it (in bfloat16), with
+        its memory-attention keys (computed once here from the stored tokens, as the torch tracker
+        caches them)."""
         if not outputs:
             return
         obj_ids = self._bank_objects_of(outputs)
@@ -390,9 +394,12 @@ class OnnxTracker(StreamTracker):
         }
         (tokens,) = self.sessions["memory_encoder"].run(inputs)
         tokens = round_to_bfloat16(tokens)
+        (keys,) = self.sessions["memory_keys"].run({"memory_tokens": tokens})
         for row, obj_id in enumerate(obj_ids):
             output = outputs[obj_id]
-            self.bank.write(obj_id, self.frame_index, tokens[row], output.obj_ptr, conditioning=output.conditioning)
+            self.bank.write(
+                obj_id, self.frame_index, tokens[row], output.obj_ptr, conditioning=output.conditioning, keys=keys[row]
+            )
 
     # --- results ------------------------------------------------------------------------------
     def _result(self, outputs: dict[int, OnnxObjectOutput], frame_index: int) -> FrameResult:
