@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import onnxruntime as ort
 
-from onnx_graph_checks import check_all_graphs, memory_case, run_image_encoder, sessions
+from onnx_graph_checks import assert_close, check_all_graphs, memory_case, run_image_encoder, sessions
 from onnx_parity import random_model
 from surgsam2 import __version__
 from surgsam2.export.manifest import load_manifest
@@ -53,6 +54,22 @@ def test_invalid_memory_slots_contribute_nothing(nano_export) -> None:
     assert np.array_equal(first, second)
 
 
+def test_trailing_empty_slots_can_be_left_out(nano_export) -> None:
+    """The slot axis is dynamic: memory attention over the slots some object fills equals memory
+    attention over all the export's slots with the rest invalid (|delta| <= 1e-4 x max(1, |ref|))."""
+    model, _, parts = nano_export
+    slots = SlotCounts.of(model, ExportOptions().conditioning_slots)
+    features = run_image_encoder(model, parts["image_encoder"], seed=6)
+    case = memory_case(model, slots, seed=7)
+    filled = 3
+    case["memory_valid"][:, filled:] = False
+    base = {"image_embedding": features.embedding.numpy(), "image_position": features.position.numpy()}
+    full = parts["memory_attention"].run(None, {**base, **{k: v.numpy() for k, v in case.items()}})[0]
+    trimmed_case = {k: (v[:, :filled] if k.startswith("memory_") else v) for k, v in case.items()}
+    trimmed = parts["memory_attention"].run(None, {**base, **{k: v.numpy() for k, v in trimmed_case.items()}})[0]
+    assert_close(f"memory_attention over {filled} of {slots.memory_slots} slots", trimmed, torch.from_numpy(full))
+
+
 def test_manifest_records_the_export(nano_export) -> None:
     model, folder, _ = nano_export
     manifest = load_manifest(folder, model="nano", image_size=256)
@@ -61,9 +78,10 @@ def test_manifest_records_the_export(nano_export) -> None:
     assert manifest["normalisation"]["mean"] == [0.485, 0.456, 0.406]
     attention = manifest["graphs"]["memory_attention"]
     assert [i["name"] for i in attention["inputs"]][2:6] == ["memory_tokens", "memory_keys", "memory_slots", "memory_valid"]
-    assert attention["inputs"][2]["shape"][1:] == [manifest["memory"]["memory_slots"], 256, model.mem_dim]
+    assert manifest["memory"]["memory_slots"] == 4 + model.num_maskmem - 1  # the most the host may pass
+    assert attention["inputs"][2]["shape"][1:] == ["slots", 256, model.mem_dim]
     layers = model.memory_attention.num_layers
-    assert attention["inputs"][3]["shape"][1:] == [manifest["memory"]["memory_slots"], layers, 256, model.hidden_dim]
+    assert attention["inputs"][3]["shape"][1:] == ["slots", layers, 256, model.hidden_dim]
     keys = manifest["graphs"]["memory_keys"]
     assert [i["name"] for i in keys["inputs"]] == ["memory_tokens"] and [o["name"] for o in keys["outputs"]] == ["memory_keys"]
     assert len(keys["outputs"][0]["shape"]) == 4  # (objects, layers, tokens, d_model)

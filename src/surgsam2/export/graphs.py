@@ -3,8 +3,8 @@
 Each wraps our model's own parts (`SAM2Model.encode_image`, the prompt encoder and mask decoder,
 the memory attention layers and the keys they read of a stored memory, `SAM2Model.encode_memory`)
 so that ``torch.onnx.export`` can trace it:
-no Python objects, no complex numbers, static shapes except the object batch B and the number of
-prompt points N. The tests check each against the torch part it stands for.
+no Python objects, no complex numbers, static shapes except the object batch B, the number of
+prompt points N and the number of memory slots S (bounded by the export). The tests check each against the torch part it stands for.
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ class MemoryKeysGraph(RopeGraph):
 
 
 class MemoryAttentionGraph(RopeGraph):
-    """Memory attention over a FIXED number of memory slots and pointer slots with validity masks.
+    """Memory attention over memory slots (at most the export's number) and a fixed number of pointer
+    slots, with validity masks.
 
     Inputs: the frame's embedding and position (batch 1); per object B: ``memory_tokens``
     (B, S, T, mem_dim) memory-encoder tokens in S slots (the attention's values), ``memory_keys``

@@ -1,12 +1,13 @@
 """Export the tracking step of a model as six ONNX graphs plus ``manifest.json``.
 
 The graphs (see `surgsam2.export.graphs`): ``image_encoder.onnx``, ``mask_decoder.onnx``,
-``memory_attention.onnx`` (fixed memory and pointer slots with validity masks),
+``memory_attention.onnx`` (memory slots up to a bound, fixed pointer slots, validity masks),
 ``memory_encoder.onnx``, ``memory_keys.onnx`` (a written memory's attention keys, which the host
 stores with it) and ``mask_prompt.onnx`` (a mask prompt's pointer and score). All files
 fp32 (each graph's ``precision`` in the manifest); the engine chooses the precision it runs them in
 (``engine_precisions``: ONNX Runtime fp32, OpenVINO fp32 or bf16). B (objects) is a dynamic axis,
-and N (prompt points) of the decoder. The memory policy is the host's (which memories go into the
+N (prompt points) of the decoder and S (memory slots, at most the manifest's ``memory_slots``) of
+memory attention. The memory policy is the host's (which memories go into the
 slots); the manifest records it and its parameters.
 """
 
@@ -60,7 +61,7 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class SlotCounts:
-    """The fixed memory-attention shapes: S memory slots, P pointer slots."""
+    """Memory attention's slot counts: at most S memory slots, P pointer slots."""
 
     memory_slots: int
     pointer_slots: int
@@ -130,17 +131,17 @@ def build_graphs(model: SAM2Model, slots: SlotCounts) -> dict[str, torch.nn.Modu
     return {name: graph.eval() for name, graph in graphs.items()}
 
 
-# Dynamic axes: the object batch everywhere it appears, and the decoder's number of points.
+# Dynamic axes: the object batch everywhere it appears, the decoder's number of points, and memory
+# attention's number of memory slots (at most SlotCounts.memory_slots: the host passes as many as
+# the batch's fullest object fills).
 _DYNAMIC = {
     "mask_decoder": {
         "pix_feat": {0: "objects"}, "point_coords": {0: "objects", 1: "points"}, "point_labels": {0: "objects", 1: "points"},
         "mask_input": {0: "objects"}, "has_mask": {0: "objects"}, "multimask": {0: "objects"},
     },
     "memory_attention": {
-        name: {0: "objects"}
-        for name in (
-            "memory_tokens", "memory_keys", "memory_slots", "memory_valid", "pointers", "pointer_offsets", "pointer_valid",
-        )
+        **{name: {0: "objects", 1: "slots"} for name in ("memory_tokens", "memory_keys", "memory_slots", "memory_valid")},
+        **{name: {0: "objects"} for name in ("pointers", "pointer_offsets", "pointer_valid")},
     },
     "memory_keys": {"memory_tokens": {0: "objects"}},
     "memory_encoder": {"low_res_masks": {0: "objects"}, "object_score_logits": {0: "objects"}, "binarize": {0: "objects"}},
