@@ -46,7 +46,7 @@ demo: $(STAMP)
 	$(VENV)/bin/surgsam2 demo --out $(DEMO_OUT)
 
 test: $(TEST_STAMP) $(ONNX_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 clean:
 	rm -rf $(VENV) $(ONNX_VENV) outputs .pytest_cache

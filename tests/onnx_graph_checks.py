@@ -34,7 +34,7 @@ def assert_close(name: str, got: np.ndarray, ref: torch.Tensor) -> None:
 def sessions(folder: Path) -> dict[str, ort.InferenceSession]:
     return {
         name: ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-        for name in ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder")
+        for name in ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "memory_keys")
     }
 
 
@@ -83,7 +83,10 @@ def check_decoder(model: SAM2Model, session: ort.InferenceSession, features: Ima
 
 
 def memory_case(model: SAM2Model, slots: SlotCounts, seed: int) -> dict[str, torch.Tensor]:
-    """Three objects: some slots invalid (filled with large garbage), all valid, none valid."""
+    """Three objects: some slots invalid (filled with large garbage), all valid, none valid; each
+    slot's keys as the torch tracker caches them (`MemoryAttention.rotated_spatial_keys`)."""
+    from surgsam2.export.graphs import memory_spatial_position
+
     generator = torch.Generator().manual_seed(seed)
     tokens = model.config.embedding_size**2
     batch, num_slots, num_pointers = 3, slots.memory_slots, slots.pointer_slots
@@ -97,8 +100,11 @@ def memory_case(model: SAM2Model, slots: SlotCounts, seed: int) -> dict[str, tor
     features[~memory_valid] = 1e3
     pointers = torch.randn(batch, num_pointers, model.hidden_dim, generator=generator)
     pointers[~pointer_valid] = -1e3
+    with torch.no_grad():
+        keys = model.memory_attention.rotated_spatial_keys(features.flatten(0, 1), memory_spatial_position(model))
     return {
         "memory_tokens": features,
+        "memory_keys": keys.reshape(batch, num_slots, *keys.shape[1:]),
         "memory_slots": torch.randint(0, model.num_maskmem, (batch, num_slots), generator=generator),
         "memory_valid": memory_valid,
         "pointers": pointers,
@@ -156,12 +162,28 @@ def check_memory_encoder(model: SAM2Model, session: ort.InferenceSession, featur
     assert_close("memory_encoder.memory_tokens", got, ref.flatten(2).transpose(1, 2))
 
 
+def check_memory_keys(model: SAM2Model, session: ort.InferenceSession) -> None:
+    """Two memories' keys (bfloat16-rounded tokens, as the bank stores them) against the keys the
+    torch tracker caches (`MemoryAttention.rotated_spatial_keys`)."""
+    from surgsam2.export.graphs import memory_spatial_position
+
+    generator = torch.Generator().manual_seed(4)
+    tokens = torch.randn(2, model.config.embedding_size**2, model.mem_dim, generator=generator)
+    tokens = tokens.to(torch.bfloat16).float()
+    (got,) = session.run(None, {"memory_tokens": tokens.numpy()})
+    with torch.no_grad():
+        ref = model.memory_attention.rotated_spatial_keys(tokens, memory_spatial_position(model))
+    assert_close("memory_keys.memory_keys", got, ref)
+
+
 def check_all_graphs(model: SAM2Model, folder: Path, label: str) -> None:
-    """The image encoder, decoder, memory attention and memory encoder graphs of an export."""
+    """The image encoder, decoder, memory attention, memory encoder and memory keys graphs of an
+    export (the mask prompt's is checked through the trackers)."""
     start = time.perf_counter()
     parts = sessions(folder)
     features = run_image_encoder(model, parts["image_encoder"], seed=0)
     check_decoder(model, parts["mask_decoder"], features)
     check_memory_attention(model, parts["memory_attention"], features)
     check_memory_encoder(model, parts["memory_encoder"], features)
-    print(f"{label}: four graphs checked in {time.perf_counter() - start:.1f} s")
+    check_memory_keys(model, parts["memory_keys"])
+    print(f"{label}: five graphs checked in {time.perf_counter() - start:.1f} s")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import onnxruntime as ort
 
-from onnx_graph_checks import check_all_graphs, memory_case, run_image_encoder, sessions
+from onnx_graph_checks import assert_close, check_all_graphs, memory_case, run_image_encoder, sessions
 from onnx_parity import random_model
 from surgsam2 import __version__
 from surgsam2.export.manifest import load_manifest
@@ -46,10 +47,27 @@ def test_invalid_memory_slots_contribute_nothing(nano_export) -> None:
     base = {"image_embedding": features.embedding.numpy(), "image_position": features.position.numpy()}
     first = parts["memory_attention"].run(None, {**base, **{k: v.numpy() for k, v in case.items()}})[0]
     case["memory_tokens"][~case["memory_valid"]] = -7.0
+    case["memory_keys"][~case["memory_valid"]] = 5.0
     case["pointers"][~case["pointer_valid"]] = 3.0
     case["pointer_offsets"][~case["pointer_valid"]] = 0
     second = parts["memory_attention"].run(None, {**base, **{k: v.numpy() for k, v in case.items()}})[0]
     assert np.array_equal(first, second)
+
+
+def test_trailing_empty_slots_can_be_left_out(nano_export) -> None:
+    """The slot axis is dynamic: memory attention over the slots some object fills equals memory
+    attention over all the export's slots with the rest invalid (|delta| <= 1e-4 x max(1, |ref|))."""
+    model, _, parts = nano_export
+    slots = SlotCounts.of(model, ExportOptions().conditioning_slots)
+    features = run_image_encoder(model, parts["image_encoder"], seed=6)
+    case = memory_case(model, slots, seed=7)
+    filled = 3
+    case["memory_valid"][:, filled:] = False
+    base = {"image_embedding": features.embedding.numpy(), "image_position": features.position.numpy()}
+    full = parts["memory_attention"].run(None, {**base, **{k: v.numpy() for k, v in case.items()}})[0]
+    trimmed_case = {k: (v[:, :filled] if k.startswith("memory_") else v) for k, v in case.items()}
+    trimmed = parts["memory_attention"].run(None, {**base, **{k: v.numpy() for k, v in trimmed_case.items()}})[0]
+    assert_close(f"memory_attention over {filled} of {slots.memory_slots} slots", trimmed, torch.from_numpy(full))
 
 
 def test_manifest_records_the_export(nano_export) -> None:
@@ -59,8 +77,14 @@ def test_manifest_records_the_export(nano_export) -> None:
     assert manifest["memory"]["policy"] == "efp" and manifest["memory"]["memory_slots"] == 4 + model.num_maskmem - 1
     assert manifest["normalisation"]["mean"] == [0.485, 0.456, 0.406]
     attention = manifest["graphs"]["memory_attention"]
-    assert [i["name"] for i in attention["inputs"]][2:5] == ["memory_tokens", "memory_slots", "memory_valid"]
-    assert attention["inputs"][2]["shape"][1:] == [manifest["memory"]["memory_slots"], 256, model.mem_dim]
+    assert [i["name"] for i in attention["inputs"]][2:6] == ["memory_tokens", "memory_keys", "memory_slots", "memory_valid"]
+    assert manifest["memory"]["memory_slots"] == 4 + model.num_maskmem - 1  # the most the host may pass
+    assert attention["inputs"][2]["shape"][1:] == ["slots", 256, model.mem_dim]
+    layers = model.memory_attention.num_layers
+    assert attention["inputs"][3]["shape"][1:] == ["slots", layers, 256, model.hidden_dim]
+    keys = manifest["graphs"]["memory_keys"]
+    assert [i["name"] for i in keys["inputs"]] == ["memory_tokens"] and [o["name"] for o in keys["outputs"]] == ["memory_keys"]
+    assert len(keys["outputs"][0]["shape"]) == 4  # (objects, layers, tokens, d_model)
     assert all(graph["precision"] == "fp32" for graph in manifest["graphs"].values())
 
 
@@ -73,7 +97,7 @@ def copy_export(source: Path, target: Path) -> Path:
 
 def test_manifest_refuses_altered_missing_or_foreign_exports(nano_export, tmp_path: Path) -> None:
     """A changed or missing graph file, another package version (also when the runtime opens it),
-    another model, image size or config, no manifest: one-line errors."""
+    an older manifest format, another model, image size or config, no manifest: one-line errors."""
     _, folder, _ = nano_export
     altered = copy_export(folder, tmp_path / "altered")
     with open(altered / "mask_decoder.onnx", "ab") as handle:
@@ -92,6 +116,12 @@ def test_manifest_refuses_altered_missing_or_foreign_exports(nano_export, tmp_pa
         load_manifest(other_version)
     with pytest.raises(ValueError, match="exported by surgsam2 0.0.1, this is"):
         OnnxTracker(other_version)  # the runtime opens only its own version's exports
+    old_format = copy_export(folder, tmp_path / "format")
+    manifest = json.loads((old_format / "manifest.json").read_text())
+    manifest["format_version"] = 1  # memory attention recomputing every memory's keys
+    (old_format / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="manifest format 1, this surgsam2 reads format 2; export again"):
+        OnnxTracker(old_format)
     config = dict(load_manifest(folder)["model"]["config"])
     config["num_maskmem"] += 1
     with pytest.raises(ValueError, match=r"another model config \(differs in num_maskmem\)"):
@@ -102,7 +132,7 @@ def test_manifest_refuses_altered_missing_or_foreign_exports(nano_export, tmp_pa
         load_manifest(folder, image_size=512)
     with pytest.raises(FileNotFoundError, match="no ONNX export manifest"):
         load_manifest(tmp_path)
-    for error_path in (altered, missing, other_version):
+    for error_path in (altered, missing, other_version, old_format):
         with pytest.raises((ValueError, FileNotFoundError)) as caught:
             load_manifest(error_path)
         assert "\n" not in str(caught.value)

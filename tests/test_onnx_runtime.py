@@ -46,6 +46,17 @@ def nano_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[SAM2Model, Pa
     return model, folder
 
 
+@pytest.fixture(scope="module")
+def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[SAM2Model, Path]:
+    """The shipped nano and its export, shared by the demo-clip and `segment --engine onnx` tests."""
+    from surgsam2.model.checkpoint import load_model
+
+    model = load_model("nano", device="cpu")
+    folder = tmp_path_factory.mktemp("shipped_nano_onnx")
+    export_onnx(model, folder, ExportOptions())
+    return model, folder
+
+
 def test_efp_select_matches_policy() -> None:
     """numpy EFP picks the same memories as `EfpPolicy.select` (random tensors, ties included)."""
     generator = torch.Generator().manual_seed(0)
@@ -86,17 +97,14 @@ def test_video_parity_with_torch_tracker(nano_records, memory: str) -> None:
     assert_parity(nano_records[memory], f"nano 256 {memory}")
 
 
-def test_shipped_nano_demo_clip_jf(tmp_path: Path) -> None:
+def test_shipped_nano_demo_clip_jf(shipped_export: tuple[SAM2Model, Path]) -> None:
     """The shipped nano on the `make demo` clip: J&F of the torch and ONNX engines within 0.1."""
-    from surgsam2.model.checkpoint import load_model
-
-    model = load_model("nano", device="cpu")
-    export_onnx(model, tmp_path, ExportOptions())
+    model, folder = shipped_export
     frames, id_maps = synthetic_clip(60, (320, 256), seed=video_seed(DEMO_SEED, 0))
     ids = [int(i) for i in np.unique(id_maps[0]) if i != 0]
     prompts = {obj_id: Prompt(mask=id_maps[0] == obj_id) for obj_id in ids}
     scores = {}
-    for engine, tracker in (("torch", Tracker(model, num_frames=60)), ("onnx", OnnxTracker(tmp_path, num_frames=60))):
+    for engine, tracker in (("torch", Tracker(model, num_frames=60)), ("onnx", OnnxTracker(folder, num_frames=60))):
         values = []
         for index, frame in enumerate(frames):
             result = tracker.step(frame, prompts if index == 0 else None)
@@ -131,24 +139,22 @@ print("torch-free ok", tracker.object_ids)
     assert "torch-free ok [1, 2]" in done.stdout
 
 
-def test_segment_command_onnx_engine(tmp_path: Path) -> None:
+def test_segment_command_onnx_engine(shipped_export: tuple[SAM2Model, Path], tmp_path: Path) -> None:
     """`surgsam2 segment --engine onnx --onnx-dir DIR` writes the torch engine's masks (IoU >= 0.999)."""
     from PIL import Image
 
     from surgsam2.cli import main
     from surgsam2.data.masks import read_mask, write_mask
-    from surgsam2.model.checkpoint import load_model
 
     frames, id_maps = synthetic_clip(12, (320, 256), seed=video_seed(DEMO_SEED, 0))
     (tmp_path / "clip").mkdir()
     for index, frame in enumerate(frames):
         Image.fromarray(frame).save(tmp_path / "clip" / f"{index:05d}.png")
     write_mask(tmp_path / "prompt.png", id_maps[0])
-    (tmp_path / "onnx").mkdir()
-    export_onnx(load_model("nano", device="cpu"), tmp_path / "onnx", ExportOptions())
+    _, folder = shipped_export
     common = [str(tmp_path / "clip"), "--prompt-mask", str(tmp_path / "prompt.png"), "--quiet"]
     assert main(["segment", *common, "--out", str(tmp_path / "torch")]) == 0
-    assert main(["segment", *common, "--out", str(tmp_path / "onnx_out"), "--engine", "onnx", "--onnx-dir", str(tmp_path / "onnx")]) == 0
+    assert main(["segment", *common, "--out", str(tmp_path / "onnx_out"), "--engine", "onnx", "--onnx-dir", str(folder)]) == 0
     worst = 1.0
     for index in range(len(frames)):
         expected = read_mask(tmp_path / "torch" / "clip" / f"{index:05d}.png")

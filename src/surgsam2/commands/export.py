@@ -1,5 +1,6 @@
 """Export the tracking step as ONNX graphs (image encoder + neck, prompt encoder + mask decoder,
-memory attention over fixed memory/pointer slots with validity masks, memory encoder) and a
+memory attention over bounded memory slots and fixed pointer slots with validity masks, memory
+encoder, the attention keys of a written memory, a mask prompt's pointer) and a
 manifest.json with the model config, normalisation, memory policy, graph signatures and checksums.
 The output folder is written whole or not at all, and never over a folder we did not write.
 """

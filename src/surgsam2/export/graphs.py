@@ -1,14 +1,16 @@
-"""The five exportable parts of the tracking step, as modules with tensor-only inputs and outputs.
+"""The six exportable parts of the tracking step, as modules with tensor-only inputs and outputs.
 
 Each wraps our model's own parts (`SAM2Model.encode_image`, the prompt encoder and mask decoder,
-the memory attention layers, `SAM2Model.encode_memory`) so that ``torch.onnx.export`` can trace it:
-no Python objects, no complex numbers, static shapes except the object batch B and the number of
-prompt points N. The tests check each against the torch part it stands for.
+the memory attention layers and the keys they read of a stored memory, `SAM2Model.encode_memory`)
+so that ``torch.onnx.export`` can trace it:
+no Python objects, no complex numbers, static shapes except the object batch B, the number of
+prompt points N and the number of memory slots S (bounded by the export). The tests check each against the torch part it stands for.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from surgsam2.model.attention import RoPEAttention
@@ -111,22 +113,70 @@ class MaskDecoderGraph(PartGraph):
         return low_res_masks, iou, obj_ptr, scores, candidates, candidate_ious
 
 
-class MemoryAttentionGraph(PartGraph):
-    """Memory attention over a FIXED number of memory slots and pointer slots with validity masks.
+def check_cached_keys(model: SAM2Model) -> None:
+    """ValueError unless every memory-attention layer adds the memory's position encoding to its
+    cross-attention keys: what lets a stored memory's keys be computed once (`MemoryKeysGraph`)."""
+    if not all(layer.pos_enc_at_cross_attn_keys for layer in model.memory_attention.layers):
+        raise ValueError(f"model {model.config.name!r}: memory keys without position encoding are not exportable")
+
+
+class RopeGraph(PartGraph):
+    """A part that rotates by the memory grid's RoPE tables (T tokens, real cos/sin buffers)."""
+
+    def __init__(self, model: SAM2Model, spatial_pos: torch.Tensor) -> None:
+        """``spatial_pos`` (T, mem_dim): the memory encoder's position encoding of one frame's tokens."""
+        super().__init__(model)
+        check_cached_keys(model)
+        self.register_buffer("spatial_pos", spatial_pos.detach().clone(), persistent=False)
+        first = model.memory_attention.layers[0].self_attn
+        cos, sin, _ = first.rope_tables(spatial_pos.shape[0], spatial_pos.device)
+        self.register_buffer("rope_cos", cos.clone(), persistent=False)
+        self.register_buffer("rope_sin", sin.clone(), persistent=False)
+
+    def rotated_keys(self, attention: RoPEAttention, keys_in: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """`RoPEAttention.rotated_keys` with the real rotation: (B, T, kv_in_dim) -> (B, T, d)."""
+        projected = F.linear(keys_in, attention.k_proj.weight, attention.k_proj.bias if bias else None)
+        rotated = apply_rope(attention.split_heads(projected), self.rope_cos, self.rope_sin)
+        return attention.merge_heads(rotated)
+
+
+class MemoryKeysGraph(RopeGraph):
+    """Every memory-attention layer's keys of B memories, computed once when they are written, as
+    the torch tracker caches them (`MemoryAttention.rotated_spatial_keys`): the key projection of
+    the tokens plus their spatial encoding, rotated over the grid; the temporal-slot term is added
+    by `MemoryAttentionGraph`. Input: memory tokens (B, T, mem_dim) as the bank stores them.
+    Output: ``memory_keys`` (B, num_layers, T, d_model)."""
+
+    input_names = ("memory_tokens",)
+    output_names = ("memory_keys",)
+
+    def forward(self, memory_tokens: torch.Tensor) -> torch.Tensor:
+        keys_in = memory_tokens + self.spatial_pos
+        layers = self.model.memory_attention.layers
+        return torch.stack([self.rotated_keys(layer.cross_attn_image, keys_in) for layer in layers], dim=1)
+
+
+class MemoryAttentionGraph(RopeGraph):
+    """Memory attention over memory slots (at most the export's number) and a fixed number of pointer
+    slots, with validity masks.
 
     Inputs: the frame's embedding and position (batch 1); per object B: ``memory_tokens``
-    (B, S, T, mem_dim) memory-encoder tokens in S slots, ``memory_slots`` (B, S) int64 index of
-    each slot's temporal encoding (num_maskmem - 1 for conditioning frames, as `MemoryBank.layout`
-    gives), ``memory_valid`` (B, S) bool; ``pointers`` (B, P, C) with signed frame offsets
-    ``pointer_offsets`` (B, P) int64 and ``pointer_valid`` (B, P) bool. Tokens of invalid slots get
-    INVALID_SCORE on their attention scores, so they contribute nothing: the result equals memory
-    attention over the valid memories only. An object with no valid slot gets the image embedding
-    plus the 'no memory' embedding (`features_without_memory`, a new object's features).
-    Output: ``pix_feat`` (B, C, h, w). RoPE uses the real cos/sin formula (no complex numbers).
+    (B, S, T, mem_dim) memory-encoder tokens in S slots (the attention's values), ``memory_keys``
+    (B, S, num_layers, T, d_model) their keys from `MemoryKeysGraph` (computed once per stored
+    memory), ``memory_slots`` (B, S) int64 index of each slot's temporal encoding (num_maskmem - 1
+    for conditioning frames, as `MemoryBank.layout` gives), ``memory_valid`` (B, S) bool;
+    ``pointers`` (B, P, C) with signed frame offsets ``pointer_offsets`` (B, P) int64 and
+    ``pointer_valid`` (B, P) bool. A slot's keys are its memory's keys plus its temporal slot's
+    rotated key term (the key projection is linear: `MemoryAttention.rotated_temporal_keys`).
+    Tokens of invalid slots get INVALID_SCORE on their attention scores, so they contribute
+    nothing: the result equals memory attention over the valid memories only. An object with no
+    valid slot gets the image embedding plus the 'no memory' embedding (`features_without_memory`,
+    a new object's features). Output: ``pix_feat`` (B, C, h, w). RoPE uses the real cos/sin
+    formula (no complex numbers).
     """
 
     input_names = (
-        "image_embedding", "image_position", "memory_tokens", "memory_slots", "memory_valid",
+        "image_embedding", "image_position", "memory_tokens", "memory_keys", "memory_slots", "memory_valid",
         "pointers", "pointer_offsets", "pointer_valid",
     )  # fmt: skip
     output_names = ("pix_feat",)
@@ -135,61 +185,75 @@ class MemoryAttentionGraph(PartGraph):
         """``spatial_pos`` (T, mem_dim): the memory encoder's position encoding of one frame's
         tokens; ``max_pointers``: the pointer window scaling pointer offsets (streaming:
         max_obj_ptrs_in_encoder)."""
-        super().__init__(model)
+        super().__init__(model, spatial_pos)
         self.max_pointers = max_pointers
-        self.register_buffer("spatial_pos", spatial_pos.detach().clone(), persistent=False)
-        first = model.memory_attention.layers[0].self_attn
-        cos, sin, _ = first.rope_tables(spatial_pos.shape[0], spatial_pos.device)
-        self.register_buffer("rope_cos", cos.clone(), persistent=False)
-        self.register_buffer("rope_sin", sin.clone(), persistent=False)
+        # Each temporal slot's projected key term (num_layers, num_maskmem, d) and the same with the
+        # channels of each rotation pair swapped; with the tables spread over d channels, the term
+        # rotated at grid token t is term * cos_d[t] + swapped * sin_d[t] (`_temporal_keys`).
+        temporal = model.maskmem_tpos_enc.view(model.num_maskmem, -1).detach()
+        layers = model.memory_attention.layers
+        terms = torch.stack([F.linear(temporal, layer.cross_attn_image.k_proj.weight) for layer in layers]).detach()
+        self.register_buffer("temporal_terms", terms.clone(), persistent=False)
+        swapped = terms.reshape(*terms.shape[:-1], -1, 2).flip(-1).reshape(terms.shape)
+        self.register_buffer("temporal_terms_swapped", swapped.clone(), persistent=False)
+        heads = layers[0].cross_attn_image.num_heads
+        self.register_buffer("rope_cos_d", self.rope_cos.repeat_interleave(2, dim=-1).repeat(1, heads), persistent=False)
+        signed_sin = torch.stack((-self.rope_sin, self.rope_sin), dim=-1).flatten(-2)
+        self.register_buffer("rope_sin_d", signed_sin.repeat(1, heads), persistent=False)
 
-    def _rope_attention(
+    def _temporal_keys(self, layer_index: int, memory_slots: torch.Tensor) -> torch.Tensor:
+        """The rotated key term of each slot's temporal encoding: (B, S) -> (B, S, T, d)."""
+        term = self.temporal_terms[layer_index][memory_slots][:, :, None, :]
+        swapped = self.temporal_terms_swapped[layer_index][memory_slots][:, :, None, :]
+        return term * self.rope_cos_d + swapped * self.rope_sin_d
+
+    def _attention(
         self, attention: RoPEAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-        num_k_exclude_rope: int, score_bias: torch.Tensor | None,
+        score_bias: torch.Tensor | None,
     ) -> torch.Tensor:  # fmt: skip
-        """`RoPEAttention.forward` with the real rotation and an additive score bias (B, 1, 1, Nk)."""
-        q = attention.split_heads(attention.q_proj(q))
-        k = attention.split_heads(attention.k_proj(k))
-        v = attention.split_heads(attention.v_proj(v))
+        """Heads of queries (rotated here), keys (already rotated) and values -> projected output,
+        with an additive score bias (B, 1, 1, Nk)."""
         q = apply_rope(q, self.rope_cos, self.rope_sin)
-        num_k_rope = k.shape[-2] - num_k_exclude_rope
-        k_rope = apply_rope(k[:, :, :num_k_rope], self.rope_cos, self.rope_sin)
-        k = torch.cat([k_rope, k[:, :, num_k_rope:]], dim=2) if num_k_exclude_rope else k_rope
         scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
         if score_bias is not None:
             scores = scores + score_bias
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
         return attention.out_proj(attention.merge_heads(out))
 
+    def _self_attention(self, attention: RoPEAttention, q_and_k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """`RoPEAttention.forward` over the frame's own tokens."""
+        k = apply_rope(attention.split_heads(attention.k_proj(q_and_k)), self.rope_cos, self.rope_sin)
+        q, v = attention.split_heads(attention.q_proj(q_and_k)), attention.split_heads(attention.v_proj(v))
+        return self._attention(attention, q, k, v, None)
+
     def _memory(
-        self, memory_tokens: torch.Tensor, memory_slots: torch.Tensor, memory_valid: torch.Tensor,
-        pointers: torch.Tensor, pointer_offsets: torch.Tensor, pointer_valid: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:  # fmt: skip
-        """Batch-first memory (B, L, mem_dim), its encodings, the score bias (B, 1, 1, L) and the
-        number of pointer tokens, laid out as `memory.assembly.memory_tokens` does."""
+        self, memory_tokens: torch.Tensor, memory_valid: torch.Tensor, pointers: torch.Tensor,
+        pointer_offsets: torch.Tensor, pointer_valid: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Batch-first memory (B, L, mem_dim) (the values), the pointer tokens with their encoding
+        (B, Lp, mem_dim) (the pointer rows' keys) and the score bias (B, 1, 1, L), laid out as
+        `memory.assembly.memory_tokens` does."""
         model = self.model
         batch, slots, tokens, channels = memory_tokens.shape
         num_pointers = pointers.shape[1]
-        temporal = model.maskmem_tpos_enc.view(model.num_maskmem, channels)[memory_slots]  # (B, S, C)
-        memory = memory_tokens.reshape(batch, slots * tokens, channels)
-        memory_pos = (self.spatial_pos[None, None] + temporal[:, :, None, :]).reshape(batch, slots * tokens, channels)
         pointer_pos = model.pointer_position_encoding(pointer_offsets.reshape(-1), self.max_pointers)
         pointer_pos = pointer_pos.reshape(batch, num_pointers, channels)
         pointer_tokens, pointer_token_pos = model.pointer_tokens(pointers.transpose(0, 1), pointer_pos.transpose(0, 1))
+        pointer_tokens, pointer_token_pos = pointer_tokens.transpose(0, 1), pointer_token_pos.transpose(0, 1)
         splits = pointers.shape[-1] // channels
         valid = torch.cat(
             [memory_valid.repeat_interleave(tokens, dim=1), pointer_valid.repeat_interleave(splits, dim=1)], dim=1
         )
-        bias = torch.where(valid, 0.0, INVALID_SCORE).to(memory.dtype)[:, None, None, :]
-        memory = torch.cat([memory, pointer_tokens.transpose(0, 1)], dim=1)
-        memory_pos = torch.cat([memory_pos, pointer_token_pos.transpose(0, 1)], dim=1)
-        return memory, memory_pos, bias, num_pointers * splits
+        bias = torch.where(valid, 0.0, INVALID_SCORE).to(memory_tokens.dtype)[:, None, None, :]
+        memory = torch.cat([memory_tokens.reshape(batch, slots * tokens, channels), pointer_tokens], dim=1)
+        return memory, pointer_tokens + pointer_token_pos, bias
 
     def forward(
         self,
         image_embedding: torch.Tensor,
         image_position: torch.Tensor,
         memory_tokens: torch.Tensor,
+        memory_keys: torch.Tensor,
         memory_slots: torch.Tensor,
         memory_valid: torch.Tensor,
         pointers: torch.Tensor,
@@ -197,27 +261,29 @@ class MemoryAttentionGraph(PartGraph):
         pointer_valid: torch.Tensor,
     ) -> torch.Tensor:
         model, stack = self.model, self.model.memory_attention
-        batch = memory_tokens.shape[0]
+        batch, slots, tokens, _ = memory_tokens.shape
         _, channels, height, width = image_embedding.shape
-        memory, memory_pos, bias, num_pointer_tokens = self._memory(
-            memory_tokens, memory_slots, memory_valid, pointers, pointer_offsets, pointer_valid
-        )
-        memory_with_pos = memory + memory_pos
+        memory, pointer_keys_in, bias = self._memory(memory_tokens, memory_valid, pointers, pointer_offsets, pointer_valid)
         query_pos = image_position.flatten(2).transpose(1, 2)  # (1, HW, C)
         output = image_embedding.flatten(2).transpose(1, 2)
         if stack.pos_enc_at_input:
             output = output + 0.1 * query_pos
-        for layer in stack.layers:
+        for index, layer in enumerate(stack.layers):
             normed = layer.norm1(output)
             q_and_k = normed + query_pos if layer.pos_enc_at_attn else normed
-            output = output + self._rope_attention(layer.self_attn, q_and_k, q_and_k, normed, 0, None)
+            output = output + self._self_attention(layer.self_attn, q_and_k, normed)
             output = output.expand(batch, -1, -1)
             normed = layer.norm2(output)
             queries = normed + query_pos if layer.pos_enc_at_cross_attn_queries else normed
-            keys = memory_with_pos if layer.pos_enc_at_cross_attn_keys else memory
-            output = output + self._rope_attention(
-                layer.cross_attn_image, queries, keys, memory, num_pointer_tokens, bias
+            attention = layer.cross_attn_image
+            spatial_keys = (memory_keys[:, :, index] + self._temporal_keys(index, memory_slots)).reshape(
+                batch, slots * tokens, -1
             )
+            keys = torch.cat([spatial_keys, attention.k_proj(pointer_keys_in)], dim=1)
+            output = output + self._attention(
+                attention, attention.split_heads(attention.q_proj(queries)), attention.split_heads(keys),
+                attention.split_heads(attention.v_proj(memory)), bias,
+            )  # fmt: skip
             output = layer.feed_forward(output)
         fused = stack.norm(output).transpose(1, 2).reshape(batch, channels, height, width)
         without_memory = image_embedding + model.no_mem_embed.view(1, -1, 1, 1)
@@ -285,6 +351,7 @@ __all__ = [
     "MaskDecoderGraph",
     "MemoryAttentionGraph",
     "MemoryEncoderGraph",
+    "MemoryKeysGraph",
     "MaskPromptGraph",
     "memory_spatial_position",
     "INVALID_SCORE",

@@ -19,7 +19,8 @@ from surgsam2 import __version__
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "surgsam2-onnx"
-MANIFEST_VERSION = 1
+# 2: memory attention reads each memory's keys, computed once by the memory_keys graph.
+MANIFEST_VERSION = 2
 
 
 def file_sha256(path: Path) -> str:
@@ -51,7 +52,8 @@ def _read(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a surgsam2 ONNX manifest")
     if manifest.get("format_version") != MANIFEST_VERSION:
         raise ValueError(
-            f"{path}: manifest format {manifest.get('format_version')!r}, this surgsam2 reads {MANIFEST_VERSION}"
+            f"{path}: manifest format {manifest.get('format_version')!r}, this surgsam2 reads format"
+            f" {MANIFEST_VERSION}; export again"
         )
     return manifest
 

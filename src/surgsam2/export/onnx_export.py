@@ -1,11 +1,13 @@
-"""Export the tracking step of a model as five ONNX graphs plus ``manifest.json``.
+"""Export the tracking step of a model as six ONNX graphs plus ``manifest.json``.
 
 The graphs (see `surgsam2.export.graphs`): ``image_encoder.onnx``, ``mask_decoder.onnx``,
-``memory_attention.onnx`` (fixed memory and pointer slots with validity masks),
-``memory_encoder.onnx``, and ``mask_prompt.onnx`` (a mask prompt's pointer and score). All files
+``memory_attention.onnx`` (memory slots up to a bound, fixed pointer slots, validity masks),
+``memory_encoder.onnx``, ``memory_keys.onnx`` (a written memory's attention keys, which the host
+stores with it) and ``mask_prompt.onnx`` (a mask prompt's pointer and score). All files
 fp32 (each graph's ``precision`` in the manifest); the engine chooses the precision it runs them in
 (``engine_precisions``: ONNX Runtime fp32, OpenVINO fp32 or bf16). B (objects) is a dynamic axis,
-and N (prompt points) of the decoder. The memory policy is the host's (which memories go into the
+N (prompt points) of the decoder and S (memory slots, at most the manifest's ``memory_slots``) of
+memory attention. The memory policy is the host's (which memories go into the
 slots); the manifest records it and its parameters.
 """
 
@@ -29,6 +31,7 @@ from surgsam2.export.graphs import (
     MaskPromptGraph,
     MemoryAttentionGraph,
     MemoryEncoderGraph,
+    MemoryKeysGraph,
     memory_spatial_position,
 )
 from surgsam2.export.manifest import file_sha256, write_manifest
@@ -58,7 +61,7 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class SlotCounts:
-    """The fixed memory-attention shapes: S memory slots, P pointer slots."""
+    """Memory attention's slot counts: at most S memory slots, P pointer slots."""
 
     memory_slots: int
     pointer_slots: int
@@ -87,6 +90,7 @@ def example_inputs(
     """Inputs of the right shapes for tracing each graph (values matter only for the tests)."""
     size, grid, hidden = model.image_size, model.config.embedding_size, model.hidden_dim
     tokens, mem_dim = grid * grid, model.mem_dim
+    layers, d_model = model.memory_attention.num_layers, model.memory_attention.d_model
     with torch.no_grad():
         images = torch.randn(1, 3, size, size)
         embedding, position, high_0, high_1 = ImageEncoderGraph(model)(images)
@@ -100,13 +104,14 @@ def example_inputs(
         ),
         "memory_attention": (
             embedding, position, torch.randn(batch, slots.memory_slots, tokens, mem_dim),
-            torch.full((batch, slots.memory_slots), model.num_maskmem - 1, dtype=torch.long),
+            torch.randn(batch, slots.memory_slots, layers, tokens, d_model), torch.full((batch, slots.memory_slots), model.num_maskmem - 1, dtype=torch.long),
             torch.ones(batch, slots.memory_slots, dtype=torch.bool), torch.randn(batch, slots.pointer_slots, hidden),
             torch.arange(1, slots.pointer_slots + 1).repeat(batch, 1), torch.ones(batch, slots.pointer_slots, dtype=torch.bool),
         ),
         "memory_encoder": (
             embedding, torch.randn(batch, 1, 4 * grid, 4 * grid), torch.ones(batch, 1), torch.zeros(batch, dtype=torch.bool),
         ),
+        "memory_keys": (torch.randn(batch, tokens, mem_dim),),
         "mask_prompt": (embedding, high_0, high_1, (torch.rand(batch, 1, size, size) > 0.5).float()),
     }  # fmt: skip
 
@@ -114,26 +119,31 @@ def example_inputs(
 def build_graphs(model: SAM2Model, slots: SlotCounts) -> dict[str, torch.nn.Module]:
     """The exportable parts of ``model`` in eval mode, by graph name (eval on the wrappers
     too: the exporter restores each wrapper's mode afterwards, recursively into the model)."""
+    spatial_pos = memory_spatial_position(model)
     graphs = {
         "image_encoder": ImageEncoderGraph(model),
         "mask_decoder": MaskDecoderGraph(model),
-        "memory_attention": MemoryAttentionGraph(model, memory_spatial_position(model), slots.max_pointers),
+        "memory_attention": MemoryAttentionGraph(model, spatial_pos, slots.max_pointers),
         "memory_encoder": MemoryEncoderGraph(model),
+        "memory_keys": MemoryKeysGraph(model, spatial_pos),
         "mask_prompt": MaskPromptGraph(model),
     }
     return {name: graph.eval() for name, graph in graphs.items()}
 
 
-# Dynamic axes: the object batch everywhere it appears, and the decoder's number of points.
+# Dynamic axes: the object batch everywhere it appears, the decoder's number of points, and memory
+# attention's number of memory slots (at most SlotCounts.memory_slots: the host passes as many as
+# the batch's fullest object fills).
 _DYNAMIC = {
     "mask_decoder": {
         "pix_feat": {0: "objects"}, "point_coords": {0: "objects", 1: "points"}, "point_labels": {0: "objects", 1: "points"},
         "mask_input": {0: "objects"}, "has_mask": {0: "objects"}, "multimask": {0: "objects"},
     },
     "memory_attention": {
-        name: {0: "objects"}
-        for name in ("memory_tokens", "memory_slots", "memory_valid", "pointers", "pointer_offsets", "pointer_valid")
+        **{name: {0: "objects", 1: "slots"} for name in ("memory_tokens", "memory_keys", "memory_slots", "memory_valid")},
+        **{name: {0: "objects"} for name in ("pointers", "pointer_offsets", "pointer_valid")},
     },
+    "memory_keys": {"memory_tokens": {0: "objects"}},
     "memory_encoder": {"low_res_masks": {0: "objects"}, "object_score_logits": {0: "objects"}, "binarize": {0: "objects"}},
     "mask_prompt": {"masks": {0: "objects"}},
 }  # fmt: skip

@@ -29,7 +29,7 @@ from surgsam2.tracking.prompts import Prompt, prompt_point_arrays, validate_prom
 from surgsam2.tracking.results import FrameResult
 from surgsam2.tracking.stream import StreamTracker
 
-GRAPHS = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "mask_prompt")
+GRAPHS = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "memory_keys", "mask_prompt")
 PREVIOUS_LOGITS_CLAMP = 32.0  # as the torch tracker clamps the tracked mask fed back with clicks
 MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # a mask prompt's logits, as SAM2Model.mask_as_output
 EFP_EPS = 1e-8  # cosine similarity's norm floor, as torch's
@@ -332,22 +332,14 @@ class OnnxTracker(StreamTracker):
         return [int(i) for i in efp_select(features, layout.protected, capacity, self.num_frame_to_prune)[:, 0]]
 
     def _slots(self, obj_ids: list[int], fresh: list[int]) -> dict[str, np.ndarray]:
-        """Memory attention's slot inputs for ``obj_ids`` (their layouts) then ``fresh`` (no memory)."""
+        """Memory attention's slot inputs for ``obj_ids`` (their layouts) then ``fresh`` (no memory):
+        as many memory slots as the object keeping the most memories fills (the graph's slot axis
+        is dynamic up to the export's memory_slots), so no attention is spent on empty slots that
+        no object needs."""
         record = self.memory_record
         slots, pointer_slots = record["memory_slots"], record["pointer_slots"]
-        batch = len(obj_ids) + len(fresh)
-        shapes = {value["name"]: value["shape"] for value in self.manifest["graphs"]["memory_attention"]["inputs"]}
-        tokens, mem_dim = shapes["memory_tokens"][2:4]
-        hidden = shapes["pointers"][2]
-        inputs = {
-            "memory_tokens": np.zeros((batch, slots, tokens, mem_dim), np.float32),
-            "memory_slots": np.full((batch, slots), record["conditioning_temporal_slot"], np.int64),
-            "memory_valid": np.zeros((batch, slots), bool),
-            "pointers": np.zeros((batch, pointer_slots, hidden), np.float32),
-            "pointer_offsets": np.ones((batch, pointer_slots), np.int64),
-            "pointer_valid": np.zeros((batch, pointer_slots), bool),
-        }
-        for row, obj_id in enumerate(obj_ids):
+        chosen = []
+        for obj_id in obj_ids:
             layout = self.bank.layout(obj_id, self.frame_index, self.num_frames)
             kept = self._kept(layout)
             if len(kept) > slots or len(layout.pointers) > pointer_slots:
@@ -356,9 +348,25 @@ class OnnxTracker(StreamTracker):
                     f"{self.frame_index}, the export holds {slots} and {pointer_slots} (export with more "
                     "--conditioning-slots for more prompted frames)"
                 )
+            chosen.append((layout, kept))
+        used = max([len(kept) for _, kept in chosen] + [1])
+        batch = len(obj_ids) + len(fresh)
+        shapes = {value["name"]: value["shape"] for value in self.manifest["graphs"]["memory_attention"]["inputs"]}
+        tokens, mem_dim = shapes["memory_tokens"][2:4]
+        inputs = {
+            "memory_tokens": np.zeros((batch, used, tokens, mem_dim), np.float32),
+            "memory_keys": np.zeros((batch, used, *shapes["memory_keys"][2:]), np.float32),
+            "memory_slots": np.full((batch, used), record["conditioning_temporal_slot"], np.int64),
+            "memory_valid": np.zeros((batch, used), bool),
+            "pointers": np.zeros((batch, pointer_slots, shapes["pointers"][2]), np.float32),
+            "pointer_offsets": np.ones((batch, pointer_slots), np.int64),
+            "pointer_valid": np.zeros((batch, pointer_slots), bool),
+        }
+        for row, (layout, kept) in enumerate(chosen):
             for position, index in enumerate(kept):
                 stored, slot = layout.memories[index]
                 inputs["memory_tokens"][row, position] = stored.features
+                inputs["memory_keys"][row, position] = stored.keys
                 inputs["memory_slots"][row, position] = slot
                 inputs["memory_valid"][row, position] = True
             for position, (stored, offset) in enumerate(layout.pointers):
@@ -378,7 +386,9 @@ class OnnxTracker(StreamTracker):
         return {obj_id: pix_feat[row : row + 1] for row, obj_id in enumerate(obj_ids + fresh)}
 
     def _remember(self, features: dict[str, np.ndarray], outputs: dict[int, OnnxObjectOutput]) -> None:
-        """Encode every object's memory of this frame in one batch and store it (in bfloat16)."""
+        """Encode every object's memory of this frame in one batch and store it (in bfloat16), with
+        its memory-attention keys (computed once here from the stored tokens, as the torch tracker
+        caches them)."""
         if not outputs:
             return
         obj_ids = self._bank_objects_of(outputs)
@@ -390,9 +400,12 @@ class OnnxTracker(StreamTracker):
         }
         (tokens,) = self.sessions["memory_encoder"].run(inputs)
         tokens = round_to_bfloat16(tokens)
+        (keys,) = self.sessions["memory_keys"].run({"memory_tokens": tokens})
         for row, obj_id in enumerate(obj_ids):
             output = outputs[obj_id]
-            self.bank.write(obj_id, self.frame_index, tokens[row], output.obj_ptr, conditioning=output.conditioning)
+            self.bank.write(
+                obj_id, self.frame_index, tokens[row], output.obj_ptr, conditioning=output.conditioning, keys=keys[row]
+            )
 
     # --- results ------------------------------------------------------------------------------
     def _result(self, outputs: dict[int, OnnxObjectOutput], frame_index: int) -> FrameResult:
