@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from surgsam2.bench import BenchConfig, build_our_model, make_clip
+from surgsam2.memory.ring import BANK_KINDS, DEFAULT_BANK
 from surgsam2.tracking.prompts import Prompt
 from surgsam2.tracking.tracker import Tracker
 
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=("fp32", "bf16", "mixed"))
     parser.add_argument("--frames", type=int, default=20, help="frames tracked before the inspected one")
     parser.add_argument("--json", type=Path, help="also write the count and where each sync is to this file")
+    parser.add_argument("--bank", default=DEFAULT_BANK, choices=BANK_KINDS, help="the tracker's memory bank")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("host_syncs.py: needs a CUDA GPU")
@@ -37,7 +39,7 @@ def main() -> None:
     ).validate()
     model = build_our_model(config, None)
     clip = make_clip(args.image_size, args.frames + 1, args.objects, seed=0, jpeg_dir=None)
-    tracker = Tracker(model, memory="efp")
+    tracker = Tracker(model, memory="efp", bank=args.bank)
     prompts = {obj_id: Prompt(mask=mask) for obj_id, mask in clip.masks.items()}
     for index in range(args.frames):
         tracker.step(clip.frames[index], prompts if index == 0 else None)
@@ -56,12 +58,13 @@ def main() -> None:
     )
     print(
         f"host syncs in one steady-state frame ({args.model} @ {args.image_size}, {args.objects} object(s),"
-        f" {args.dtype}): {sum(where.values())}"
+        f" {args.dtype}, {args.bank} bank): {sum(where.values())}"
     )
     for line, count in where.most_common():
         print(f"  {count:3d}  {line}")
     if args.json:
         record = {"model": args.model, "image_size": args.image_size, "objects": args.objects, "dtype": args.dtype,
+                  "bank": args.bank,
                   "host_syncs": sum(where.values()), "where": dict(where.most_common())}
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 

@@ -51,6 +51,8 @@ step 100 "CUDA tests" python3 -m pytest -q -ra -s -p no:cacheprovider tests/test
   tests/test_memory_policies.py tests/test_postprocess.py tests/test_streams.py tests/test_memory_ring.py \
   -k "cuda or synchronise or device"
 step 30 "host syncs" python3 benchmarks/gpu/host_syncs.py --objects 3 --json "$OUT/host_syncs.json"
+step 30 "host syncs, ring bank" python3 benchmarks/gpu/host_syncs.py --objects 3 --bank ring \
+  --json "$OUT/host_syncs_ring.json"
 bench 45 hiera_s_512_1obj $S512 --objects 1 --frames 200 --warmup 20 $VS_OFFICIAL
 bench 45 hiera_s_512_3obj $S512 --objects 3 --frames 150 --warmup 20 $VS_OFFICIAL
 bench 60 hiera_s_512_16obj $S512 --objects 16 --frames 40 --warmup 10 $VS_OFFICIAL

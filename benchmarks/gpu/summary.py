@@ -56,13 +56,13 @@ def main() -> None:
         row.update(what=what, target=target, met=None if target is None else row["value"] >= target,
                    bf16_peak_gflops=peak.get("bf16_gflops"))
         summary[name] = row
-    syncs = folder / "host_syncs.json"
-    if syncs.is_file():
-        summary["host_syncs"] = json.loads(syncs.read_text())
+    for name in ("host_syncs", "host_syncs_ring"):
+        if (folder / f"{name}.json").is_file():
+            summary[name] = json.loads((folder / f"{name}.json").read_text())
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name, row in summary.items():
-        if name == "host_syncs":
-            print(f"host syncs per steady-state frame: {row['host_syncs']}")
+        if name.startswith("host_syncs"):
+            print(f"host syncs per steady-state frame ({row.get('bank', 'dict')} bank): {row['host_syncs']}")
         elif "missing" in row:
             print(f"{row['what']}: missing ({row['missing']})")
         else:
