@@ -8,10 +8,12 @@ features for every policy (the graphs themselves are checked in tests/test_expor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from surgsam2.data.synthetic import SyntheticVideoConfig, generate_synthetic_video
@@ -20,6 +22,21 @@ from surgsam2.model.configs import get_config
 from surgsam2.model.sam2 import SAM2Model, build_model
 from surgsam2.tracking.prompts import Prompt
 from surgsam2.tracking.tracker import Tracker
+
+# The torch-free venv `make install-onnx` (and so `make test`) builds.
+ONNX_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-onnx" / "bin" / "python"
+
+
+def require_onnx_venv() -> Path:
+    """The torch-free venv's python. Missing: a failure in CI (where `make test` builds it), a
+    skip elsewhere (a developer's plain pytest run)."""
+    if not ONNX_VENV_PYTHON.is_file():
+        message = f"{ONNX_VENV_PYTHON} is missing: `make install-onnx` builds the torch-free venv"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return ONNX_VENV_PYTHON
+
 
 IOU_BAR = 0.999  # mask IoU per object and frame, ONNX runtime vs torch tracker (issue 15)
 ADD_OBJECT_FRAME = 8

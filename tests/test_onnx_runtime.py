@@ -22,7 +22,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onnx_parity import IOU_BAR, assert_parity, compare_engines, iou, random_model, synthetic_clip
+from onnx_parity import (
+    IOU_BAR,
+    ONNX_VENV_PYTHON,
+    assert_parity,
+    compare_engines,
+    iou,
+    random_model,
+    require_onnx_venv,
+    synthetic_clip,
+)
 from surgsam2.data.synthetic import video_seed
 from surgsam2.eval.metrics import jf
 from surgsam2.export.onnx_export import ExportOptions, export_onnx
@@ -33,7 +42,6 @@ from surgsam2.tracking.prompts import Prompt
 from surgsam2.tracking.tracker import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
-ONNX_VENV_PYTHON = REPO / ".venv-onnx" / "bin" / "python"
 JF_BAR = 0.1
 DEMO_SEED = 900_000  # pipelines/demo.py
 
@@ -194,11 +202,7 @@ print("surgsam2 from", surgsam2.__file__)
 def test_runtime_in_torch_free_venv(nano_export: tuple[SAM2Model, Path], tmp_path: Path) -> None:
     """In `.venv-onnx` (no torch), a mask and a point prompt over 6 frames: the torch tracker's
     masks, IoU >= 0.999 per object and frame."""
-    if not ONNX_VENV_PYTHON.is_file():
-        message = f"{ONNX_VENV_PYTHON} is missing: `make install-onnx` builds the torch-free venv"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_onnx_venv()
     model, folder = nano_export
     frames, _ = synthetic_clip(6, (240, 200), seed=5)
     mask = np.zeros((200, 240), bool)

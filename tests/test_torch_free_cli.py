@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from onnx_parity import IOU_BAR, iou, synthetic_clip
+from onnx_parity import IOU_BAR, ONNX_VENV_PYTHON, iou, require_onnx_venv, synthetic_clip
 from surgsam2.cli import BAD_INPUT_EXIT_CODE, TORCH_MISSING, main
 from surgsam2.data.masks import read_mask, write_mask
 from surgsam2.memory import policies
@@ -29,7 +29,6 @@ from surgsam2.memory.policies import FifoPolicy, make_policy, policy_names, poli
 from surgsam2.memory.policy_table import POLICY_NAMES, POLICY_SUMMARIES
 
 REPO = Path(__file__).resolve().parents[1]
-ONNX_VENV_PYTHON = REPO / ".venv-onnx" / "bin" / "python"
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; import runpy; sys.argv[0] = 'surgsam2'; "
 RUN_CLI_WITHOUT_TORCH = BLOCK_TORCH + "runpy.run_module('surgsam2.cli', run_name='__main__')"
 
@@ -148,11 +147,7 @@ def test_cli_with_torch_blocked(onnx_clip: dict[str, Path]) -> None:
 
 def test_cli_in_torch_free_venv(onnx_clip: dict[str, Path]) -> None:
     """`.venv-onnx` (no torch installed): the torch-free CLI paths, from this checkout."""
-    if not ONNX_VENV_PYTHON.is_file():
-        message = f"{ONNX_VENV_PYTHON} is missing: `make install-onnx` builds the torch-free venv"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_onnx_venv()
     done = subprocess.run(
         [str(ONNX_VENV_PYTHON), "-c", "import importlib.util, surgsam2; print(importlib.util.find_spec('torch'), surgsam2.__file__)"],
         capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")},
