@@ -118,9 +118,10 @@ def compare_frame(
         assert all(torch.equal(a, b) for a, b in zip(tokens[:2], ring_tokens[:2])) and tokens[2] == ring_tokens[2]
         num_ptr = tokens[2]
         keys = cached_rotated_keys([layouts[i] for i in group], keep, temporal_keys, num_ptr)
-        ring_keys = kept_rotated_keys(seen_keys, seen.slots, ring_keep, temporal_keys, num_ptr)
         spatial = keys.shape[2] - num_ptr
-        assert torch.equal(keys[:, :, :spatial], ring_keys[:, :, :spatial]), f"{where}: keys"
+        for host_indices in (True, False):  # kept rows read on the host (CPU) or gathered on the device
+            ring_keys = kept_rotated_keys(seen_keys, seen.slots, ring_keep, temporal_keys, num_ptr, host_indices)
+            assert torch.equal(keys[:, :, :spatial], ring_keys[:, :, :spatial]), f"{where}: keys ({host_indices=})"
     return dropped
 
 

@@ -199,30 +199,61 @@ def cached_rotated_keys(
     slots = torch.tensor(
         [[slot for _, slot in layout.memories] for layout in layouts], dtype=torch.long
     ).T.to(stacked.device, non_blocking=True)
-    return kept_rotated_keys(stacked, slots, keep, temporal_keys, num_pointer_tokens)
+    return kept_rotated_keys(StoredKeys.stacked(stacked), slots, keep, temporal_keys, num_pointer_tokens, False)
+
+
+@dataclass(frozen=True)
+class StoredKeys:
+    """Cached attention keys addressed by row, and the row of each candidate memory.
+
+    ``rows`` (R, L, T, d) is the bank's key storage seen as rows (the ring bank's every slot of
+    every object), ``index`` (N, B) the row holding candidate n of object b: the kept keys are
+    read straight from the storage, never copied out as a whole candidate stack first.
+    """
+
+    rows: torch.Tensor
+    index: torch.Tensor
+
+    @classmethod
+    def stacked(cls, candidate_keys: torch.Tensor) -> StoredKeys:
+        """The keys of candidates already stacked as (N, B, L, T, d)."""
+        num_candidates, batch_size = candidate_keys.shape[:2]
+        index = torch.arange(num_candidates * batch_size, device=candidate_keys.device).view(num_candidates, batch_size)
+        return cls(rows=candidate_keys.reshape(-1, *candidate_keys.shape[2:]), index=index)
 
 
 def kept_rotated_keys(
-    candidate_keys: torch.Tensor,
+    candidate_keys: StoredKeys,
     slots: torch.Tensor,
     keep: torch.Tensor | None,
     temporal_keys: torch.Tensor,
     num_pointer_tokens: int,
+    host_indices: bool | None = None,
 ) -> torch.Tensor:
-    """`cached_rotated_keys` from the candidates' keys already stacked on the device:
-    ``candidate_keys`` (N, B, L, T, d) and their temporal ``slots`` (N, B) (as the ring bank,
-    `memory.ring`, gathers them); the kept ones are gathered without a host sync."""
+    """`cached_rotated_keys` from keys stored by row (the ring bank, `memory.ring`): the kept
+    candidates' keys plus their temporal slots' terms, laid out as `memory_tokens` orders them.
+
+    ``host_indices`` (default: on CPU) reads the kept rows on the host and adds each kept memory
+    once, straight into the output; otherwise (GPUs) the kept rows are gathered on the device
+    without a host sync.
+    """
     num_layers, _, num_tokens, channels = temporal_keys.shape
-    batch_size = candidate_keys.shape[1]
-    num_kept = candidate_keys.shape[0] if keep is None else keep.shape[0]
+    rows = candidate_keys.index if keep is None else torch.gather(candidate_keys.index, 0, keep)  # (K, B)
+    kept_slots = slots if keep is None else torch.gather(slots, 0, keep)
+    num_kept, batch_size = rows.shape
     out = temporal_keys.new_empty(num_layers, batch_size, num_kept * num_tokens + num_pointer_tokens, channels)
-    if keep is not None:
-        index = keep[:, :, None, None, None].expand(-1, -1, *candidate_keys.shape[2:])
-        candidate_keys = torch.gather(candidate_keys, 0, index)
-        slots = torch.gather(slots, 0, keep)
-    terms = temporal_keys[:, slots]  # (L, K, B, T, d)
     spatial_rows = out[:, :, : num_kept * num_tokens].view(num_layers, batch_size, num_kept, num_tokens, channels)
-    torch.add(candidate_keys.permute(2, 1, 0, 3, 4), terms.transpose(1, 2), out=spatial_rows)
+    if host_indices is None:
+        host_indices = rows.device.type == "cpu"
+    if host_indices:
+        for column, (row_list, slot_list) in enumerate(zip(rows.T.tolist(), kept_slots.T.tolist())):
+            for position, (row, slot) in enumerate(zip(row_list, slot_list)):
+                torch.add(candidate_keys.rows[row], temporal_keys[:, slot], out=spatial_rows[:, column, position])
+        return out
+    kept = candidate_keys.rows.index_select(0, rows.T.reshape(-1))  # (B*K, L, T, d)
+    kept = kept.view(batch_size, num_kept, *kept.shape[1:]).permute(2, 0, 1, 3, 4)  # (L, B, K, T, d)
+    terms = temporal_keys[:, kept_slots.T]  # (L, B, K, T, d)
+    torch.add(kept, terms, out=spatial_rows)
     return out
 
 
@@ -233,4 +264,5 @@ __all__ = [
     "memory_tokens",
     "cached_rotated_keys",
     "kept_rotated_keys",
+    "StoredKeys",
 ]

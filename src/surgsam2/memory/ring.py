@@ -25,9 +25,10 @@ stored "features" and "pointer" are ints), and its layout is turned into small i
 pinned memory without blocking). This is exact by construction (the rules' code is the one the
 default bank runs: stride, ``max_cond_frames_in_attn``, conditioning frames filling recent slots,
 objects prompted on different frames) and never reads the device. The candidates are then
-gathered with ``index_select`` into the (N, B, T, C) / (P, B, D) / (N, B, L, T, d) tensors
-`memory.assembly.gather_candidates` builds, so the policies, `memory_tokens` and the key assembly
-run unchanged on them. The per-frame host work is the rules' layout per object (no tensor is
+gathered with ``index_select`` into the (N, B, T, C) / (P, B, D) tensors
+`memory.assembly.gather_candidates` builds, so the policies and `memory_tokens` run unchanged on
+them; cached keys are not gathered per candidate: `kept_rotated_keys` reads the kept memories'
+keys straight from the storage. The per-frame host work is the rules' layout per object (no tensor is
 stacked); in a steady state the same indices follow from the frame counter alone
 (row = (t - k) mod S), which a device-side counter can compute inside a captured graph.
 
@@ -44,7 +45,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from surgsam2.memory.assembly import MemoryCandidates
+from surgsam2.memory.assembly import MemoryCandidates, StoredKeys
 from surgsam2.memory.bank import BankConfig
 from surgsam2.memory.policies import MemoryQuality
 from surgsam2.memory.rules import BankRules, MemoryLayout, ObjectMemory
@@ -266,9 +267,10 @@ class RingBank:
 
     def candidates(
         self, obj_ids: Sequence[int], layouts: Sequence[MemoryLayout], with_quality: bool = False
-    ) -> tuple[MemoryCandidates, torch.Tensor | None]:
+    ) -> tuple[MemoryCandidates, StoredKeys | None]:
         """The candidates of objects whose layouts share one `shape_key`, gathered from the
-        storage as `gather_candidates` stacks them, and their cached keys (N, B, L, T, d) if kept."""
+        storage as `gather_candidates` stacks them, and (if the bank caches keys) the key storage
+        with each candidate's row, from which `kept_rotated_keys` reads only the kept ones."""
         storage = self.storage
         if storage is None or not layouts:
             raise ValueError("the ring bank has no memories to propose yet")
@@ -301,7 +303,9 @@ class RingBank:
             pointer_offsets=index[2 * num_memories + num_pointers :],
             quality=quality,
         )
-        keys = None if storage.keys is None else take(storage.keys, memory_index)
+        keys = None
+        if storage.keys is not None:
+            keys = StoredKeys(rows=storage.keys.view(-1, *storage.keys.shape[2:]), index=memory_index)
         return candidates, keys
 
     # --- accounting -------------------------------------------------------------------------
