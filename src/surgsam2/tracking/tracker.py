@@ -10,6 +10,9 @@ become conditioning frames, always remembered.
 `Tracker.step` is `advance` (the network, outputs kept on the device) followed by `result`
 (masks at frame size, on the host); offline propagation calls the two apart to merge passes. The
 stages of a frame are reported to an optional hook (`surgsam2.tracking.stages`), e.g. a profiler.
+Memory attention with the decoder and the memory encoder run as the batch phases of
+`surgsam2.tracking.phases`; `memory_batches` (choosing memories) and `store_memories` are the
+per-stream steps around them, which `MultiStreamTracker` calls to batch those phases across streams.
 """
 
 from __future__ import annotations
