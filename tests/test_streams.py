@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from contextlib import AbstractContextManager
+
 import numpy as np
 import pytest
 import torch
@@ -43,25 +47,27 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-# The encoder over a batch of streams may round differently from one image at a time where
-# several threads split the work (with one thread it is bit-exact here): masks are compared by
-# IoU, logits and visibility scores within a float-reordering tolerance.
+# Batches of streams round differently from one stream at a time: convolutions (image and memory
+# encoders, the decoder's upscaling) pick kernels by batch size, even with one thread (|d logit|
+# ~1e-7 here). Masks are compared by IoU, logits and visibility scores within a float-reordering
+# tolerance.
 MIN_IOU = 0.999
 LOGIT_ATOL = 1e-3
 
 
-@pytest.mark.parametrize("memory", ["fifo", "efp"])
-def test_each_stream_tracks_as_its_video_alone(model: SAM2Model, memory: str) -> None:
-    """Three videos tracked together (one encoder call per step, stream 1 ending first, stream 2
-    missing a frame on call 3) give each video's masks of a plain Tracker run on it alone:
-    IoU >= 0.999 per object and frame, |logit| differences <= 1e-3 (bit-exact with one thread)."""
+@pytest.mark.parametrize(("memory", "bank"), [("fifo", "dict"), ("efp", "dict"), ("efp", "ring")])
+def test_each_stream_tracks_as_its_video_alone(model: SAM2Model, memory: str, bank: str) -> None:
+    """Three videos tracked together (the network batched across the streams without prompts on
+    a step, banks filled to different levels, stream 1 ending first, stream 2 missing a frame on
+    call 3, prompts arriving mid-run) give each video's masks of a plain Tracker run on it alone:
+    IoU >= 0.999 per object and frame, |logit| differences <= 1e-3."""
     videos = _videos()
     alone = []
     for frames, prompts in videos:
-        tracker = Tracker(model, memory=memory)
+        tracker = Tracker(model, memory=memory, bank=bank)
         alone.append([tracker.step(frame, prompts.get(index)) for index, frame in enumerate(frames)])
 
-    together = MultiStreamTracker(model, len(videos), memory=memory)
+    together = MultiStreamTracker(model, len(videos), memory=memory, bank=bank)
     positions = [0] * len(videos)
     dropped = {(3, 2)}  # (call, stream): the stream has no frame on that call
     compared = [0] * len(videos)
@@ -95,9 +101,76 @@ def test_each_stream_tracks_as_its_video_alone(model: SAM2Model, memory: str) ->
     assert call == 13  # the longest video (12 frames) plus its dropped call
     assert compared == [26, 3, 17]
     print(
-        f"[streams] {memory}, {torch.get_num_threads()} thread(s): {identical}/{sum(compared)} masks identical;"
+        f"[streams] {memory}, {bank} bank, {torch.get_num_threads()} thread(s):"
+        f" {identical}/{sum(compared)} masks identical;"
         f" worst IoU {worst_iou:.6f} (>= {MIN_IOU}), worst |d logit| {worst_logit:.2e} (<= {LOGIT_ATOL})"
     )
+
+
+class StageCounter:
+    """A stage hook that counts how often each stage runs."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def stage(self, name: str) -> AbstractContextManager[object]:
+        self.counts[name] += 1
+        return contextlib.nullcontext()
+
+
+def test_steady_streams_run_each_stage_once_for_all(model: SAM2Model) -> None:
+    """Four streams started together (1, 2, 1 and 3 objects) and not prompted again: every later
+    step runs the image encoder, memory attention, the decoder and the memory encoder once for all
+    7 objects (the memories are still chosen and the outputs made per stream), and each stream's
+    masks are those of its video tracked alone."""
+    frames, masks = moving_discs(9)
+    ids = [[1], [1, 2], [2], [1, 2, 3]]
+    first = [{obj_id: Prompt(mask=masks[obj_id]) for obj_id in objects} for objects in ids]
+    alone = []
+    for prompts in first:
+        tracker = Tracker(model)
+        alone.append([tracker.step(frame, prompts if index == 0 else None) for index, frame in enumerate(frames)])
+    counter = StageCounter()
+    together = MultiStreamTracker(model, len(ids), stage_hook=counter)
+    together.step([frames[0]] * len(ids), first)
+    worst = 0.0
+    for index, frame in enumerate(frames[1:], start=1):
+        counter.counts.clear()
+        results = together.step([frame] * len(ids))
+        batched = ("encode_image", "memory_attention", "decoder", "memory_encoder")
+        once = {name: counter.counts[name] for name in batched}
+        assert once == dict.fromkeys(once, 1), f"step {index}: {dict(counter.counts)}"
+        assert counter.counts["memory_assembly"] == counter.counts["output"] == len(ids)
+        for stream, result in enumerate(results):
+            assert result.object_ids == ids[stream]
+            for obj_id in ids[stream]:
+                expected = alone[stream][index]
+                worst = max(worst, float(np.abs(result.logits[obj_id] - expected.logits[obj_id]).max()))
+                assert _iou(result.masks[obj_id], expected.masks[obj_id]) >= MIN_IOU
+    assert worst <= LOGIT_ATOL
+    print(f"[streams] 4 steady streams, 7 objects: worst |d logit| {worst:.2e} (<= {LOGIT_ATOL})")
+
+
+def test_streams_at_different_fill_levels_are_grouped_by_memory_shape(model: SAM2Model) -> None:
+    """Stream 1 starts two frames after stream 0 (fifo; nano keeps 7 memories and 16 pointers):
+    their memories differ in count until stream 1 has 6 recent memories too (call 9) and their
+    pointers until it has 16 (call 18), so memory attention runs once per stream until then
+    and once for both after; a call with a prompt takes that stream's own path."""
+    frames, masks = moving_discs(22)
+    counter = StageCounter()
+    together = MultiStreamTracker(model, 2, memory="fifo", stage_hook=counter)
+    calls = []
+    for call, frame in enumerate(frames):
+        counter.counts.clear()
+        inputs = [frame, frame if call >= 2 else None]
+        prompts = [
+            {1: Prompt(mask=masks[1])} if call == 0 else None,
+            {2: Prompt(mask=masks[2])} if call == 2 else None,
+        ]
+        together.step(inputs, prompts)
+        calls.append(counter.counts["memory_attention"])
+    assert calls[:3] == [0, 1, 1]  # nothing to attend to yet; stream 0 alone (stream 1 prompted on call 2)
+    assert calls[3:18] == [2] * 15 and calls[18:] == [1] * 4, calls
 
 
 def test_a_none_frame_leaves_its_stream_where_it_was(model: SAM2Model) -> None:

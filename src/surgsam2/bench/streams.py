@@ -1,7 +1,8 @@
 """`surgsam2 bench --streams N`: N copies of the bench clip tracked together by one
 `MultiStreamTracker` against one `Tracker` on the clip, step by step in alternation, in one run.
 
-Ours only: the official predictor has no multi-stream mode. Reported per side over the steps after
+The N streams share each network call (image encoder, memory attention, decoder, memory encoder;
+`tracking.streams`). Ours only: the official predictor has no multi-stream mode. Reported per side over the steps after
 ``warmup``: the median step, frames/s in all (N frames a step: N / median) and per stream
 (1 / median), and the N-stream side's frames/s in all over the single tracker's, beside this
 machine's matmul peak.

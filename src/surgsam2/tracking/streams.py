@@ -1,11 +1,13 @@
-"""Many independent videos tracked together: one image-encoder call per step for all of them.
+"""Many independent videos tracked together: the network's calls batched across them.
 
-`MultiStreamTracker` holds one `Tracker` per stream (its own bank, objects, frame index and frame
-size; streams may differ in size and length). Each `step` takes one frame per stream (or None for
-a stream with no frame this time), encodes the frames of the streams that have something to
-track in one batch (batch dimension = streams), and hands each stream's tracker its row of the
-features. Memory attention, the decoder and the memory encoder still run per stream: batching
-them across streams (whose banks differ) is a later step.
+`MultiStreamTracker` holds one `Tracker` per stream (its own bank, objects, policy, frame index and
+frame size; streams may differ in size and length). Each `step` takes one frame per stream (or None
+for a stream with no frame this time) and encodes the frames of the streams that have something to
+track in one image-encoder call (batch = streams). Streams without prompts on this frame (the
+steady state) then go through memory attention and the decoder together, their objects
+concatenated along the batch axis, one call per memory shape (memories of equal token counts; no
+padding), and through one memory-encoder call; a stream with prompts takes `Tracker.advance` that
+frame. Choosing and storing memories, and each stream's outputs, stay per stream.
 """
 
 from __future__ import annotations
@@ -18,8 +20,18 @@ import torch
 
 from surgsam2.model.sam2 import ImageFeatures, SAM2Model
 from surgsam2.tracking.frames import check_stream_frame, preprocess_frame
+from surgsam2.tracking.phases import (
+    EncodedMemories,
+    MemoryBatch,
+    TrackedObject,
+    attend_and_decode,
+    encode_memories,
+    memory_encoder_inputs,
+    per_object_features,
+    tracked_output,
+)
 from surgsam2.tracking.prompts import Prompt, validate_prompts
-from surgsam2.tracking.results import FrameResult
+from surgsam2.tracking.results import FrameResult, ObjectOutput
 from surgsam2.tracking.stages import NO_STAGES, StageHook
 from surgsam2.tracking.tracker import Tracker
 
@@ -96,15 +108,73 @@ class MultiStreamTracker:
         ]  # fmt: skip
         features = self._encode([frames[index] for index in busy])
         rows = {index: features.row(row) for row, index in enumerate(busy)} if busy else {}
+        steady = [index for index in busy if not prompts[index]]
+        outputs = self._track_steady(steady, rows) if steady else {}
         results: list[FrameResult | None] = []
         for index, (frame, tracker) in enumerate(zip(frames, self.streams)):
             if frame is None:
                 results.append(None)
                 continue
+            if index in outputs:
+                tracker.frame_index += 1
+                results.append(tracker.result(outputs[index], tracker.frame_index - 1))
+                continue
             frame_index = tracker.frame_index
-            outputs = tracker.advance(frame, prompts[index], rows.get(index))
-            results.append(tracker.result(outputs, frame_index))
+            stream_outputs = tracker.advance(frame, prompts[index], rows.get(index))
+            results.append(tracker.result(stream_outputs, frame_index))
         return results
+
+    def _track_steady(
+        self, indices: list[int], rows: dict[int, ImageFeatures]
+    ) -> dict[int, dict[int, ObjectOutput]]:
+        """Track the objects of the streams ``indices`` (no prompts this frame) and store their
+        memories: memory attention and the decoder once per memory shape across the streams, the
+        memory encoder once. Their frame indices are left to the caller to advance."""
+        groups: dict[tuple, list[tuple[int, MemoryBatch]]] = {}
+        for index in indices:
+            tracker = self.streams[index]
+            for batch in tracker.memory_batches(tracker.object_ids):
+                groups.setdefault((*batch.shape_key, tracker.fill_hole_area), []).append((index, batch))
+        tracked: dict[int, dict[int, TrackedObject]] = {index: {} for index in indices}
+        for (*_, fill_hole_area), group in groups.items():
+            features = per_object_features([(rows[index], len(batch.obj_ids)) for index, batch in group])
+            batches = [batch for _, batch in group]
+            objects = iter(attend_and_decode(self.model, self.stage_hook, features, batches, fill_hole_area))
+            for index, batch in group:
+                tracked[index].update((obj_id, next(objects)) for obj_id in batch.obj_ids)
+        outputs = {
+            index: {obj_id: tracked_output(tracked[index][obj_id]) for obj_id in self.streams[index].object_ids}
+            for index in indices
+        }
+        self._remember_steady(outputs, rows)
+        return outputs
+
+    def _remember_steady(
+        self, outputs: dict[int, dict[int, ObjectOutput]], rows: dict[int, ImageFeatures]
+    ) -> None:
+        """Encode the memories of every object of the streams in ``outputs`` in one call (per kind
+        of cached key) and store each stream's rows in its bank."""
+        kinds: dict[torch.dtype | None, list[int]] = {}
+        for index in outputs:
+            tracker = self.streams[index]
+            key_dtype = tracker.bank.config.storage_dtype if tracker.cache_memory_keys else None
+            kinds.setdefault(key_dtype, []).append(index)
+        for key_dtype, indices in kinds.items():
+            obj_ids = {index: list(outputs[index]) for index in indices}
+            masks, object_scores, conditioning = memory_encoder_inputs(
+                [outputs[index][obj_id] for index in indices for obj_id in obj_ids[index]]
+            )
+            features = per_object_features([(rows[index], len(obj_ids[index])) for index in indices])
+            encoded = encode_memories(
+                self.model, self.stage_hook, features, masks, object_scores, conditioning, key_dtype
+            )
+            start = 0
+            for index in indices:
+                rows_of = slice(start, start + len(obj_ids[index]))
+                start = rows_of.stop
+                keys = None if encoded.keys is None else encoded.keys[rows_of]
+                part = EncodedMemories(encoded.tokens[rows_of], keys, encoded.spatial_pos)
+                self.streams[index].store_memories(obj_ids[index], outputs[index], part, object_scores[rows_of])
 
     def _checked(
         self, frames: Sequence[np.ndarray | None], prompts: Sequence[StreamPrompts] | None

@@ -10,12 +10,14 @@ become conditioning frames, always remembered.
 `Tracker.step` is `advance` (the network, outputs kept on the device) followed by `result`
 (masks at frame size, on the host); offline propagation calls the two apart to merge passes. The
 stages of a frame are reported to an optional hook (`surgsam2.tracking.stages`), e.g. a profiler.
+Memory attention with the decoder and the memory encoder run as the batch phases of
+`surgsam2.tracking.phases`; `memory_batches` (choosing memories) and `store_memories` are the
+per-stream steps around them, which `MultiStreamTracker` calls to batch those phases across streams.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -33,6 +35,16 @@ from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY,
 from surgsam2.memory.ring import BANK_KINDS, DEFAULT_BANK, RingBank
 from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
 from surgsam2.tracking.frames import check_stream_frame, preprocess_frame, validate_frame
+from surgsam2.tracking.phases import (
+    EncodedMemories,
+    MemoryBatch,
+    TrackedObject,
+    attend_and_decode,
+    encode_memories,
+    memory_encoder_inputs,
+    own_row,
+    tracked_output,
+)
 from surgsam2.tracking.postprocess import fill_holes_for_device
 from surgsam2.tracking.prompts import ModelPrompt, Prompt, to_model_prompt, validate_prompts
 from surgsam2.tracking.results import FrameResult, ObjectOutput
@@ -41,25 +53,6 @@ from surgsam2.tracking.stream import StreamTracker
 
 # Previous mask logits fed back with corrective clicks are clamped, as SAM 2 does.
 PREVIOUS_LOGITS_CLAMP = 32.0
-
-
-def _rows(output: DecoderOutput, index: int) -> DecoderOutput:
-    """Row ``index`` of a batched decoder output, keeping the batch dimension."""
-    pick = slice(index, index + 1)
-    return DecoderOutput(
-        output.low_res_masks[pick],
-        output.low_res_multimasks[pick],
-        output.ious[pick],
-        output.obj_ptr[pick],
-        output.object_score_logits[pick],
-    )
-
-
-@lru_cache(maxsize=64)
-def _flags_on(flags: tuple[bool, ...], device: torch.device) -> torch.Tensor:
-    """A bool tensor of ``flags`` on ``device``, made once per pattern (read-only): a copy from the
-    host each frame would make the host wait for the GPU in the middle of the frame."""
-    return torch.tensor(flags, dtype=torch.bool).to(device)
 
 
 class Tracker(StreamTracker):
@@ -204,22 +197,19 @@ class Tracker(StreamTracker):
         tracked = [obj_id for obj_id in known if obj_id not in replaced]
 
         # 1. Track known objects with their memories (also those about to get corrective clicks).
-        for obj_id, (decoded, filled, pix_feat) in self._track(features, tracked).items():
+        for obj_id, tracked_object in self._track(features, tracked).items():
             prompt = prompts.get(obj_id)
             if prompt is None:
-                outputs[obj_id] = ObjectOutput(
-                    filled, decoded.low_res_masks, decoded.ious, decoded.obj_ptr,
-                    decoded.object_score_logits, conditioning=False,
-                )
+                outputs[obj_id] = tracked_output(tracked_object)
                 continue
             # 2. Corrective clicks: decode again with the clicks and the tracked mask as input.
             with self.stage_hook.stage("decoder"):
                 corrected = self.model.decode(
-                    pix_feat,
+                    tracked_object.pix_feat,
                     features.high_res,
                     point_coords=prompt.point_coords,
                     point_labels=prompt.point_labels,
-                    mask_inputs=filled.clamp(-PREVIOUS_LOGITS_CLAMP, PREVIOUS_LOGITS_CLAMP),
+                    mask_inputs=tracked_object.filled.clamp(-PREVIOUS_LOGITS_CLAMP, PREVIOUS_LOGITS_CLAMP),
                     multimask_output=self.model.use_multimask(False, prompt.num_points),
                 )
             outputs[obj_id] = self._prompted_output(corrected)
@@ -249,33 +239,28 @@ class Tracker(StreamTracker):
             filled, filled, decoded.ious, decoded.obj_ptr, decoded.object_score_logits, conditioning=True
         )
 
-    def _track(
-        self, features: ImageFeatures, obj_ids: list[int]
-    ) -> dict[int, tuple[DecoderOutput, torch.Tensor, torch.Tensor]]:
-        """Memory attention + decoding of known objects, batched by memory shape.
+    def _track(self, features: ImageFeatures, obj_ids: list[int]) -> dict[int, TrackedObject]:
+        """Memory attention + decoding of known objects, one batch per memory shape."""
+        tracked: dict[int, TrackedObject] = {}
+        for batch in self.memory_batches(obj_ids):
+            rows = attend_and_decode(self.model, self.stage_hook, features, [batch], self.fill_hole_area)
+            tracked.update(zip(batch.obj_ids, rows))
+        return {obj_id: tracked[obj_id] for obj_id in obj_ids}
 
-        Per object: its decoder output, its hole-filled low-res masks, its memory-conditioned
-        features (reused by corrective clicks).
-        """
+    def memory_batches(self, obj_ids: list[int]) -> list[MemoryBatch]:
+        """Memory attention's inputs for ``obj_ids`` on the current frame, one batch per layout
+        shape (objects whose memories came from different prompts differ)."""
         if not obj_ids:
-            return {}
+            return []
         layouts = {obj_id: self.bank.layout(obj_id, self.frame_index, self.num_frames) for obj_id in obj_ids}
         groups: dict[tuple, list[int]] = {}
         for obj_id in obj_ids:
             groups.setdefault(layouts[obj_id].shape_key, []).append(obj_id)
-        tracked: dict[int, tuple[DecoderOutput, torch.Tensor, torch.Tensor]] = {}
-        multimask = self.model.use_multimask(False, 0)
+        batches = []
         for group in groups.values():
             with self.stage_hook.stage("memory_assembly"):
-                memory, memory_pos, num_ptr_tokens, keys = self._memory_inputs(group, [layouts[i] for i in group])
-            with self.stage_hook.stage("memory_attention"):
-                pix_feat = self.model.attend_to_memory(features, memory, memory_pos, num_ptr_tokens, keys)
-            with self.stage_hook.stage("decoder"):
-                decoded = self.model.decode(pix_feat, features.high_res, multimask_output=multimask)
-            filled = fill_holes_for_device(decoded.low_res_masks, self.fill_hole_area)  # on a GPU: no host trip
-            for row, obj_id in enumerate(group):
-                tracked[obj_id] = (_rows(decoded, row), filled[row : row + 1], pix_feat[row : row + 1])
-        return {obj_id: tracked[obj_id] for obj_id in obj_ids}
+                batches.append(MemoryBatch(group, *self._memory_inputs(group, [layouts[i] for i in group])))
+        return batches
 
     def _memory_inputs(
         self, obj_ids: list[int], layouts: list[MemoryLayout]
@@ -321,22 +306,25 @@ class Tracker(StreamTracker):
         if not outputs:
             return
         obj_ids = self._bank_objects_of(outputs)
-        model = self.model
-        memory_masks = torch.cat([outputs[i].memory_masks for i in obj_ids])
-        high_res_masks = model.upscale_masks(memory_masks).to(model.dtype)
-        binarize = _flags_on(tuple(outputs[i].conditioning for i in obj_ids), model.device)
-        object_scores = torch.cat([outputs[i].object_score_logits for i in obj_ids])
-        with self.stage_hook.stage("memory_encoder"):
-            memory_features, memory_pos = model.encode_memory(features, high_res_masks, object_scores, binarize)
+        masks, object_scores, conditioning = memory_encoder_inputs([outputs[i] for i in obj_ids])
+        encoded = encode_memories(
+            self.model, self.stage_hook, features, masks, object_scores, conditioning,
+            self.bank.config.storage_dtype if self.cache_memory_keys else None, self._memory_pos,
+        )  # fmt: skip
+        self.store_memories(obj_ids, outputs, encoded, object_scores)
+
+    def store_memories(
+        self,
+        obj_ids: list[int],
+        outputs: dict[int, ObjectOutput],
+        encoded: EncodedMemories,
+        object_scores: torch.Tensor,
+    ) -> None:
+        """Write the memories of this frame of ``obj_ids`` (rows of ``encoded`` and
+        ``object_scores``, in that order) to the bank."""
         if self._memory_pos is None:
-            self._memory_pos = memory_pos.flatten(2)[0].T.contiguous()  # (T, C)
-        tokens = memory_features.flatten(2).transpose(1, 2)  # (B, T, C)
-        keys = None
-        if self.cache_memory_keys:
-            # From the features as the bank stores them (rounded to its storage dtype), so the
-            # cached keys equal those computed from the stored memory.
-            stored_tokens = tokens.to(self.bank.config.storage_dtype).to(model.dtype)
-            keys = model.memory_attention.rotated_spatial_keys(stored_tokens, self._memory_pos)
+            self._memory_pos = encoded.spatial_pos
+        tokens, keys = encoded.tokens, encoded.keys
         with_quality = getattr(self.policy, "uses_quality", False)
         if isinstance(self.bank, RingBank):  # every object in one write
             ious = torch.cat([outputs[i].ious.max(dim=-1).values for i in obj_ids]) if with_quality else None
@@ -355,7 +343,7 @@ class Tracker(StreamTracker):
                 tokens[row],
                 output.obj_ptr[0],
                 conditioning=output.conditioning,
-                keys=None if keys is None else (keys[row] if len(obj_ids) == 1 else keys[row].clone()),
+                keys=None if keys is None else own_row(keys, row),
                 # The frame's quality stays on the device (no host sync) for quality-aware policies.
                 object_score=output.object_score_logits.reshape(()) if with_quality else None,
                 iou=output.ious.max(dim=-1).values.reshape(()) if with_quality else None,
