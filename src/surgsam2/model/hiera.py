@@ -16,7 +16,7 @@ from torch import nn
 
 from surgsam2.model.attention import attend
 from surgsam2.model.configs import HieraConfig
-from surgsam2.model.layers import MLP, DropPath
+from surgsam2.model.layers import MLP, DropPath, linear
 
 # (grid, parameter identities and versions) -> cached channels-last position embedding.
 _PosEmbedKey = tuple[object, ...]
@@ -86,7 +86,7 @@ class MultiScaleAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, dim) -> (B, H', W', dim_out), H' = H // stride when queries are pooled."""
         batch, height, width, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1)
+        qkv = linear(x, self.qkv).reshape(batch, height * width, 3, self.num_heads, -1)
         query, key, value = qkv.unbind(2)  # each (B, HW, heads, head_dim)
         if self.q_stride is not None:
             grid = query.reshape(batch, height, width, self.dim_out)
@@ -95,7 +95,7 @@ class MultiScaleAttention(nn.Module):
             query = grid.reshape(batch, height * width, self.num_heads, -1)
         out = attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.training)
         out = out.transpose(1, 2).reshape(batch, height, width, self.dim_out)
-        return self.proj(out)
+        return linear(out, self.proj)
 
 
 class MultiScaleBlock(nn.Module):
@@ -134,7 +134,7 @@ class MultiScaleBlock(nn.Module):
         normed = self.norm1(x)
         shortcut = x
         if self.proj is not None:
-            shortcut = self.proj(normed)
+            shortcut = linear(normed, self.proj)
         if self.q_stride is not None:
             shortcut = pool_tokens(shortcut, self.q_stride)
 
