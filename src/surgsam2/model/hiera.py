@@ -307,7 +307,10 @@ class Hiera(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) image -> one (B, C_i, H / 2^(i+2), W / 2^(i+2)) map per stage, finest first."""
         x = self.patch_embed(x)
-        x = x + self._get_pos_embed(x.shape[1], x.shape[2])
+        # The embedding (contiguous) first: the sum then comes out as a contiguous (B, H, W, C)
+        # grid instead of in the convolution's NCHW memory order, which every LayerNorm and
+        # window partition downstream would copy.
+        x = self._get_pos_embed(x.shape[1], x.shape[2]) + x
         outputs = []
         for index, block in enumerate(self.blocks):
             x = block(x)
