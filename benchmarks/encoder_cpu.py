@@ -5,13 +5,13 @@ achieved GFLOP/s (FLOPs counted once with `FlopCounterMode`) and its fraction of
 bf16 matmul peak (2048^3, measured in the same run at each thread count). ``--profile`` adds the
 top-15 ops of one call (`torch.profiler`, self CPU time).
 
-``--against REF`` also builds the encoder of the package as it was at git commit REF (its
-``src/surgsam2`` extracted to a temporary folder and imported as ``surgsam2_ref``), loads the same
-weights, checks the two give the same features, and alternates the two call by call: a
-before/after measured in one process under the same load.
+``--against REF ...`` also builds the encoder of the package as it was at each git commit REF
+(its ``src/surgsam2`` extracted to a temporary folder and imported as ``surgsam2_ref<i>``), loads
+the same weights, prints how far its features are from ours, and alternates the sides call by
+call: before/after measured in one process under the same load.
 
     OMP_NUM_THREADS=2 PYTHONPATH=src .venv/bin/python benchmarks/encoder_cpu.py \\
-        --model sam2.1_hiera_s --image-size 512 --threads 2 1 [--against HEAD~3] [--profile]
+        --model sam2.1_hiera_s --image-size 512 --threads 2 1 [--against HEAD~3 HEAD~1] [--profile]
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from surgsam2.bench.machine import count_flops, load_average, measure_matmul_pea
 from surgsam2.model.checkpoint import load_model
 
 REPO = Path(__file__).resolve().parents[1]
-REF_PACKAGE = "surgsam2_ref"
 
 
 def build_encoder(package: str, model: str, image_size: int, dtype: str) -> nn.Module:
@@ -42,20 +41,21 @@ def build_encoder(package: str, model: str, image_size: int, dtype: str) -> nn.M
     return loader(model, checkpoint=None, image_size=image_size, dtype=dtype).image_encoder.eval()
 
 
-def import_ref_package(commit: str, folder: Path) -> str:
-    """Extract ``src/surgsam2`` at ``commit`` into ``folder`` as package ``surgsam2_ref``."""
+def import_ref_package(commit: str, folder: Path, package: str) -> str:
+    """Extract ``src/surgsam2`` at ``commit`` into ``folder`` as ``package``, imported from there."""
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", "--format=tar", commit, "src/surgsam2"],
         check=True, capture_output=True,
     ).stdout
+    folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     source = folder / "src" / "surgsam2"
     for path in source.rglob("*.py"):
         text = path.read_text()
-        path.write_text(text.replace("surgsam2.", f"{REF_PACKAGE}.").replace("import surgsam2", f"import {REF_PACKAGE}"))
-    source.rename(folder / REF_PACKAGE)
+        path.write_text(text.replace("surgsam2.", f"{package}.").replace("import surgsam2", f"import {package}"))
+    source.rename(folder / package)
     sys.path.insert(0, str(folder))
-    return REF_PACKAGE
+    return package
 
 
 def run_encoder(encoder: nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
@@ -100,23 +100,24 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--against", metavar="REF", help="git commit to compare against in the same process")
+    parser.add_argument("--against", metavar="REF", nargs="*", default=[], help="git commits to compare against in the same process")
     parser.add_argument("--profile", action="store_true", help="print a top-15 op profile per side")
     args = parser.parse_args()
 
     # no_grad, not inference_mode: the trunk's position-embedding cache reads version counters.
     with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
         sides = {"ours": build_encoder("surgsam2", args.model, args.image_size, args.dtype)}
-        if args.against:
-            ref = build_encoder(import_ref_package(args.against, Path(folder)), args.model, args.image_size, args.dtype)
+        for index, commit in enumerate(args.against):
+            package = import_ref_package(commit, Path(folder) / str(index), f"surgsam2_ref{index}")
+            ref = build_encoder(package, args.model, args.image_size, args.dtype)
             ref.load_state_dict(sides["ours"].state_dict())
-            sides[f"ref {args.against}"] = ref
+            sides[commit] = ref
         dtype = next(sides["ours"].parameters()).dtype
         image = torch.randn(1, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(1)).to(dtype)
         with count_flops() as flops:
             features = run_encoder(sides["ours"], image)
-        if args.against:
-            compare(f"{args.dtype} features", features, run_encoder(sides[f"ref {args.against}"], image))
+        for commit in args.against:
+            compare(f"{args.dtype} features vs {commit}", features, run_encoder(sides[commit], image))
         gflop = flops.total / 1e9
         print(f"{args.model} {args.image_size} px trunk + neck, {args.dtype}: {gflop:.1f} GFLOP per call; "
               f"load average before {load_average()}")
@@ -130,10 +131,9 @@ def main() -> None:
                 print(f"  {threads} thread(s) {name:>16}: best {1e3 * best:6.1f} ms, median {1e3 * median:6.1f} ms, "
                       f"{gflop / best:5.0f} GFLOP/s = {gflop / best / peak:.2f} of the bf16 peak "
                       f"{peak:.0f} GFLOP/s")
-            if args.against:
-                ref_best = min(seconds[f"ref {args.against}"])
-                print(f"  {threads} thread(s) speedup ours / ref: best {ref_best / min(seconds['ours']):.3f}, "
-                      f"median {statistics.median(seconds[f'ref {args.against}']) / statistics.median(seconds['ours']):.3f}")
+            for commit in args.against:
+                print(f"  {threads} thread(s) speedup ours / {commit}: best {min(seconds[commit]) / min(seconds['ours']):.3f}, "
+                      f"median {statistics.median(seconds[commit]) / statistics.median(seconds['ours']):.3f}")
             if args.profile:
                 for name, encoder in sides.items():
                     print(f"--- profile, {name}, {threads} thread(s)")
