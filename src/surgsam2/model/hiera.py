@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgsam2.model.attention import attend
+from surgsam2.model.attention import attend_packed
 from surgsam2.model.configs import HieraConfig
 from surgsam2.model.layers import MLP, DropPath, linear
 
@@ -87,15 +87,14 @@ class MultiScaleAttention(nn.Module):
         """(B, H, W, dim) -> (B, H', W', dim_out), H' = H // stride when queries are pooled."""
         batch, height, width, _ = x.shape
         qkv = linear(x, self.qkv).reshape(batch, height * width, 3, self.num_heads, -1)
-        query, key, value = qkv.unbind(2)  # each (B, HW, heads, head_dim)
+        query = None
         if self.q_stride is not None:
-            grid = query.reshape(batch, height, width, self.dim_out)
+            grid = qkv[:, :, 0].reshape(batch, height, width, self.dim_out)
             grid = pool_tokens(grid, self.q_stride)
             height, width = grid.shape[1:3]
             query = grid.reshape(batch, height * width, self.num_heads, -1)
-        out = attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.training)
-        out = out.transpose(1, 2).reshape(batch, height, width, self.dim_out)
-        return linear(out, self.proj)
+        out = attend_packed(qkv, query, self.training)  # (B, H'W', dim_out)
+        return linear(out.reshape(batch, height, width, self.dim_out), self.proj)
 
 
 class MultiScaleBlock(nn.Module):
