@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -71,17 +72,35 @@ def compare(name: str, ours: list[torch.Tensor], theirs: list[torch.Tensor]) -> 
     print(f"{name}: max |ours - ref| / max |ref| per level: " + ", ".join(f"{w:.2e}" for w in worst))
 
 
-def time_sides(sides: dict[str, nn.Module], image: torch.Tensor, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each side, the sides alternating call by call (order rotating)."""
+def time_sides(
+    sides: dict[str, nn.Module], image: torch.Tensor, rounds: int, clock: Callable[[], float]
+) -> dict[str, list[float]]:
+    """Seconds per call of each side on ``clock``, the sides alternating call by call (order
+    rotating)."""
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     names = list(sides)
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start = clock()
             run_encoder(sides[name], image)
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name].append(clock() - start)
     return seconds
+
+
+def bf16_peak_cpu_clock(size: int = 2048, repeats: int = 8) -> float:
+    """`measure_matmul_peak`'s bf16 rate on the process CPU-time clock (GFLOP/s per thread-second
+    used), the peak that matches ``--clock cpu``."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).bfloat16()
+    b = torch.randn(size, size, generator=generator).bfloat16()
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        torch.mm(a, b)
+        best = min(best, time.process_time() - start)
+    return 2.0 * size**3 / best / 1e9
 
 
 def print_profile(encoder: nn.Module, image: torch.Tensor) -> None:
@@ -102,6 +121,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--against", metavar="REF", nargs="*", default=[], help="git commits to compare against in the same process")
     parser.add_argument("--profile", action="store_true", help="print a top-15 op profile per side")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="wall: perf_counter; cpu: this process's CPU time (steadier on a loaded machine, where "
+        "being descheduled inflates wall time; peak measured on the same clock)",
+    )
     args = parser.parse_args()
 
     # no_grad, not inference_mode: the trunk's position-embedding cache reads version counters.
@@ -121,11 +145,13 @@ def main() -> None:
         gflop = flops.total / 1e9
         print(f"{args.model} {args.image_size} px trunk + neck, {args.dtype}: {gflop:.1f} GFLOP per call; "
               f"load average before {load_average()}")
+        clock = time.perf_counter if args.clock == "wall" else time.process_time
+        print(f"clock: {args.clock}")
         for threads in args.threads:
             torch.set_num_threads(threads)
-            time_sides(sides, image, 1)  # warm-up at this thread count
-            peak = measure_matmul_peak().bf16_gflops
-            seconds = time_sides(sides, image, args.rounds)
+            time_sides(sides, image, 1, clock)  # warm-up at this thread count
+            peak = measure_matmul_peak().bf16_gflops if args.clock == "wall" else bf16_peak_cpu_clock()
+            seconds = time_sides(sides, image, args.rounds, clock)
             for name, values in seconds.items():
                 best, median = min(values), statistics.median(values)
                 print(f"  {threads} thread(s) {name:>16}: best {1e3 * best:6.1f} ms, median {1e3 * median:6.1f} ms, "
