@@ -1,9 +1,9 @@
 """How close does the bf16 image encoder (Hiera trunk + FPN neck) run to this CPU's matmul peak?
 
 Seeded random weights, one random image; prints ms per call (best and median of --rounds), the
-achieved GFLOP/s (FLOPs counted once with `FlopCounterMode`) and its fraction of the machine's
-bf16 matmul peak (2048^3, measured in the same run at each thread count). ``--profile`` adds the
-top-15 ops of one call (`torch.profiler`, self CPU time).
+achieved GFLOP/s (each side's FLOPs counted once with `FlopCounterMode`) and its fraction of the
+machine's bf16 matmul peak (2048^3, measured in the same run at each thread count). ``--profile``
+adds the top-15 ops of one call (`torch.profiler`, self CPU time).
 
 ``--against REF ...`` also builds the encoder of the package as it was at each git commit REF
 (its ``src/surgsam2`` extracted to a temporary folder and imported as ``surgsam2_ref<i>``), loads
@@ -138,13 +138,17 @@ def main() -> None:
             sides[commit] = ref
         dtype = next(sides["ours"].parameters()).dtype
         image = torch.randn(1, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(1)).to(dtype)
-        with count_flops() as flops:
-            features = run_encoder(sides["ours"], image)
+        gflop: dict[str, float] = {}
+        outputs: dict[str, list[torch.Tensor]] = {}
+        for name, encoder in sides.items():
+            with count_flops() as flops:
+                outputs[name] = run_encoder(encoder, image)
+            gflop[name] = flops.total / 1e9
         for commit in args.against:
-            compare(f"{args.dtype} features vs {commit}", features, run_encoder(sides[commit], image))
-        gflop = flops.total / 1e9
-        print(f"{args.model} {args.image_size} px trunk + neck, {args.dtype}: {gflop:.1f} GFLOP per call; "
-              f"load average before {load_average()}")
+            compare(f"{args.dtype} features vs {commit}", outputs["ours"], outputs[commit])
+        print(f"{args.model} {args.image_size} px trunk + neck, {args.dtype}, GFLOP per call: "
+              + ", ".join(f"{name} {value:.1f}" for name, value in gflop.items())
+              + f"; load average before {load_average()}")
         clock = time.perf_counter if args.clock == "wall" else time.process_time
         print(f"clock: {args.clock}")
         for threads in args.threads:
@@ -155,7 +159,7 @@ def main() -> None:
             for name, values in seconds.items():
                 best, median = min(values), statistics.median(values)
                 print(f"  {threads} thread(s) {name:>16}: best {1e3 * best:6.1f} ms, median {1e3 * median:6.1f} ms, "
-                      f"{gflop / best:5.0f} GFLOP/s = {gflop / best / peak:.2f} of the bf16 peak "
+                      f"{gflop[name] / best:5.0f} GFLOP/s = {gflop[name] / best / peak:.2f} of the bf16 peak "
                       f"{peak:.0f} GFLOP/s")
             for commit in args.against:
                 print(f"  {threads} thread(s) speedup ours / {commit}: best {min(seconds[commit]) / min(seconds['ours']):.3f}, "
