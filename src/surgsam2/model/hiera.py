@@ -101,26 +101,36 @@ class MultiScaleAttention(nn.Module):
         """(B, H, W, dim) -> (B, H', W', dim_out), H' = H // stride when queries are pooled.
 
         With ``window_size``, each query attends within its window_size² tile of the input grid,
-        padded bottom/right. The projections run on the unpadded grid: a padded token (zero
-        after the block's norm) projects to the qkv bias, which is what fills the padding, and
-        the padded outputs are dropped before ``proj``. Same function as projecting the padded
-        tiles, without the padding's share of the two linears (42 % of the tokens of a 32x32 grid
-        in 14x14 windows).
+        padded bottom/right. The padded outputs are dropped before ``proj``.
         """
         height, width = x.shape[1:3]
-        qkv = linear(x, self.qkv)
         out_hw = (height, width)
         if self.q_stride is not None:
             out_hw = (height // self.q_stride[0], width // self.q_stride[1])
-        if window_size > 0:
-            qkv, _ = window_partition(pad_grid(qkv, window_size, self.qkv.bias), window_size)
-        out = self._attend_grid(qkv)
+        out = self._attend_grid(self._project_tiles(x, window_size))
         if window_size > 0:
             # Pooled queries shrink each tile by the stride: stitch on the output grid's windows.
             out_window = out.shape[1]
             padded_hw = (-(-out_hw[0] // out_window) * out_window, -(-out_hw[1] // out_window) * out_window)
             out = window_unpartition(out, out_window, padded_hw, out_hw)
         return linear(out, self.proj)
+
+    def _project_tiles(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
+        """qkv of the grid (B, H, W, 3 * dim_out), or of its window tiles (B * nW, w, w, 3 * dim_out).
+
+        Where the grid needs padding, the projection runs on the unpadded grid and the padding
+        is filled with the qkv bias: a padded token is zero after the block's norm, so it
+        projects to the bias. Same function as projecting the padded tiles, without their share
+        of the linear (42 % of the tokens of a 32x32 grid in 14x14 windows). Without padding the
+        input is cut instead, the narrower tensor (dim against 3 * dim_out channels).
+        """
+        height, width = x.shape[1:3]
+        if window_size == 0:
+            return linear(x, self.qkv)
+        if height % window_size or width % window_size:
+            padded = pad_grid(linear(x, self.qkv), window_size, self.qkv.bias)
+            return window_partition(padded, window_size)[0]
+        return linear(window_partition(x, window_size)[0], self.qkv)
 
     def _attend_grid(self, qkv: torch.Tensor) -> torch.Tensor:
         """Projected (B, H, W, 3 * dim_out) grid -> attention output (B, H', W', dim_out)."""
