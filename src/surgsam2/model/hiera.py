@@ -111,7 +111,7 @@ class MultiScaleAttention(nn.Module):
         if window_size > 0:
             # Pooled queries shrink each tile by the stride: stitch on the output grid's windows.
             out_window = out.shape[1]
-            padded_hw = (-(-out_hw[0] // out_window) * out_window, -(-out_hw[1] // out_window) * out_window)
+            padded_hw = (out_hw[0] + (-out_hw[0] % out_window), out_hw[1] + (-out_hw[1] % out_window))
             out = window_unpartition(out, out_window, padded_hw, out_hw)
         return linear(out, self.proj)
 
