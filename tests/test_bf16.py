@@ -198,15 +198,15 @@ def test_bf16_image_encoder_matmul_path_close_to_sdpa(monkeypatch) -> None:
     from surgsam2.model import attention, hiera
 
     calls = []
-    original = attention.matmul_attention
-    monkeypatch.setattr(attention, "matmul_attention", lambda *args: calls.append(1) or original(*args))
+    original = attention.heads_into
+    monkeypatch.setattr(attention, "heads_into", lambda *args: calls.append(1) or original(*args))
     model = random_nano(torch.bfloat16)
     generator = torch.Generator().manual_seed(4)
     image = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(torch.bfloat16)
     with torch.inference_mode():
         fast = model.image_encoder(image)
         assert calls, "no Hiera attention took the bf16 matmul path"
-        assert hiera.attend is attention.attend
+        assert hiera.attend_packed is attention.attend_packed
         with sdpa_only():
             reference = model.image_encoder(image)
     pairs = enumerate(zip(fast["backbone_fpn"], reference["backbone_fpn"]))

@@ -167,6 +167,12 @@ def sdpa_counted_by_torch(device: torch.device | str = "cpu") -> bool:
     return counter.get_total_flops() > 0
 
 
+def _onednn_linear_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """2 * tokens * in * out: oneDNN's fused linear (`surgsam2.model.layers.linear`, bf16 CPU),
+    which FlopCounterMode's registry does not know."""
+    return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * weight_shape[0]
+
+
 @dataclass
 class FlopCount:
     """FLOPs of a block of code, and the part added by hand for attention kernels."""
@@ -177,7 +183,8 @@ class FlopCount:
 
 @contextlib.contextmanager
 def count_flops(device: torch.device | str = "cpu") -> Iterator[FlopCount]:
-    """Count FLOPs of the enclosed code: FlopCounterMode plus the CPU attention kernels it misses."""
+    """Count FLOPs of the enclosed code: FlopCounterMode plus the CPU attention kernels and the
+    oneDNN fused linear it misses."""
     from torch.utils.flop_counter import FlopCounterMode
 
     native = sdpa_counted_by_torch(device)
@@ -187,6 +194,9 @@ def count_flops(device: torch.device | str = "cpu") -> Iterator[FlopCount]:
             packet = getattr(torch.ops.aten, name, None)
             if packet is not None:
                 custom[packet] = _sdpa_flops
+    onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if onednn_linear is not None:
+        custom[onednn_linear] = _onednn_linear_flops
     result = FlopCount(0.0, 0.0)
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         yield result

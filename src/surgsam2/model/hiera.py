@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgsam2.model.attention import attend
+from surgsam2.model.attention import attend_packed
 from surgsam2.model.configs import HieraConfig
-from surgsam2.model.layers import MLP, DropPath
+from surgsam2.model.layers import MLP, DropPath, linear
 
 # (grid, parameter identities and versions) -> cached channels-last position embedding.
 _PosEmbedKey = tuple[object, ...]
@@ -33,16 +33,30 @@ def pool_tokens(x: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
     return pooled.permute(0, 2, 3, 1)
 
 
+def pad_grid(x: torch.Tensor, window: int, value: torch.Tensor | None = None) -> torch.Tensor:
+    """Pad a (B, H, W, C) grid bottom/right to multiples of ``window`` with the (C,) vector
+    ``value`` (zeros when None)."""
+    batch, height, width, channels = x.shape
+    pad_h, pad_w = -height % window, -width % window
+    if not (pad_h or pad_w):
+        return x
+    if value is None:
+        return F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    padded = x.new_empty(batch, height + pad_h, width + pad_w, channels)
+    padded[:, :height, :width] = x
+    padded[:, height:] = value
+    padded[:, :height, width:] = value
+    return padded
+
+
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Cut a (B, H, W, C) grid into (B * nW, window, window, C) tiles, zero-padding bottom/right.
 
     Returns the tiles and the padded grid size, which :func:`window_unpartition` needs.
     """
     batch, height, width, channels = x.shape
-    pad_h, pad_w = -height % window, -width % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    padded_h, padded_w = height + pad_h, width + pad_w
+    x = pad_grid(x, window)
+    padded_h, padded_w = x.shape[1:3]
     tiles = x.reshape(batch, padded_h // window, window, padded_w // window, window, channels)
     tiles = tiles.transpose(2, 3).reshape(-1, window, window, channels)
     return tiles, (padded_h, padded_w)
@@ -83,19 +97,53 @@ class MultiScaleAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim_out * 3)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, dim) -> (B, H', W', dim_out), H' = H // stride when queries are pooled."""
-        batch, height, width, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1)
-        query, key, value = qkv.unbind(2)  # each (B, HW, heads, head_dim)
+    def forward(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
+        """(B, H, W, dim) -> (B, H', W', dim_out), H' = H // stride when queries are pooled.
+
+        With ``window_size``, each query attends within its window_size² tile of the input grid,
+        padded bottom/right. The padded outputs are dropped before ``proj``.
+        """
+        height, width = x.shape[1:3]
+        out_hw = (height, width)
         if self.q_stride is not None:
-            grid = query.reshape(batch, height, width, self.dim_out)
+            out_hw = (height // self.q_stride[0], width // self.q_stride[1])
+        out = self._attend_grid(self._project_tiles(x, window_size))
+        if window_size > 0:
+            # Pooled queries shrink each tile by the stride: stitch on the output grid's windows.
+            out_window = out.shape[1]
+            padded_hw = (out_hw[0] + (-out_hw[0] % out_window), out_hw[1] + (-out_hw[1] % out_window))
+            out = window_unpartition(out, out_window, padded_hw, out_hw)
+        return linear(out, self.proj)
+
+    def _project_tiles(self, x: torch.Tensor, window_size: int) -> torch.Tensor:
+        """qkv of the grid (B, H, W, 3 * dim_out), or of its window tiles (B * nW, w, w, 3 * dim_out).
+
+        Where the grid needs padding, the projection runs on the unpadded grid and the padding
+        is filled with the qkv bias: a padded token is zero after the block's norm, so it
+        projects to the bias. Same function as projecting the padded tiles, without their share
+        of the linear (42 % of the tokens of a 32x32 grid in 14x14 windows). Without padding the
+        input is cut instead, the narrower tensor (dim against 3 * dim_out channels).
+        """
+        height, width = x.shape[1:3]
+        if window_size == 0:
+            return linear(x, self.qkv)
+        if height % window_size or width % window_size:
+            padded = pad_grid(linear(x, self.qkv), window_size, self.qkv.bias)
+            return window_partition(padded, window_size)[0]
+        return linear(window_partition(x, window_size)[0], self.qkv)
+
+    def _attend_grid(self, qkv: torch.Tensor) -> torch.Tensor:
+        """Projected (B, H, W, 3 * dim_out) grid -> attention output (B, H', W', dim_out)."""
+        batch, height, width, _ = qkv.shape
+        qkv = qkv.reshape(batch, height * width, 3, self.num_heads, -1)
+        query = None
+        if self.q_stride is not None:
+            grid = qkv[:, :, 0].reshape(batch, height, width, self.dim_out)
             grid = pool_tokens(grid, self.q_stride)
             height, width = grid.shape[1:3]
             query = grid.reshape(batch, height * width, self.num_heads, -1)
-        out = attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.training)
-        out = out.transpose(1, 2).reshape(batch, height, width, self.dim_out)
-        return self.proj(out)
+        out = attend_packed(qkv, query, self.training)  # (B, H'W', dim_out)
+        return out.reshape(batch, height, width, self.dim_out)
 
 
 class MultiScaleBlock(nn.Module):
@@ -134,23 +182,10 @@ class MultiScaleBlock(nn.Module):
         normed = self.norm1(x)
         shortcut = x
         if self.proj is not None:
-            shortcut = self.proj(normed)
+            shortcut = linear(normed, self.proj)
         if self.q_stride is not None:
             shortcut = pool_tokens(shortcut, self.q_stride)
-
-        if self.window_size > 0:
-            # Windows are cut at the input resolution; pooled queries shrink each tile by the
-            # stride, so the tiles are stitched back on the output grid with the smaller window.
-            tiles, _ = window_partition(normed, self.window_size)
-            tiles = self.attn(tiles)
-            out_window = tiles.shape[1]
-            out_h, out_w = shortcut.shape[1:3]
-            padded_hw = (out_h + (-out_h % out_window), out_w + (-out_w % out_window))
-            attended = window_unpartition(tiles, out_window, padded_hw, (out_h, out_w))
-        else:
-            attended = self.attn(normed)
-
-        x = shortcut + self.drop_path(attended)
+        x = shortcut + self.drop_path(self.attn(normed, self.window_size))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -169,8 +204,13 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size, stride=stride, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) image -> (B, H/4, W/4, embed_dim) tokens (a channels-last view)."""
-        return self.proj(x).permute(0, 2, 3, 1)
+        """(B, 3, H, W) image -> (B, H/4, W/4, embed_dim) tokens, contiguous channels-last.
+
+        A channels-last image makes oneDNN write the convolution's output channels-last, so the
+        permute is a view (an NCHW output would be transposed by the next op: 4.9 of 5.2 ms of
+        the position-embedding add for Hiera-S at 512 px in bf16, one thread).
+        """
+        return self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
 
 
 class Hiera(nn.Module):
@@ -307,7 +347,10 @@ class Hiera(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) image -> one (B, C_i, H / 2^(i+2), W / 2^(i+2)) map per stage, finest first."""
         x = self.patch_embed(x)
-        x = x + self._get_pos_embed(x.shape[1], x.shape[2])
+        # The embedding (contiguous) first: the sum then comes out as a contiguous (B, H, W, C)
+        # grid whatever the convolution's memory order, so no LayerNorm or window partition
+        # downstream copies it.
+        x = self._get_pos_embed(x.shape[1], x.shape[2]) + x
         outputs = []
         for index, block in enumerate(self.blocks):
             x = block(x)
@@ -321,6 +364,7 @@ __all__ = [
     "MultiScaleAttention",
     "MultiScaleBlock",
     "PatchEmbed",
+    "pad_grid",
     "pool_tokens",
     "window_partition",
     "window_unpartition",
