@@ -33,7 +33,11 @@ def clip() -> np.ndarray:
     return frames
 
 
-@pytest.fixture(scope="module", params=MODELS)
+# Under xdist each model is a work unit of its own (its export and video on one worker).
+MODEL_PARAMS = [pytest.param(name, marks=pytest.mark.xdist_group(f"onnx-video-parity-{name}")) for name in MODELS]
+
+
+@pytest.fixture(scope="module", params=MODEL_PARAMS)
 def hiera_export(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, SAM2Model, Path]:
     """The model with random weights and its export (default options: efp recorded, fifo also run)."""
     name = request.param
