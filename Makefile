@@ -45,11 +45,11 @@ install-onnx: $(ONNX_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/surgsam2 demo --out $(DEMO_OUT)
 
-# Two workers (pytest-xdist), one torch thread each (tests/conftest.py); each test file is one work
-# unit, so its module fixtures are built once, and the units holding slow tests start first.
+# Two workers (pytest-xdist), one torch thread each (tests/conftest.py); a test class, else a test
+# file, is one work unit (its fixtures built once), and the units holding slow tests start first.
 TEST_WORKERS ?= 2
 test: $(TEST_STAMP) $(ONNX_STAMP)
-	$(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) $(ONNX_VENV) outputs .pytest_cache

@@ -24,7 +24,6 @@ from surgsam2.model.sam2 import SAM2Model
 NUM_FRAMES = 20
 FRAME_SIZE = (480, 384)  # width, height
 IMAGE_SIZE = 512
-MODELS = ("sam2.1_hiera_t", "sam2.1_hiera_s")
 
 
 @pytest.fixture(scope="module")
@@ -33,41 +32,47 @@ def clip() -> np.ndarray:
     return frames
 
 
-# Under xdist each model is a work unit of its own (its export and video on one worker).
-MODEL_PARAMS = [pytest.param(name, marks=pytest.mark.xdist_group(f"onnx-video-parity-{name}")) for name in MODELS]
+class HieraParity:
+    """One model's export (random weights, default options: efp recorded, fifo also run), its graphs
+    and the whole-video parity. One class per model: under `--dist loadscope` each is a work unit."""
+
+    MODEL: str
+
+    @pytest.fixture(scope="class")
+    def hiera_export(self, tmp_path_factory) -> tuple[str, SAM2Model, Path]:
+        name = self.MODEL
+        start = time.perf_counter()
+        model = random_model(name, IMAGE_SIZE)
+        folder = Path(tmp_path_factory.mktemp(name.replace(".", "_")))
+        export_onnx(model, folder, ExportOptions())
+        print(f"\n{name} {IMAGE_SIZE}: exported in {time.perf_counter() - start:.0f} s")
+        return name, model, folder
+
+    @pytest.fixture(scope="class")
+    def parity_records(self, hiera_export: tuple[str, SAM2Model, Path], clip: np.ndarray) -> tuple[str, dict[str, ParityRecord]]:
+        """fifo and efp compared over the clip in one pass."""
+        name, model, folder = hiera_export
+        start = time.perf_counter()
+        records = compare_engines(model, folder, clip)
+        print(f"\n{name} {IMAGE_SIZE}: {NUM_FRAMES} frames x (fifo, efp) x (torch, onnx) in {time.perf_counter() - start:.0f} s")
+        return name, records
+
+    @pytest.mark.slow
+    def test_hiera_graphs_equal_torch_parts(self, hiera_export: tuple[str, SAM2Model, Path]) -> None:
+        name, model, folder = hiera_export
+        check_all_graphs(model, folder, f"{name} {IMAGE_SIZE}")
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("memory", ["fifo", "efp"])
+    def test_hiera_video_parity_with_torch_tracker(self, parity_records: tuple[str, dict[str, ParityRecord]], memory: str) -> None:
+        """20 frames, 3 objects (mask, points, box mid-video, a corrective click): IoU >= 0.999."""
+        name, records = parity_records
+        assert_parity(records[memory], f"{name} {IMAGE_SIZE} {memory}")
 
 
-@pytest.fixture(scope="module", params=MODEL_PARAMS)
-def hiera_export(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, SAM2Model, Path]:
-    """The model with random weights and its export (default options: efp recorded, fifo also run)."""
-    name = request.param
-    start = time.perf_counter()
-    model = random_model(name, IMAGE_SIZE)
-    folder = Path(tmp_path_factory.mktemp(name.replace(".", "_")))
-    export_onnx(model, folder, ExportOptions())
-    print(f"\n{name} {IMAGE_SIZE}: exported in {time.perf_counter() - start:.0f} s")
-    return name, model, folder
+class TestHieraTiny(HieraParity):
+    MODEL = "sam2.1_hiera_t"
 
 
-@pytest.fixture(scope="module")
-def parity_records(hiera_export: tuple[str, SAM2Model, Path], clip: np.ndarray) -> tuple[str, dict[str, ParityRecord]]:
-    """fifo and efp compared over the clip in one pass."""
-    name, model, folder = hiera_export
-    start = time.perf_counter()
-    records = compare_engines(model, folder, clip)
-    print(f"\n{name} {IMAGE_SIZE}: {NUM_FRAMES} frames x (fifo, efp) x (torch, onnx) in {time.perf_counter() - start:.0f} s")
-    return name, records
-
-
-@pytest.mark.slow
-def test_hiera_graphs_equal_torch_parts(hiera_export: tuple[str, SAM2Model, Path]) -> None:
-    name, model, folder = hiera_export
-    check_all_graphs(model, folder, f"{name} {IMAGE_SIZE}")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("memory", ["fifo", "efp"])
-def test_hiera_video_parity_with_torch_tracker(parity_records: tuple[str, dict[str, ParityRecord]], memory: str) -> None:
-    """20 frames, 3 objects (mask, points, box mid-video, a corrective click): IoU >= 0.999."""
-    name, records = parity_records
-    assert_parity(records[memory], f"{name} {IMAGE_SIZE} {memory}")
+class TestHieraSmall(HieraParity):
+    MODEL = "sam2.1_hiera_s"
