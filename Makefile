@@ -47,6 +47,7 @@ demo: $(STAMP)
 
 # Two workers (pytest-xdist), one torch thread each (tests/conftest.py); a test class, else a test
 # file, is one work unit (its fixtures built once), and the units holding slow tests start first.
+# TEST_WORKERS=0: one process, as a plain pytest run.
 TEST_WORKERS ?= 2
 test: $(TEST_STAMP) $(ONNX_STAMP)
 	$(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
