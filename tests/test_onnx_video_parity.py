@@ -32,30 +32,34 @@ def clip() -> np.ndarray:
     return frames
 
 
+@pytest.fixture(scope="class")
+def hiera_export(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, SAM2Model, Path]:
+    """The test class's model with random weights and its export (default options: efp recorded,
+    fifo also run)."""
+    name = request.cls.MODEL
+    start = time.perf_counter()
+    model = random_model(name, IMAGE_SIZE)
+    folder = Path(tmp_path_factory.mktemp(name.replace(".", "_")))
+    export_onnx(model, folder, ExportOptions())
+    print(f"\n{name} {IMAGE_SIZE}: exported in {time.perf_counter() - start:.0f} s")
+    return name, model, folder
+
+
+@pytest.fixture(scope="class")
+def parity_records(hiera_export: tuple[str, SAM2Model, Path], clip: np.ndarray) -> tuple[str, dict[str, ParityRecord]]:
+    """fifo and efp compared over the clip in one pass."""
+    name, model, folder = hiera_export
+    start = time.perf_counter()
+    records = compare_engines(model, folder, clip)
+    print(f"\n{name} {IMAGE_SIZE}: {NUM_FRAMES} frames x (fifo, efp) x (torch, onnx) in {time.perf_counter() - start:.0f} s")
+    return name, records
+
+
 class HieraParity:
-    """One model's export (random weights, default options: efp recorded, fifo also run), its graphs
-    and the whole-video parity. One class per model: under `--dist loadscope` each is a work unit."""
+    """One model's graphs and whole-video parity, on one export. One class per model: under
+    `--dist loadscope` each is a work unit of its own."""
 
     MODEL: str
-
-    @pytest.fixture(scope="class")
-    def hiera_export(self, tmp_path_factory) -> tuple[str, SAM2Model, Path]:
-        name = self.MODEL
-        start = time.perf_counter()
-        model = random_model(name, IMAGE_SIZE)
-        folder = Path(tmp_path_factory.mktemp(name.replace(".", "_")))
-        export_onnx(model, folder, ExportOptions())
-        print(f"\n{name} {IMAGE_SIZE}: exported in {time.perf_counter() - start:.0f} s")
-        return name, model, folder
-
-    @pytest.fixture(scope="class")
-    def parity_records(self, hiera_export: tuple[str, SAM2Model, Path], clip: np.ndarray) -> tuple[str, dict[str, ParityRecord]]:
-        """fifo and efp compared over the clip in one pass."""
-        name, model, folder = hiera_export
-        start = time.perf_counter()
-        records = compare_engines(model, folder, clip)
-        print(f"\n{name} {IMAGE_SIZE}: {NUM_FRAMES} frames x (fifo, efp) x (torch, onnx) in {time.perf_counter() - start:.0f} s")
-        return name, records
 
     @pytest.mark.slow
     def test_hiera_graphs_equal_torch_parts(self, hiera_export: tuple[str, SAM2Model, Path]) -> None:
