@@ -45,8 +45,12 @@ install-onnx: $(ONNX_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/surgsam2 demo --out $(DEMO_OUT)
 
+# Two workers (pytest-xdist), one torch thread each (tests/conftest.py); a test class, else a test
+# file, is one work unit (its fixtures built once), and the units holding slow tests start first.
+# TEST_WORKERS=0: one process, as a plain pytest run.
+TEST_WORKERS ?= 2
 test: $(TEST_STAMP) $(ONNX_STAMP)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) $(ONNX_VENV) outputs .pytest_cache

@@ -15,11 +15,13 @@ def local_server(app: Any) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 while inside; yields its base URL (the server stops on exit)."""
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    # The server gets the socket bound here, so no other test process can take its port between
+    # choosing it and serving on it (the tests run in parallel workers).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 30
@@ -30,3 +32,4 @@ def local_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        listener.close()

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from onnx_parity import ORT_THREADS
 from surgsam2.export.onnx_export import ExportOptions, SlotCounts
 from surgsam2.memory.assembly import MemoryCandidates, memory_tokens
 from surgsam2.model.sam2 import ImageFeatures, SAM2Model
@@ -32,8 +33,11 @@ def assert_close(name: str, got: np.ndarray, ref: torch.Tensor) -> None:
 
 
 def sessions(folder: Path) -> dict[str, ort.InferenceSession]:
+    options = ort.SessionOptions()
+    if ORT_THREADS is not None:
+        options.intra_op_num_threads = ORT_THREADS
     return {
-        name: ort.InferenceSession(str(folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        name: ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
         for name in ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "memory_keys")
     }
 

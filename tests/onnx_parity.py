@@ -38,6 +38,10 @@ def require_onnx_venv() -> Path:
     return ONNX_VENV_PYTHON
 
 
+# ONNX Runtime's threads in these tests: one under pytest-xdist, whose workers share the cores (as
+# torch's one thread there, tests/conftest.py); the runtime's default otherwise.
+ORT_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else None
+
 IOU_BAR = 0.999  # mask IoU per object and frame, ONNX runtime vs torch tracker (issue 15)
 ADD_OBJECT_FRAME = 8
 CORRECTION_FRAME = 16
@@ -117,7 +121,7 @@ def compare_engines(
     per policy the IoU record of every object and frame (object ids must match on every frame)."""
     script = prompt_script(frames)
     torch_trackers = {memory: Tracker(model, memory=memory) for memory in policies}
-    onnx_trackers = {memory: OnnxTracker(folder, memory=memory) for memory in policies}
+    onnx_trackers = {memory: OnnxTracker(folder, memory=memory, threads=ORT_THREADS) for memory in policies}
     records = {memory: ParityRecord() for memory in policies}
     any_torch, any_onnx = torch_trackers[policies[0]], onnx_trackers[policies[0]]
     for index, frame in enumerate(frames):

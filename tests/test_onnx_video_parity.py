@@ -24,7 +24,6 @@ from surgsam2.model.sam2 import SAM2Model
 NUM_FRAMES = 20
 FRAME_SIZE = (480, 384)  # width, height
 IMAGE_SIZE = 512
-MODELS = ("sam2.1_hiera_t", "sam2.1_hiera_s")
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +32,11 @@ def clip() -> np.ndarray:
     return frames
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="class")
 def hiera_export(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str, SAM2Model, Path]:
-    """The model with random weights and its export (default options: efp recorded, fifo also run)."""
-    name = request.param
+    """The test class's model with random weights and its export (default options: efp recorded,
+    fifo also run)."""
+    name = request.cls.MODEL
     start = time.perf_counter()
     model = random_model(name, IMAGE_SIZE)
     folder = Path(tmp_path_factory.mktemp(name.replace(".", "_")))
@@ -45,7 +45,7 @@ def hiera_export(request: pytest.FixtureRequest, tmp_path_factory) -> tuple[str,
     return name, model, folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def parity_records(hiera_export: tuple[str, SAM2Model, Path], clip: np.ndarray) -> tuple[str, dict[str, ParityRecord]]:
     """fifo and efp compared over the clip in one pass."""
     name, model, folder = hiera_export
@@ -55,15 +55,28 @@ def parity_records(hiera_export: tuple[str, SAM2Model, Path], clip: np.ndarray) 
     return name, records
 
 
-@pytest.mark.slow
-def test_hiera_graphs_equal_torch_parts(hiera_export: tuple[str, SAM2Model, Path]) -> None:
-    name, model, folder = hiera_export
-    check_all_graphs(model, folder, f"{name} {IMAGE_SIZE}")
+class HieraParity:
+    """One model's graphs and whole-video parity, on one export. One class per model: under
+    `--dist loadscope` each is a work unit of its own."""
+
+    MODEL: str
+
+    @pytest.mark.slow
+    def test_hiera_graphs_equal_torch_parts(self, hiera_export: tuple[str, SAM2Model, Path]) -> None:
+        name, model, folder = hiera_export
+        check_all_graphs(model, folder, f"{name} {IMAGE_SIZE}")
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("memory", ["fifo", "efp"])
+    def test_hiera_video_parity_with_torch_tracker(self, parity_records: tuple[str, dict[str, ParityRecord]], memory: str) -> None:
+        """20 frames, 3 objects (mask, points, box mid-video, a corrective click): IoU >= 0.999."""
+        name, records = parity_records
+        assert_parity(records[memory], f"{name} {IMAGE_SIZE} {memory}")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("memory", ["fifo", "efp"])
-def test_hiera_video_parity_with_torch_tracker(parity_records: tuple[str, dict[str, ParityRecord]], memory: str) -> None:
-    """20 frames, 3 objects (mask, points, box mid-video, a corrective click): IoU >= 0.999."""
-    name, records = parity_records
-    assert_parity(records[memory], f"{name} {IMAGE_SIZE} {memory}")
+class TestHieraTiny(HieraParity):
+    MODEL = "sam2.1_hiera_t"
+
+
+class TestHieraSmall(HieraParity):
+    MODEL = "sam2.1_hiera_s"
