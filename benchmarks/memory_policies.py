@@ -1,5 +1,5 @@
-"""Memory policies compared (issue 16): fifo, efp (P = 1, 2, 3), qefp and refp (with variants:
-`REFP_VARIANTS`) on the held-out set and on the hard set, with the shipped nano (or --checkpoint).
+"""Memory policies compared (issue 16): fifo, efp (P = 1, 2, 3), qefp, refp (with variants:
+`REFP_VARIANTS`) and xefp on the held-out set and on the hard set, with the shipped nano (or --checkpoint).
 
 Every row is the same evaluation: `vos-inference` (first-appearance mask prompts, `surgsam2`
 protocol) gives J&F, Dice and Challenge IoU; the written per-object masks are then scored frame
@@ -60,7 +60,8 @@ SET_NAMES = ("heldout", "hard", "val", "hardval")
 # occluders per clip, twice the camera motion, full smoke), long clips.
 HARD_CONFIG = SYNTHETIC_PRESETS["hard"]
 POLICIES = {"fifo": ("fifo", 2), "efp1": ("efp", 1), "efp2": ("efp", 2), "efp3": ("efp", 3),
-            "qefp1": ("qefp", 1), "qefp2": ("qefp", 2), "qefp3": ("qefp", 3), "refp2": ("refp", 2)}
+            "qefp1": ("qefp", 1), "qefp2": ("qefp", 2), "qefp3": ("qefp", 3), "refp2": ("refp", 2),
+            "xefp1": ("xefp", 1), "xefp2": ("xefp", 2), "xefp3": ("xefp", 3)}
 # Variants of refp (benchmark-only registrations): reliability threshold, retained count, slot.
 REFP_VARIANTS = {"refp2_iou80": dict(min_iou=0.8), "refp2_present": dict(min_iou=0.0),
                  "refp2_r4": dict(retained_memories=4), "refp2_condslot": dict(retained_slot=6)}

@@ -11,6 +11,8 @@ tensors only, work on the device and never synchronise with the host.
   segmented first, then the most redundant ones, within EFP's budget.
 - ``refp``: reliable-memory EFP — the bank also retains the newest reliable memories that left the
   recent window; poor recent memories are replaced by them, then EFP prunes as usual.
+- ``xefp``: exclusive-memory EFP — each memory is encoded from a mask that shares no pixel with
+  another tracked instrument of the video (`memory.exclusive`), then EFP prunes.
 
 Policies are looked up by name in one registry (the command line, the Python API and the training
 switch all read it): a new policy is one class decorated with ``@register_policy("name")``.
@@ -54,6 +56,9 @@ class MemoryPolicy(ABC):
     name: str = "policy"
     # Whether `select` reads the candidates' quality (passed as ``quality=``); others never see it.
     uses_quality: ClassVar[bool] = False
+    # Whether memories are encoded from exclusive masks (`memory.exclusive.exclusive_masks` over the
+    # objects of a video: the tracker and the training forward apply it when the policy asks).
+    exclusive_memories: ClassVar[bool] = False
 
     @classmethod
     def from_options(cls, options: PolicyOptions) -> MemoryPolicy:
@@ -284,6 +289,23 @@ class ReliableEfpPolicy(QualityEfpPolicy):
         by_secondary = torch.sort(secondary, dim=0, descending=True, stable=True).indices
         by_tier = torch.sort(tier.gather(0, by_secondary), dim=0, descending=True, stable=True).indices
         return by_secondary.gather(0, by_tier)
+
+
+@register_policy("xefp")
+@dataclass
+class ExclusiveEfpPolicy(EfpPolicy):
+    """Exclusive-memory EFP: memories encoded from masks that share no pixel with another tracked instrument.
+
+    Before a frame's memories are encoded, each pixel of the objects' masks is kept only by the
+    object of the same video with the highest logit (prompted objects keep their whole mask and
+    win where it is positive); the others' logits there are clamped to <= -10
+    (`memory.exclusive.exclusive_masks`, SAM 2's non-overlap constraint for memory encoding). An
+    object whose mask spilled onto a crossing instrument so remembers only its own pixels. The
+    memories a frame attends to are then chosen as by efp. With one object it is efp.
+    """
+
+    name: str = "xefp"
+    exclusive_memories: ClassVar[bool] = True
 
 
 def make_policy(policy: str | MemoryPolicy, num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE) -> MemoryPolicy:

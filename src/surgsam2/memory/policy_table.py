@@ -17,6 +17,7 @@ POLICY_SUMMARIES: dict[str, str] = {
     "efp": "Surgical SAM 2's Efficient Frame Pruning",
     "qefp": "Quality-first EFP: drop memories of absent or poorly segmented frames first, then redundant ones",
     "refp": "Reliable-memory EFP: poor recent memories are replaced by retained reliable ones, then EFP prunes",
+    "xefp": "Exclusive-memory EFP: memories encoded from masks that share no pixel with another tracked instrument",
 }
 
 POLICY_NAMES: tuple[str, ...] = tuple(POLICY_SUMMARIES)

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import torch
 
+from surgsam2.memory.exclusive import exclusive_masks
 from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
 from surgsam2.tracking.postprocess import fill_holes_for_device
 from surgsam2.tracking.results import ObjectOutput
@@ -75,6 +76,12 @@ def flags_on(flags: tuple[bool, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(flags, dtype=torch.bool).to(device)
 
 
+@lru_cache(maxsize=64)
+def groups_on(groups: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A long tensor of ``groups`` on ``device``, made once per pattern (read-only), as `flags_on`."""
+    return torch.tensor(groups, dtype=torch.long).to(device)
+
+
 def _joined(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
 
@@ -111,14 +118,22 @@ def encode_memories(
     conditioning: tuple[bool, ...],
     key_storage_dtype: torch.dtype | None,
     spatial_pos: torch.Tensor | None = None,
+    exclusive_groups: tuple[int, ...] | None = None,
 ) -> EncodedMemories:
     """The memories of B objects from their (B, 1, h, w) low-res mask logits, (B, 1) object scores
     and conditioning flags (prompted frames: masks binarised). ``features``: batch 1 or one row per
     object. ``key_storage_dtype``: compute the cached keys from the features rounded to the bank's
     storage dtype (so they equal keys computed from the stored memory); None: no keys.
-    ``spatial_pos``: the (T, C) spatial encoding when already known (it depends only on the model)."""
+    ``spatial_pos``: the (T, C) spatial encoding when already known (it depends only on the model).
+    ``exclusive_groups``: the video (0, 1, ...) of each object when the masks are made exclusive
+    among each video's objects first (`memory.exclusive`, a policy's ``exclusive_memories``);
+    None: encoded as they are."""
     high_res_masks = model.upscale_masks(masks).to(model.dtype)
     binarize = flags_on(conditioning, model.device)
+    if exclusive_groups is not None and len(exclusive_groups) > 1:
+        num_groups = max(exclusive_groups) + 1
+        groups = None if num_groups == 1 else groups_on(exclusive_groups, model.device)
+        high_res_masks = exclusive_masks(high_res_masks, binarize, groups, num_groups)
     with hook.stage("memory_encoder"):
         memory_features, memory_pos = model.encode_memory(features, high_res_masks, object_scores, binarize)
     if spatial_pos is None:
@@ -177,6 +192,7 @@ __all__ = [
     "EncodedMemories",
     "decoder_row",
     "flags_on",
+    "groups_on",
     "attend_and_decode",
     "encode_memories",
     "tracked_output",

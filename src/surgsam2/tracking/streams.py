@@ -153,21 +153,25 @@ class MultiStreamTracker:
         self, outputs: dict[int, dict[int, ObjectOutput]], rows: dict[int, ImageFeatures]
     ) -> None:
         """Encode the memories of every object of the streams in ``outputs`` in one call (per kind
-        of cached key) and store each stream's rows in its bank."""
-        kinds: dict[torch.dtype | None, list[int]] = {}
+        of cached key and of mask: exclusive among a stream's objects or not) and store each
+        stream's rows in its bank."""
+        kinds: dict[tuple[torch.dtype | None, bool], list[int]] = {}
         for index in outputs:
             tracker = self.streams[index]
             key_dtype = tracker.bank.config.storage_dtype if tracker.cache_memory_keys else None
-            kinds.setdefault(key_dtype, []).append(index)
-        for key_dtype, indices in kinds.items():
+            kinds.setdefault((key_dtype, getattr(tracker.policy, "exclusive_memories", False)), []).append(index)
+        for (key_dtype, exclusive), indices in kinds.items():
             obj_ids = {index: list(outputs[index]) for index in indices}
             masks, object_scores, conditioning = memory_encoder_inputs(
                 [outputs[index][obj_id] for index in indices for obj_id in obj_ids[index]]
             )
             features = per_object_features([(rows[index], len(obj_ids[index])) for index in indices])
+            # Each stream's objects compete for pixels among themselves only.
+            groups = tuple(group for group, index in enumerate(indices) for _ in obj_ids[index]) if exclusive else None
             encoded = encode_memories(
-                self.model, self.stage_hook, features, masks, object_scores, conditioning, key_dtype
-            )
+                self.model, self.stage_hook, features, masks, object_scores, conditioning, key_dtype,
+                exclusive_groups=groups,
+            )  # fmt: skip
             start = 0
             for index in indices:
                 rows_of = slice(start, start + len(obj_ids[index]))

@@ -310,6 +310,7 @@ class Tracker(StreamTracker):
         encoded = encode_memories(
             self.model, self.stage_hook, features, masks, object_scores, conditioning,
             self.bank.config.storage_dtype if self.cache_memory_keys else None, self._memory_pos,
+            (0,) * len(obj_ids) if getattr(self.policy, "exclusive_memories", False) else None,
         )  # fmt: skip
         self.store_memories(obj_ids, outputs, encoded, object_scores)
 

@@ -17,7 +17,9 @@
      previous mask logits as mask input; the frame then becomes a conditioning frame (SAM 2's
      add_all_frames_to_correct_as_cond);
    - the memory of the frame is encoded from the final prediction (sigmoid of the logits, not
-     binarised, as in SAM 2 training), except on the last frame, which no later frame reads.
+     binarised, as in SAM 2 training), except on the last frame, which no later frame reads; with a
+     policy that asks for exclusive memories (``xefp``) the masks are first made exclusive among
+     the objects of each clip (`surgsam2.memory.exclusive`), as the tracker does.
 3. Losses (`surgsam2.train.losses`) are summed over every prediction step of every frame. Frames
    whose output is the given mask are not scored: their "prediction" is the input (a constant,
    gradient-free term in SAM 2's sum).
@@ -36,6 +38,7 @@ from torch import nn
 
 from surgsam2.memory.assembly import gather_candidates, memory_tokens, select_memories
 from surgsam2.memory.bank import BankConfig, MemoryBank
+from surgsam2.memory.exclusive import exclusive_masks
 from surgsam2.memory.policies import MemoryPolicy
 from surgsam2.model.sam2 import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, DecoderOutput, ImageFeatures, SAM2Model
 from surgsam2.train.config import LossSection, PromptSection
@@ -145,8 +148,12 @@ class ClipForward(nn.Module):
                 num_predictions += 1
             if t == num_frames - 1:
                 break  # no later frame reads this frame's memory
+            memory_masks = prediction.high_res_masks
+            if getattr(self.policy, "exclusive_memories", False):  # among the objects of each clip (one video each)
+                prompted = torch.full((num_objects,), t in plan.conditioning_frames, device=device)
+                memory_masks = exclusive_masks(memory_masks, prompted, clip_of_object, frames.shape[0])
             memory_features, memory_pos = model.encode_memory(
-                frame_features, prediction.high_res_masks, prediction.final.object_score_logits, binarize=False
+                frame_features, memory_masks, prediction.final.object_score_logits, binarize=False
             )
             if spatial_pos is None:
                 spatial_pos = memory_pos.flatten(2)[0].T.contiguous()  # (tokens, C)
