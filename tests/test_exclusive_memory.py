@@ -122,23 +122,38 @@ def _overlapping_prompts(masks: dict[int, np.ndarray]) -> dict[int, Prompt]:
     return {1: Prompt(mask=masks[1]), 2: Prompt(mask=grown | masks[1])}
 
 
-def test_tracker_encodes_exclusive_memories_with_xefp_only(model: SAM2Model) -> None:
+def test_tracker_encodes_exclusive_memories_with_xefp_only(model: SAM2Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two objects whose prompts overlap. With efp the tracked masks the memories are encoded from
+    overlap; with xefp the decoder's low-res masks are made exclusive on every tracked frame (no
+    pixel positive for both), and those, upscaled, are what the memory encoder receives. On the
+    prompted frame both drawn masks are kept whole."""
+    import surgsam2.tracking.phases as phases
+
     frames, masks = moving_discs(6, seed=4)
     prompts = _overlapping_prompts(masks)
+    made: list[torch.Tensor] = []
+
+    def recording(logits, fixed, groups=None, num_groups=1):
+        made.append(exclusive_masks(logits, fixed, groups, num_groups))
+        return made[-1]
+
+    monkeypatch.setattr(phases, "exclusive_masks", recording)
     seen = {}
     for memory in ("efp", "xefp"):
+        made.clear()
         tracker = Tracker(model, memory=memory)
         with EncoderInputs(model) as inputs:
             for t, frame in enumerate(frames):
                 tracker.step(frame, prompts if t == 0 else None)
         seen[memory] = inputs.masks
-    # Frame 0 (prompted): both masks kept whole, overlapping as drawn.
-    assert int(((seen["xefp"][0] > 0).sum(dim=0) > 1).sum()) > 0
+    assert len(made) == len(frames)
     overlaps = [int(((m > 0).sum(dim=0) > 1).sum()) for m in seen["efp"][1:]]
     print(f"efp: pixels claimed twice per tracked frame {overlaps}")
     assert max(overlaps) > 0  # the test is not vacuous: efp's tracked masks overlap
-    for m in seen["xefp"][1:]:
-        assert int(((m > 0).sum(dim=0) > 1).sum()) == 0
+    assert int(((seen["xefp"][0] > 0).sum(dim=0) > 1).sum()) > 0  # prompted: kept as drawn
+    for low_res, encoded in zip(made[1:], seen["xefp"][1:]):
+        assert int(((low_res > 0).sum(dim=0) > 1).sum()) == 0
+        assert torch.equal(encoded, model.upscale_masks(low_res).to(encoded.dtype))
 
 
 def test_xefp_with_one_object_is_efp(model: SAM2Model) -> None:
@@ -180,8 +195,8 @@ def test_streams_with_xefp_track_each_video_as_alone(model: SAM2Model) -> None:
 
 def test_training_forward_makes_memories_exclusive_within_each_clip(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training with xefp: two clips of two objects. On every non-conditioning frame the memory
-    encoder receives the predicted masks made exclusive among the objects of each clip (not across
-    clips, not untouched); with efp it receives them as predicted."""
+    encoder receives the predicted low-res masks made exclusive among the objects of each clip (not
+    across clips, not untouched), then upscaled; with efp it receives them as predicted."""
     import surgsam2.train.model_forward as model_forward
     from surgsam2.model.configs import get_config
     from surgsam2.train.config import LossSection, PromptSection
@@ -214,14 +229,14 @@ def test_training_forward_makes_memories_exclusive_within_each_clip(monkeypatch:
         forward = ClipForward(model, prompts, LossSection(), make_policy(policy))
         with torch.no_grad(), EncoderInputs(model) as inputs:
             forward(frames, masks, valid, seed=0)
-        assert len(raw) == (0 if policy == "efp" else len(inputs.masks))
-    tracked = [t for t in range(len(inputs.masks)) if t not in conditioning]
-    assert tracked
+        tracked = [t for t in range(len(inputs.masks)) if t not in conditioning]
+        assert tracked and len(raw) == (0 if policy == "efp" else len(tracked))
     none, per_clip = torch.zeros(4, dtype=torch.bool), torch.tensor([0, 0, 1, 1])
-    for t in tracked:
+    for low_res, t in zip(raw, tracked):
         encoded = inputs.masks[t].float()
-        assert torch.equal(encoded, exclusive_masks(raw[t], none, per_clip, 2).float())
-        changed = int((encoded != raw[t].float()).sum())
-        across = int((encoded != exclusive_masks(raw[t], none).float()).sum())
-        print(f"frame {t}: {changed} pixel logits clamped within clips; one group would differ at {across}")
+        with torch.no_grad():
+            assert torch.equal(encoded, model.upscale_masks(exclusive_masks(low_res, none, per_clip, 2)).float())
+            changed = int((encoded != model.upscale_masks(low_res).float()).sum())
+            across = int((encoded != model.upscale_masks(exclusive_masks(low_res, none)).float()).sum())
+        print(f"frame {t}: {changed} pixel logits changed within clips; one group would differ at {across}")
         assert changed > 0 and across > 0

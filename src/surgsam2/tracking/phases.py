@@ -126,14 +126,15 @@ def encode_memories(
     storage dtype (so they equal keys computed from the stored memory); None: no keys.
     ``spatial_pos``: the (T, C) spatial encoding when already known (it depends only on the model).
     ``exclusive_groups``: the video (0, 1, ...) of each object when the masks are made exclusive
-    among each video's objects first (`memory.exclusive`, a policy's ``exclusive_memories``);
+    among each video's objects first (`memory.exclusive`, a policy's ``exclusive_memories``), at
+    the decoder's resolution before upscaling (as the ONNX runtime and training apply it);
     None: encoded as they are."""
-    high_res_masks = model.upscale_masks(masks).to(model.dtype)
     binarize = flags_on(conditioning, model.device)
     if exclusive_groups is not None and len(exclusive_groups) > 1:
         num_groups = max(exclusive_groups) + 1
         groups = None if num_groups == 1 else groups_on(exclusive_groups, model.device)
-        high_res_masks = exclusive_masks(high_res_masks, binarize, groups, num_groups)
+        masks = exclusive_masks(masks, binarize, groups, num_groups)
+    high_res_masks = model.upscale_masks(masks).to(model.dtype)
     with hook.stage("memory_encoder"):
         memory_features, memory_pos = model.encode_memory(features, high_res_masks, object_scores, binarize)
     if spatial_pos is None:

@@ -149,9 +149,12 @@ class ClipForward(nn.Module):
             if t == num_frames - 1:
                 break  # no later frame reads this frame's memory
             memory_masks = prediction.high_res_masks
-            if getattr(self.policy, "exclusive_memories", False):  # among the objects of each clip (one video each)
-                prompted = torch.full((num_objects,), t in plan.conditioning_frames, device=device)
-                memory_masks = exclusive_masks(memory_masks, prompted, clip_of_object, frames.shape[0])
+            if getattr(self.policy, "exclusive_memories", False) and t not in plan.conditioning_frames:
+                # Among the objects of each clip (one video each), at the decoder's resolution as
+                # the tracker applies it (a prompted frame's masks are kept whole).
+                prompted = torch.zeros(num_objects, dtype=torch.bool, device=device)
+                low_res = exclusive_masks(prediction.final.low_res_masks, prompted, clip_of_object, frames.shape[0])
+                memory_masks = model.upscale_masks(low_res)
             memory_features, memory_pos = model.encode_memory(
                 frame_features, memory_masks, prediction.final.object_score_logits, binarize=False
             )
