@@ -1,9 +1,9 @@
 """The torch-free ONNX runtime (issue 15, second step): `OnnxTracker` against our torch `Tracker`.
 
-- its numpy rules against the torch originals: EFP's selection, the antialiased resize, bfloat16
-  storage rounding;
+- its numpy rules against the torch originals: EFP's selection, xefp's exclusive memory masks,
+  the antialiased resize, bfloat16 storage rounding;
 - whole videos (nano at 256 px, 32 frames, 3 objects: mask, points, box added on frame 8, a
-  corrective click on frame 16), fifo and efp: mask IoU >= 0.999 per object and frame;
+  corrective click on frame 16), fifo, efp and xefp: mask IoU >= 0.999 per object and frame;
 - the shipped nano on the `make demo` clip: J&F of both engines equal within 0.1;
 - importing and stepping the runtime where `torch` cannot be imported, and in `.venv-onnx`, the
   torch-free venv `make test` builds (numpy, onnxruntime, OpenCV, Pillow, surgsam2 --no-deps):
@@ -35,7 +35,7 @@ from onnx_parity import (
 from surgsam2.data.synthetic import video_seed
 from surgsam2.eval.metrics import jf
 from surgsam2.export.onnx_export import ExportOptions, export_onnx
-from surgsam2.export.runtime import OnnxTracker, efp_select, resize_antialiased, round_to_bfloat16
+from surgsam2.export.runtime import OnnxTracker, efp_select, exclusive_masks_array, resize_antialiased, round_to_bfloat16
 from surgsam2.memory.policies import EfpPolicy
 from surgsam2.model.sam2 import SAM2Model
 from surgsam2.tracking.prompts import Prompt
@@ -81,6 +81,22 @@ def test_efp_select_matches_policy() -> None:
         np.testing.assert_array_equal(got, expected)
 
 
+def test_exclusive_masks_match_the_torch_rule() -> None:
+    """numpy exclusive memory masks (xefp) equal `memory.exclusive.exclusive_masks` bit for bit
+    (integer logits for ties, prompted objects among them)."""
+    from surgsam2.memory.exclusive import exclusive_masks
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        count = 1 + trial % 4
+        logits = (rng.integers(-5, 6, size=(count, 1, 9, 11)) * 2.5).astype(np.float32)
+        if trial % 2:
+            logits += rng.normal(size=logits.shape).astype(np.float32)
+        fixed = rng.random(count) < 0.3
+        expected = exclusive_masks(torch.from_numpy(logits), torch.from_numpy(fixed)).numpy()
+        np.testing.assert_array_equal(exclusive_masks_array(logits, fixed), expected)
+
+
 def test_resize_and_bfloat16_match_torch() -> None:
     """The antialiased resize equals torch's within 1e-5; bfloat16 rounding is torch's exactly."""
     plane = torch.rand(256, 320)
@@ -93,13 +109,13 @@ def test_resize_and_bfloat16_match_torch() -> None:
 
 @pytest.fixture(scope="module")
 def nano_records(nano_export: tuple[SAM2Model, Path]):
-    """fifo and efp over one 32-frame clip (the image encoder once per frame and engine)."""
+    """fifo, efp and xefp over one 32-frame clip (the image encoder once per frame and engine)."""
     model, folder = nano_export
     frames, _ = synthetic_clip(32, (256, 256), seed=3)
-    return compare_engines(model, folder, frames)
+    return compare_engines(model, folder, frames, ("fifo", "efp", "xefp"))
 
 
-@pytest.mark.parametrize("memory", ["fifo", "efp"])
+@pytest.mark.parametrize("memory", ["fifo", "efp", "xefp"])
 def test_video_parity_with_torch_tracker(nano_records, memory: str) -> None:
     """32 frames, 3 objects (mask, points, box mid-video, a corrective click): IoU >= 0.999."""
     assert_parity(nano_records[memory], f"nano 256 {memory}")

@@ -29,12 +29,11 @@ from surgsam2.bench.config import BenchConfig
 from surgsam2.bench.machine import MachineInfo, MatmulPeak, load_average, machine_info, measure_matmul_peak
 from surgsam2.bench.runners import BenchClip, build_our_model, make_clip, mask_iou
 from surgsam2.export.engines import engine_version
+from surgsam2.export.runtime import RUNTIME_POLICIES
 
 # Each engine's fastest precision on a CPU with bf16 instructions (ONNX Runtime's CPU provider runs fp32).
 FASTEST_PRECISION: dict[str, str] = {"torch": "bf16", "onnx": "fp32", "openvino": "bf16"}
 REFERENCE = "torch fp32"
-# The bench's memory policies the exported runtime also runs.
-EXPORT_POLICIES = ("efp", "fifo")
 
 
 def parse_engines(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -66,8 +65,8 @@ def check_engine_config(config: BenchConfig) -> None:
     if config.dtype != "fp32":
         precisions = ", ".join(f"{name} {FASTEST_PRECISION[name]}" for name in config.engines)
         raise ValueError(f"--engine runs each engine in its fastest precision ({precisions}): drop --dtype")
-    if any(name != "torch" for name in config.engines) and config.memory not in EXPORT_POLICIES:
-        raise ValueError(f"--memory {config.memory}: the exported engines run {' and '.join(EXPORT_POLICIES)}")
+    if any(name != "torch" for name in config.engines) and config.memory not in RUNTIME_POLICIES:
+        raise ValueError(f"--memory {config.memory}: the exported engines run {', '.join(RUNTIME_POLICIES)}")
 
 
 @dataclass

@@ -43,6 +43,23 @@ def round_to_bfloat16(values: np.ndarray) -> np.ndarray:
     return rounded.view(np.float32)
 
 
+# The memory policies this runtime runs: fifo, efp, and xefp (efp on exclusive memory masks).
+RUNTIME_POLICIES = ("efp", "fifo", "xefp")
+LOST_PIXEL_LOGIT = -10.0  # as `surgsam2.memory.exclusive`
+
+
+def exclusive_masks_array(logits: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """`surgsam2.memory.exclusive.exclusive_masks` for the objects of one video, in numpy: (B, 1, h, w)
+    logits with each pixel kept only by the object(s) with the highest logit, prompted objects
+    (``fixed``, (B,) bool) kept whole and first where positive; lost pixels clamped to <= -10."""
+    if logits.shape[0] <= 1:
+        return logits
+    fixed = np.asarray(fixed, bool).reshape(-1, *([1] * (logits.ndim - 1)))
+    ranking = np.where(fixed & (logits > 0), np.inf, logits)
+    keep = fixed | (ranking >= ranking.max(axis=0, keepdims=True))
+    return np.where(keep, logits, np.minimum(logits, LOST_PIXEL_LOGIT)).astype(logits.dtype)
+
+
 def efp_num_dropped(protected: Sequence[bool], capacity: int, num_frame_to_prune: int) -> int:
     """`EfpPolicy.num_dropped`: how many memories EFP drops (never the newest or a protected one)."""
     prunable = sum(1 for flag in protected[:-1] if not flag)
@@ -142,8 +159,8 @@ class OnnxTracker(StreamTracker):
         config, memory_record = self.manifest["model"]["config"], self.manifest["memory"]
         self.config = config
         self.policy = memory_record["policy"] if memory is None else memory
-        if self.policy not in ("efp", "fifo"):
-            raise ValueError(f"the ONNX runtime runs the efp and fifo policies, not {self.policy!r}")
+        if self.policy not in RUNTIME_POLICIES:
+            raise ValueError(f"the ONNX runtime runs the {', '.join(RUNTIME_POLICIES)} policies, not {self.policy!r}")
         self.num_frame_to_prune = memory_record["num_frame_to_prune"] if num_frame_to_prune is None else num_frame_to_prune
         if self.num_frame_to_prune < 0:
             raise ValueError(f"num_frame_to_prune must be >= 0, got {self.num_frame_to_prune}")
@@ -392,9 +409,12 @@ class OnnxTracker(StreamTracker):
         if not outputs:
             return
         obj_ids = self._bank_objects_of(outputs)
+        masks = np.stack([outputs[i].memory_masks for i in obj_ids]).astype(np.float32)
+        if self.policy == "xefp":
+            masks = exclusive_masks_array(masks, np.array([outputs[i].conditioning for i in obj_ids]))
         inputs = {
             "image_embedding": features["image_embedding"],
-            "low_res_masks": np.stack([outputs[i].memory_masks for i in obj_ids]).astype(np.float32),
+            "low_res_masks": masks,
             "object_score_logits": np.array([[outputs[i].object_score_logit] for i in obj_ids], np.float32),
             "binarize": np.array([outputs[i].conditioning for i in obj_ids]),
         }
