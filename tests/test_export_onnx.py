@@ -21,6 +21,7 @@ from surgsam2 import __version__
 from surgsam2.export.manifest import load_manifest
 from surgsam2.export.onnx_export import ExportOptions, SlotCounts, export_onnx
 from surgsam2.export.runtime import OnnxTracker
+from surgsam2.memory.policy_table import DEFAULT_POLICY
 from surgsam2.model.sam2 import SAM2Model
 
 
@@ -74,7 +75,7 @@ def test_manifest_records_the_export(nano_export) -> None:
     model, folder, _ = nano_export
     manifest = load_manifest(folder, model="nano", image_size=256)
     assert manifest["package_version"] == __version__
-    assert manifest["memory"]["policy"] == "efp" and manifest["memory"]["memory_slots"] == 4 + model.num_maskmem - 1
+    assert manifest["memory"]["policy"] == DEFAULT_POLICY and manifest["memory"]["memory_slots"] == 4 + model.num_maskmem - 1
     assert manifest["normalisation"]["mean"] == [0.485, 0.456, 0.406]
     attention = manifest["graphs"]["memory_attention"]
     assert [i["name"] for i in attention["inputs"]][2:6] == ["memory_tokens", "memory_keys", "memory_slots", "memory_valid"]

@@ -22,6 +22,7 @@ from surgsam2.cli import build_parser, main
 from surgsam2.data.masks import read_mask, write_mask
 from surgsam2.data.synthetic import write_synthetic_dataset
 from surgsam2.data.mask_geometry import interior_point, mask_box
+from surgsam2.memory.policy_table import DEFAULT_POLICY
 from surgsam2.pipelines.prompts import prompt_from_mask, prompt_seed
 from surgsam2.pipelines.vos_inference import combine_object_logits
 from surgsam2.runtime.devices import resolve_device
@@ -244,7 +245,7 @@ def test_dashed_and_underscored_flags_are_the_same() -> None:
          "--gt-root", "d", "--video-list-file", "e", "--score-thresh", "0.5", "--prompt-type", "box"]
     )  # fmt: skip
     assert vars(underscored) == vars(dashed)
-    assert dashed.memory == "efp" and dashed.num_frame_to_prune == 2 and dashed.dtype == "fp32"
+    assert dashed.memory == DEFAULT_POLICY and dashed.num_frame_to_prune == 2 and dashed.dtype == "fp32"
 
 
 def test_cuda_graphs_on_a_cpu_device_is_one_clear_line(dataset: Path, tmp_path: Path, capsys) -> None:

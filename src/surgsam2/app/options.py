@@ -93,7 +93,7 @@ def add_memory_options(parser: argparse.ArgumentParser, prune_option: bool = Tru
     if prune_option:
         parser.add_argument("--num-frame-to-prune", "--num_frame_to_prune", type=int,
                             default=DEFAULT_NUM_FRAME_TO_PRUNE,
-                            help=f"efp: memories pruned from attention (default {DEFAULT_NUM_FRAME_TO_PRUNE})")  # fmt: skip
+                            help=f"efp, qefp, refp, xefp: memories pruned from attention (default {DEFAULT_NUM_FRAME_TO_PRUNE})")  # fmt: skip
 
 
 # The engines a command can track with: our torch model, or an ONNX export on one of its runtimes.

@@ -24,6 +24,7 @@ import torch
 
 from surgsam2 import __version__
 from surgsam2.export.engines import ENGINE_PRECISIONS
+from surgsam2.memory.policy_table import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY
 from surgsam2.export.graphs import (
     INVALID_SCORE,
     ImageEncoderGraph,
@@ -48,8 +49,8 @@ class ExportOptions:
     """What `export_onnx` writes: opset, memory policy (recorded for the host) and slot counts."""
 
     opset: int = MIN_OPSET
-    memory: str = "efp"
-    num_frame_to_prune: int = 2
+    memory: str = DEFAULT_POLICY
+    num_frame_to_prune: int = DEFAULT_NUM_FRAME_TO_PRUNE
     conditioning_slots: int = DEFAULT_CONDITIONING_SLOTS
 
     def __post_init__(self) -> None:
