@@ -65,8 +65,7 @@ def test_exclusive_masks_leave_no_pixel_claimed_twice_among_tracked_objects() ->
     claims = (out > 0).sum(dim=0)
     assert int(claims.max()) <= 1  # ties of random floats do not happen
     assert torch.equal(out.amax(dim=0), logits.amax(dim=0))  # each pixel's winner keeps its logit
-    single = exclusive_masks(logits[:1], torch.zeros(1, dtype=torch.bool))
-    assert single is logits[:1] or torch.equal(single, logits[:1])
+    assert torch.equal(exclusive_masks(logits[:1], torch.zeros(1, dtype=torch.bool)), logits[:1])
 
 
 def test_exclusive_masks_keep_bf16_and_gradients() -> None:

@@ -410,13 +410,14 @@ class OnnxTracker(StreamTracker):
             return
         obj_ids = self._bank_objects_of(outputs)
         masks = np.stack([outputs[i].memory_masks for i in obj_ids]).astype(np.float32)
+        conditioning = np.array([outputs[i].conditioning for i in obj_ids])
         if self.policy == "xefp":
-            masks = exclusive_masks_array(masks, np.array([outputs[i].conditioning for i in obj_ids]))
+            masks = exclusive_masks_array(masks, conditioning)
         inputs = {
             "image_embedding": features["image_embedding"],
             "low_res_masks": masks,
             "object_score_logits": np.array([[outputs[i].object_score_logit] for i in obj_ids], np.float32),
-            "binarize": np.array([outputs[i].conditioning for i in obj_ids]),
+            "binarize": conditioning,
         }
         (tokens,) = self.sessions["memory_encoder"].run(inputs)
         tokens = round_to_bfloat16(tokens)
