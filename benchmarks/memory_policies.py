@@ -6,8 +6,8 @@ protocol) gives J&F, Dice and Challenge IoU; the written per-object masks are th
 by frame and grouped by kind of difficulty (`data.synthetic_occluders.frame_difficulty`) for J&F
 and Dice by kind; memories attended per tracked object-frame (and, for refp, how many of them are
 retained ones) are counted at the policy call; frames/s is a separate timed run (nano, 3 objects,
-bf16, 256 px, one synthetic clip; policies timed in turn, best of --speed-rounds, matmul peak
-printed).
+bf16, 256 px, one synthetic clip; the policies' trackers stepped frame by frame in turn in one
+process, median step time; matmul peak printed).
 
     PYTHONPATH=src .venv/bin/python benchmarks/memory_policies.py --out outputs/bench_memory
     # reduced: --hard-videos 2 --hard-frames 300 --heldout-videos 8 --policies fifo efp2 qefp2 refp2
@@ -186,24 +186,30 @@ def evaluate_policy(root: Path, out: Path, name: str, dtype: str, counter: Atten
     }
 
 
-def frames_per_second(name: str, frames: int = 40, warmup: int = 8) -> float:
-    """Tracking frames/s of the shipped nano in bf16 with 3 objects on one synthetic clip."""
+def frames_per_second(names: list[str], frames: int = 40, warmup: int = 8) -> dict[str, float]:
+    """Tracking frames/s of each policy: the shipped nano in bf16, 3 objects, one synthetic clip.
+
+    One model and one tracker per policy, stepped frame by frame in turn (the order rotating every
+    frame), so that a change in the machine's load falls on every policy alike; a policy's frames/s
+    is 1 / its median step time."""
     from surgsam2 import Prompt, Tracker
     from surgsam2.model.checkpoint import load_model
 
-    memory, prune = POLICIES[name]
     clip = generate_synthetic_video(SyntheticVideoConfig(num_frames=frames + warmup, class_ids=(1, 3, 6),
                                                          late_entry_probability=0.0, reentry_probability=0.0, seed=3))
     model = load_model("nano", dtype=torch.bfloat16)
-    tracker = Tracker(model, memory=memory, num_frame_to_prune=prune)
+    trackers = {name: Tracker(model, memory=POLICIES[name][0], num_frame_to_prune=POLICIES[name][1]) for name in names}
     prompts = {obj: Prompt(mask=clip.id_maps[0] == obj) for obj in (1, 2, 3)}
+    times: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
-        for t in range(warmup):
-            tracker.step(clip.frames[t], prompts if t == 0 else None)
-        start = time.perf_counter()
-        for t in range(warmup, warmup + frames):
-            tracker.step(clip.frames[t])
-    return frames / (time.perf_counter() - start)
+        for t in range(warmup + frames):
+            for offset in range(len(names)):
+                name = names[(t + offset) % len(names)]
+                start = time.perf_counter()
+                trackers[name].step(clip.frames[t], prompts if t == 0 else None)
+                if t >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return {name: 1.0 / float(np.median(seconds)) for name, seconds in times.items()}
 
 
 def markdown(rows: dict[str, list[dict]], speeds: dict[str, float]) -> str:
@@ -239,7 +245,6 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="evaluation precision")
     parser.add_argument("--checkpoint", type=Path, default=None, help="nano weights (default: the shipped ones)")
     parser.add_argument("--speed-frames", type=int, default=40, help="timed frames per policy (0: skip)")
-    parser.add_argument("--speed-rounds", type=int, default=2, help="timed runs per policy, in turn (best counts)")
     args = parser.parse_args()
     roots = make_datasets(args.out, args.hard_videos, args.hard_frames, args.heldout_videos, tuple(args.sets))
     counter = AttendedCounter()
@@ -258,10 +263,7 @@ def main() -> None:
     if args.speed_frames:
         from surgsam2.bench.machine import measure_matmul_peak
 
-        # Policies timed in turn, best of --speed-rounds: on a shared machine load drifts.
-        for _ in range(args.speed_rounds):
-            for name in args.policies:
-                speeds[name] = max(speeds.get(name, 0.0), frames_per_second(name, args.speed_frames))
+        speeds = frames_per_second(args.policies, args.speed_frames)
         peak = measure_matmul_peak()
         print("frames/s (nano, 3 objects, bf16): " + ", ".join(f"{n} {v:.2f}" for n, v in speeds.items())
               + f"; machine bf16 matmul peak {peak.bf16_gflops:.0f} GFLOP/s", flush=True)
