@@ -37,7 +37,7 @@ class ModelSection:
     image_size: int = 512  # square input side (multiple of 32)
     init_checkpoint: str | None = None  # official/our checkpoint to start from; None: random init
     drop_path_rate: float = 0.0  # stochastic depth in the Hiera trunk during training
-    train_memory_policy: str = "fifo"  # fifo (the published recipe) | efp (prune while training)
+    train_memory_policy: str = "fifo"  # fifo (the published recipe) | efp | xefp (prune while training)
     num_frame_to_prune: int = 2  # EFP's P when train_memory_policy is efp
     # Probability, per object and tracked frame, that the decoder gets no high-resolution skip
     # features, so its mask must come from the memory-conditioned embedding (not in SAM 2: for
