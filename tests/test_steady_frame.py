@@ -205,6 +205,22 @@ def test_steady_frames_are_refused_without_the_ring_bank(models) -> None:
         Tracker(model, memory="refp", bank="ring", steady_frames=True)
 
 
+def test_bench_runs_ours_with_steady_frames() -> None:
+    """`surgsam2 bench --steady-frames` on the CPU: ours tracks with the ring bank and its steady
+    frames (the 16th frame after the prompt on: frames 16-21 of 22 here, the last one the FLOP
+    count's), reported beside the parts' graphs; refused with --profile."""
+    from surgsam2.bench import BenchConfig, run_bench
+
+    config = BenchConfig(model="nano", image_size=64, frames=20, warmup=1, steady_frames=True, progress=False)
+    result = run_bench(config)
+    stats = result.cuda_graphs["steady_frame"]
+    print(f"[steady bench] {stats}; ours {result.ours.frames_per_second:.1f} frames/s (no claim: CPU, tiny model)")
+    assert (stats.eager, stats.replayed, stats.captured) == (22 - 16, 0, 0)
+    assert result.ours.flops_per_frame > 0
+    with pytest.raises(ValueError, match="no stages to --profile"):
+        BenchConfig(model="nano", image_size=64, steady_frames=True, profile=True).validate()
+
+
 # --- 3. on the meta device ----------------------------------------------------------------------
 
 
