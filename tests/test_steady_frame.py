@@ -143,7 +143,8 @@ def steady_model(stride: int = 1, max_cond: int = -1) -> SAM2Model:
 def video_prompts(scenario: str, masks: dict[int, np.ndarray]) -> dict[int, dict[int, Prompt]]:
     """"one": one object from frame 0. "three": objects 1 and 2 on frame 0, object 3 added on
     frame 4, on frame 26 a corrective click on object 1 and a new mask for object 3 (objects 1
-    and 3 then have two conditioning frames, object 2 one: two batches, not in bank order)."""
+    and 3 then have two conditioning frames, object 2 one: two batches, not in bank order);
+    the test removes object 2 before frame `REMOVED_AT` (a new plan, the storage reallocated)."""
     if scenario == "one":
         return {0: {1: Prompt(mask=masks[1])}}
     return {
@@ -157,7 +158,9 @@ def video_prompts(scenario: str, masks: dict[int, np.ndarray]) -> dict[int, dict
 # masks' background is one region of 175-189 pixels: at 181 it is filled on some frames and not on
 # others, so the device's filling is compared with OpenCV's both ways (at 8 nothing is filled).
 FILL_HOLE_AREA = 181
-# (scenario, frames, steady frames: those >= 16 frames after the last prompt, without a prompt)
+REMOVED_AT = 48
+# (scenario, frames, steady frames: those >= 16 frames after the last prompt, without a prompt;
+# removing an object does not stop the steady state)
 SCENARIOS = {"one": (40, 40 - 16), "three": (56, (26 - 20) + (56 - 42))}
 
 
@@ -184,6 +187,9 @@ def test_steady_frames_track_exactly_as_the_ring_bank(models, memory: str, scena
     steady = Tracker(model, memory=memory, bank="ring", fill_hole_area=FILL_HOLE_AREA, steady_frames=True)
     worst = 0.0
     for index, frame in enumerate(frames):
+        if scenario == "three" and index == REMOVED_AT:
+            ordinary.remove_object(2)
+            steady.remove_object(2)
         expected, seen = ordinary.step(frame, prompts.get(index)), steady.step(frame, prompts.get(index))
         assert seen.object_ids == expected.object_ids, f"frame {index}"
         for obj_id in expected.object_ids:
