@@ -277,7 +277,8 @@ def test_cuda_steady_graph_replays_as_eager_without_host_syncs(objects: int) -> 
     """On the GPU: the captured steady frame's masks equal the eager steady frames' (the same
     function, so logits within 1e-5: kernels may differ between eager and replay) and the masks
     of the ordinary ring-bank path within 1e-4; replayed frames raise nothing under
-    torch.cuda.set_sync_debug_mode("error")."""
+    torch.cuda.set_sync_debug_mode("error") (the frame's one wait, on the event of the output's
+    copy to pinned memory, is not a sync that mode reports)."""
     import test_tracker
 
     model = copy.deepcopy(steady_model()).cuda()
