@@ -3,7 +3,8 @@
 # 8 minutes (a deadline: a step starts only with enough time left, and never runs past it):
 # the CUDA tests, where the tracker waits for the GPU, then `surgsam2 bench --device cuda`:
 # Hiera-S at 512 px with 1 / 3 / 16 objects against the official predictor (bf16, ours with CUDA
-# graphs), 1 / 4 / 16 streams x 1 object, Hiera-S at 1024 px against the official predictor in its
+# graphs; 1 and 3 objects also with --steady-frames: the ring bank, each steady frame one CUDA
+# graph), 1 / 4 / 16 streams x 1 object, Hiera-S at 1024 px against the official predictor in its
 # VOS mode (vos_optimized=True, full torch.compile, the mode of its published 84.8 frames/s), and
 # nano at 256 px. Steps run in priority order, each with its own limit, so one failure or hang
 # costs only its step. Outputs: $OUT/log.txt (everything printed), one JSON per bench, and
@@ -49,12 +50,16 @@ if [ -n "${BEFORE_SRC:-}" ]; then
 fi
 step 100 "CUDA tests" python3 -m pytest -q -ra -s -p no:cacheprovider tests/test_cuda.py \
   tests/test_memory_policies.py tests/test_postprocess.py tests/test_streams.py tests/test_memory_ring.py \
-  -k "cuda or synchronise or device"
+  tests/test_steady_frame.py -k "cuda or synchronise or device"
 step 30 "host syncs" python3 benchmarks/gpu/host_syncs.py --objects 3 --json "$OUT/host_syncs.json"
 step 30 "host syncs, ring bank" python3 benchmarks/gpu/host_syncs.py --objects 3 --bank ring \
   --json "$OUT/host_syncs_ring.json"
+step 30 "host syncs, steady frames" python3 benchmarks/gpu/host_syncs.py --objects 3 --steady-frames \
+  --json "$OUT/host_syncs_steady.json"
 bench 45 hiera_s_512_1obj $S512 --objects 1 --frames 200 --warmup 20 $VS_OFFICIAL
+bench 45 hiera_s_512_1obj_steady $S512 --steady-frames --objects 1 --frames 200 --warmup 20 $VS_OFFICIAL
 bench 45 hiera_s_512_3obj $S512 --objects 3 --frames 150 --warmup 20 $VS_OFFICIAL
+bench 45 hiera_s_512_3obj_steady $S512 --steady-frames --objects 3 --frames 150 --warmup 20 $VS_OFFICIAL
 bench 60 hiera_s_512_16obj $S512 --objects 16 --frames 40 --warmup 10 $VS_OFFICIAL
 bench 30 streams_4x1obj $S512 --objects 1 --streams 4 --frames 100 --warmup 20
 bench 40 streams_16x1obj $S512 --objects 1 --streams 16 --frames 50 --warmup 10

@@ -49,6 +49,9 @@ class BenchConfig:
     compile: bool = False  # torch.compile our model's parts (SAM2Model.compile_parts)
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N": where every side runs
     cuda_graphs: bool = False  # ours: parts replayed as CUDA graphs (SAM2Model.use_cuda_graphs)
+    # ours: the ring bank, steady-state frames as one host-free step (Tracker(steady_frames=True);
+    # on a GPU one CUDA graph per set of objects)
+    steady_frames: bool = False
     stream_frames: int | None = None
     engines: tuple[str, ...] = ()  # instead: these engines side by side (`bench.engines`)
     streams: int | None = None  # instead: one tracker against N streams of the clip (`bench.streams`)
@@ -85,6 +88,10 @@ class BenchConfig:
                 raise ValueError("--streams runs ours only: the official predictor has no multi-stream mode")
             if self.stream_frames is not None or self.engines:
                 raise ValueError("--streams is a mode of its own: not with --stream-frames or --engine")
+        if self.steady_frames and (self.streams is not None or self.engines or self.stream_frames is not None):
+            raise ValueError("--steady-frames is a mode of the plain bench: not with --streams, --engine or --stream-frames")
+        if self.steady_frames and self.profile:
+            raise ValueError("--steady-frames runs a steady frame as one step: it has no stages to --profile")
         # Ours runs seeded random weights (or the official ones, shared): the same checks as every command.
         check_model_options(
             ModelOptions(name=self.model, device=self.device, cuda_graphs=self.cuda_graphs, random_weights=True)

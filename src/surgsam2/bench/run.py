@@ -39,6 +39,7 @@ from surgsam2.bench.runners import (
     build_our_model,
     make_clip,
     mask_iou,
+    ours_tracker_options,
 )
 from surgsam2.model.cuda_graphs import CudaGraphed
 
@@ -59,12 +60,13 @@ def _log(config: BenchConfig, message: str) -> None:
 @dataclass
 class _Sides:
     """What a run drives: the clip, the sides in their first order, their stage timers
-    (--profile) and our model's CUDA-graphed parts (--cuda-graphs)."""
+    (--profile) and our model's CUDA-graphed parts (--cuda-graphs) and steady frames (--steady-frames:
+    `SteadyFrames`, with the same ``enabled`` and ``stats``)."""
 
     clip: BenchClip
     runners: list[Runner]
     timers: dict[str, StageTimer]
-    graphed: dict[str, CudaGraphed]
+    graphed: dict[str, CudaGraphed | Any]
 
     def close(self) -> None:
         for runner in self.runners:
@@ -112,7 +114,11 @@ def _build_sides(config: BenchConfig, scratch: Path, total_frames: int, device: 
     baseline_models = {name: copy.deepcopy(model) for name in wanted}
     graphed = model.use_cuda_graphs() if config.cuda_graphs else {}
     like_official = config.against_official
-    runners: list[Runner] = [OursRunner("ours", model, clip, config.memory, timers.get("ours"), like_official)]
+    options = ours_tracker_options(config)
+    ours = OursRunner("ours", model, clip, config.memory, timers.get("ours"), like_official, **options)
+    if ours.tracker.steady is not None:  # reported, and eager for the FLOP count, as the parts' graphs
+        graphed = {**graphed, "steady_frame": ours.tracker.steady}
+    runners: list[Runner] = [ours]
     for name, baseline_model in baseline_models.items():
         options = BASELINES[name][1]
         runner = OursRunner(name, baseline_model, clip, config.memory, timers.get(name), like_official, **options)

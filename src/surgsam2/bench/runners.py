@@ -143,6 +143,11 @@ def build_our_model(config: BenchConfig, checkpoint: Path | None) -> SAM2Model:
     return model
 
 
+def ours_tracker_options(config: BenchConfig) -> dict[str, Any]:
+    """The `Tracker` options of the side "ours" that its config asks for (--steady-frames)."""
+    return {"bank": "ring", "steady_frames": True} if config.steady_frames else {}
+
+
 class Runner(Protocol):
     """One side of the bench: ``step(i)`` tracks frame i and returns the masks by object id."""
 

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile our model (compile time falls in the warm-up: use --warmup 20,"
                         " memory and pointer counts grow until frame 16)")  # fmt: skip
+    parser.add_argument("--steady-frames", action="store_true",
+                        help="ours with the ring bank, each steady-state frame (from frame 16 after the prompt)"
+                        " run as one host-free step: on a GPU one CUDA graph per object count")  # fmt: skip
     parser.add_argument("--stream-frames", type=int, metavar="N",
                         help="instead: run our tracker N frames, report state MB along the way")  # fmt: skip
     parser.add_argument("--engine", action="append", metavar="ENGINE[,ENGINE]",
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         official_dtype=args.official_dtype, official_vos_optimized=args.official_vos_optimized,
         threads=args.threads, seed=args.seed, profile=args.profile,
         key_cache_baseline=args.key_cache_baseline, compile=args.compile, device=args.device,
-        cuda_graphs=args.cuda_graphs, stream_frames=args.stream_frames, progress=not args.quiet,
+        cuda_graphs=args.cuda_graphs, steady_frames=args.steady_frames, stream_frames=args.stream_frames,
+        progress=not args.quiet,
         engines=parse_engines(args.engine or []), streams=args.streams,
     )  # fmt: skip
     try:

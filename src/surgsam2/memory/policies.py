@@ -23,6 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar, TypeVar
 
 import torch
@@ -77,6 +78,13 @@ class MemoryPolicy(ABC):
         order; protected: N host-side flags, entries that must be kept (conditioning frames);
         capacity: the model's number of memory slots (``num_maskmem``).
         """
+
+
+@lru_cache(maxsize=64)
+def never_dropped(flags: tuple[bool, ...], device: torch.device) -> torch.Tensor:
+    """(N,) bool on ``device`` of the candidates a policy never drops, made once per pattern
+    (read-only): no host-to-device copy per frame, so a frame can be captured as a CUDA graph."""
+    return torch.tensor(flags, dtype=torch.bool).to(device)
 
 
 _REGISTRY: dict[str, type[MemoryPolicy]] = {}
@@ -171,7 +179,7 @@ class EfpPolicy(MemoryPolicy):
         # Protected entries and the newest one can never be dropped.
         never_flags = list(protected)
         never_flags[-1] = True
-        never = torch.tensor(never_flags, dtype=torch.bool).to(features.device, non_blocking=True)
+        never = never_dropped(tuple(never_flags), features.device)
         scores = scores.masked_fill(never[:, None], float("-inf"))
         # Stable descending sort: among equal scores, the older (lower index) memory goes first.
         order = torch.sort(scores, dim=0, descending=True, stable=True).indices
@@ -218,7 +226,7 @@ class QualityEfpPolicy(EfpPolicy):
         """(N, B) candidate indices per object, the first to drop first (never-dropped ones last)."""
         never_flags = list(protected)
         never_flags[-1] = True
-        never = torch.tensor(never_flags, dtype=torch.bool).to(features.device, non_blocking=True)
+        never = never_dropped(tuple(never_flags), features.device)
         scores = self.redundancy(features).masked_fill(never[:, None], float("-inf"))
         poor = (self.poor(quality) & ~never[:, None]).to(torch.int8)
         # Two stable sorts: by redundancy (descending), then poor before good keeping that order.

@@ -30,7 +30,8 @@ gathered with ``index_select`` into the (N, B, T, C) / (P, B, D) tensors
 them; cached keys are not gathered per candidate: `kept_rotated_keys` reads the kept memories'
 keys straight from the storage. The per-frame host work is the rules' layout per object (no tensor is
 stacked); in a steady state the same indices follow from the frame counter alone
-(row = (t - k) mod S), which a device-side counter can compute inside a captured graph.
+(row = (t - k) mod S): `memory.steady` computes them from a device-side counter, so that a whole
+frame can run without the host (`tracking.steady_frame`).
 
 Covers the policies that read the candidates and their quality (``fifo``, ``efp``, ``qefp``);
 memories retained past the window (``refp``) are not stored here.
@@ -122,6 +123,25 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":
         return tensor
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _take(source: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Rows ``at`` (any shape, row * width + column) of a (rows, width, ...) storage tensor."""
+    flat = source.view(-1, *source.shape[2:]).index_select(0, at.reshape(-1))
+    return flat.view(*at.shape, *source.shape[2:])
+
+
+@dataclass(frozen=True)
+class RingIndices:
+    """Where the candidates of a batch of B objects are in the storage: (N, B) feature rows
+    (row * width + column) and temporal slots, (P, B) pointer rows (likewise) and signed temporal
+    offsets, and the N protected flags (conditioning memories), in `MemoryBank.layout`'s order."""
+
+    memories: torch.Tensor
+    slots: torch.Tensor
+    pointers: torch.Tensor
+    pointer_offsets: torch.Tensor
+    protected: tuple[bool, ...]
 
 
 class RingBank:
@@ -259,6 +279,12 @@ class RingBank:
         storage.frames.view(-1).index_fill_(0, feature_rows, frame_index)
         storage.pointer_frames.view(-1).index_fill_(0, pointer_rows, frame_index)
 
+    def record_tracked(self, obj_ids: Sequence[int], frame_index: int) -> None:
+        """Record in the host-side rules that the memories of tracked frame ``frame_index`` of
+        ``obj_ids`` are stored, when the device wrote them (`memory.steady.write_steady`)."""
+        for obj_id in obj_ids:
+            self._rows_of(obj_id, frame_index, conditioning=False)
+
     # --- reading ----------------------------------------------------------------------------
     def layout(self, obj_id: int, frame_index: int, num_frames: int | None = None) -> MemoryLayout:
         """The object's candidates for ``frame_index`` as `MemoryBank.layout` proposes them; each
@@ -271,6 +297,11 @@ class RingBank:
         """The candidates of objects whose layouts share one `shape_key`, gathered from the
         storage as `gather_candidates` stacks them, and (if the bank caches keys) the key storage
         with each candidate's row, from which `kept_rotated_keys` reads only the kept ones."""
+        return self.gather(self.indices(obj_ids, layouts), with_quality)
+
+    def indices(self, obj_ids: Sequence[int], layouts: Sequence[MemoryLayout]) -> RingIndices:
+        """Where the candidates of ``layouts`` (one `shape_key`) are in the storage, from the
+        host-side rules: one small int64 tensor copied to the device without blocking."""
         storage = self.storage
         if storage is None or not layouts:
             raise ValueError("the ring bank has no memories to propose yet")
@@ -285,27 +316,36 @@ class RingBank:
             [feature_rows * width + columns, slots, pointer_rows * width + columns, offsets], axis=1
         ).reshape(len(layouts), -1)
         index = _to_device(packed.T, storage.features.device)  # (2N + 2P, B)
-        memory_index, pointer_index = index[:num_memories], index[2 * num_memories : 2 * num_memories + num_pointers]
+        pointers_at = 2 * num_memories
+        return RingIndices(
+            memories=index[:num_memories],
+            slots=index[num_memories:pointers_at],
+            pointers=index[pointers_at : pointers_at + num_pointers],
+            pointer_offsets=index[pointers_at + num_pointers :],
+            protected=layouts[0].protected,
+        )
 
-        def take(source: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-            flat = source.view(-1, *source.shape[2:]).index_select(0, at.reshape(-1))
-            return flat.view(*at.shape, *source.shape[2:])
-
+    def gather(self, indices: RingIndices, with_quality: bool = False) -> tuple[MemoryCandidates, StoredKeys | None]:
+        """The candidates at ``indices`` (from `indices` on the host, or computed on the device by
+        `memory.steady.steady_indices`), and the key storage with each candidate's row."""
+        storage = self.storage
+        if storage is None:
+            raise ValueError("the ring bank has no memories to propose yet")
         quality = None
         if with_quality:
-            quality = MemoryQuality(object_scores=take(storage.object_scores, memory_index),
-                                    ious=take(storage.ious, memory_index))  # fmt: skip
+            quality = MemoryQuality(object_scores=_take(storage.object_scores, indices.memories),
+                                    ious=_take(storage.ious, indices.memories))  # fmt: skip
         candidates = MemoryCandidates(
-            features=take(storage.features, memory_index),
-            slots=index[num_memories : 2 * num_memories],
-            protected=layouts[0].protected,
-            pointers=take(storage.pointers, pointer_index),
-            pointer_offsets=index[2 * num_memories + num_pointers :],
+            features=_take(storage.features, indices.memories),
+            slots=indices.slots,
+            protected=indices.protected,
+            pointers=_take(storage.pointers, indices.pointers),
+            pointer_offsets=indices.pointer_offsets,
             quality=quality,
         )
         keys = None
         if storage.keys is not None:
-            keys = StoredKeys(rows=storage.keys.view(-1, *storage.keys.shape[2:]), index=memory_index)
+            keys = StoredKeys(rows=storage.keys.view(-1, *storage.keys.shape[2:]), index=indices.memories)
         return candidates, keys
 
     # --- accounting -------------------------------------------------------------------------
@@ -317,4 +357,12 @@ class RingBank:
         return sum(t.numel() * t.element_size() for t in self.stored_tensors())
 
 
-__all__ = ["BANK_KINDS", "DEFAULT_BANK", "RingBank", "RingStorage", "feature_ring_size", "pointer_ring_size"]
+__all__ = [
+    "BANK_KINDS",
+    "DEFAULT_BANK",
+    "RingBank",
+    "RingIndices",
+    "RingStorage",
+    "feature_ring_size",
+    "pointer_ring_size",
+]

@@ -15,13 +15,18 @@ owns them; the graph's buffers are overwritten by the next replay). Calls withou
 with autograd on, with ``enabled`` False (a replay is invisible to FLOP counters and profilers)
 or whose capture failed (a part that synchronises with the host cannot be captured) run eagerly.
 At most ``max_graphs`` graphs per part are kept (each holds its own memory pool).
+
+`CapturedStep` captures a stateful step without arguments (the tracker's whole steady-state
+frame, `surgsam2.tracking.steady_frame`) as one graph; `parts_eager` turns the parts' graphs off
+while it is warmed up or captured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,3 +138,89 @@ class CudaGraphed:
         self._graphs[key] = entry
         self.stats.captured += 1
         return entry
+
+
+@contextlib.contextmanager
+def parts_eager(module: torch.nn.Module) -> Iterator[None]:
+    """Inside: the `CudaGraphed` parts of ``module`` run eagerly (a graph cannot be replayed
+    while a larger one that contains the call is captured, nor should its warm-up replay one)."""
+    wrappers = [part.forward for part in module.modules() if isinstance(part.__dict__.get("forward"), CudaGraphed)]
+    saved = [wrapper.enabled for wrapper in wrappers]
+    for wrapper in wrappers:
+        wrapper.enabled = False
+    try:
+        yield
+    finally:
+        for wrapper, enabled in zip(wrappers, saved):
+            wrapper.enabled = enabled
+
+
+class CapturedStep:
+    """A step without arguments that reads and writes fixed buffers (e.g. a tracker's whole
+    steady-state frame), replayed as one CUDA graph on a GPU.
+
+    Unlike `CudaGraphed` the step changes state (it writes the buffers it reads next time), so it
+    must run exactly once per call: the first ``warmup_calls`` calls run eagerly on a side stream
+    (real steps, which also fill lazy caches and library handles), the next call captures the
+    graph (capturing runs nothing) and replays it, and so do later calls. A failed capture (a
+    step that synchronises with the host, say) is warned about once and the step runs eagerly from
+    then on. On the CPU, or with ``device`` not CUDA or ``enabled`` False, every call runs eagerly. ``eager_parts``: a
+    module whose `CudaGraphed` parts are turned off while the step warms up or is captured.
+    """
+
+    def __init__(
+        self,
+        function: Callable[[], None],
+        name: str,
+        device: torch.device,
+        warmup_calls: int = 1,
+        eager_parts: torch.nn.Module | None = None,
+    ) -> None:
+        self.function = function
+        self.name = name
+        self.device = torch.device(device)
+        self.warmup_calls = warmup_calls
+        self.eager_parts = eager_parts
+        self.stats = GraphStats()
+        self.enabled = True  # False: every call runs eagerly (e.g. to compare a replay with eager)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._failed = False
+
+    def _parts_off(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.eager_parts is None else parts_eager(self.eager_parts)
+
+    def __call__(self) -> None:
+        if not self.enabled:
+            self.function()
+            self.stats.eager += 1
+            return
+        if self._graph is None and self.device.type == "cuda" and not self._failed:
+            if self.stats.eager < self.warmup_calls:
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side), self._parts_off():
+                    self.function()
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                self.stats.eager += 1
+                return
+            self._capture()
+        if self._graph is None:
+            self.function()
+            self.stats.eager += 1
+            return
+        self._graph.replay()
+        self.stats.replayed += 1
+
+    def _capture(self) -> None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with self._parts_off(), torch.cuda.graph(graph):
+                self.function()
+        except Exception as error:  # a step that syncs with the host, or any capture error
+            self._failed = True
+            self.stats.failed += 1
+            warnings.warn(f"CUDA graph of {self.name} not captured, running eagerly: {error}", stacklevel=3)
+            torch.cuda.synchronize(self.device)
+            return
+        self._graph = graph
+        self.stats.captured += 1

@@ -85,7 +85,13 @@ def preprocess_frame(frame: np.ndarray, image_size: int, device: torch.device, d
     frame = resize_frame(frame, image_size)
     device = torch.device(device)
     # np.require: torch wants a writable, C-ordered array (Pillow's are read-only).
-    pixels = torch.from_numpy(np.require(frame, requirements=("C", "W"))).to(device).permute(2, 0, 1)
-    indices = pixels.long() + _channel_offsets(device)  # (3, S, S)
+    return normalise_pixels(torch.from_numpy(np.require(frame, requirements=("C", "W"))).to(device), dtype)
+
+
+def normalise_pixels(pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(S, S, 3) uint8 RGB pixels on the device -> (1, 3, S, S) normalised, by one table lookup
+    (`preprocess_frame`'s device part; no host work, so a captured frame can run it)."""
+    device = pixels.device
+    indices = pixels.permute(2, 0, 1).long() + _channel_offsets(device)  # (3, S, S)
     image = _normalisation_table(device).take(indices)
     return image[None].to(dtype)

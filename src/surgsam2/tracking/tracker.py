@@ -33,6 +33,7 @@ from surgsam2.memory.assembly import (
 from surgsam2.memory.bank import BankConfig, MemoryBank, MemoryLayout
 from surgsam2.memory.policies import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, MemoryPolicy, make_policy
 from surgsam2.memory.ring import BANK_KINDS, DEFAULT_BANK, RingBank
+from surgsam2.memory.steady import steady_plan
 from surgsam2.model.sam2 import DecoderOutput, ImageFeatures, SAM2Model
 from surgsam2.tracking.frames import check_stream_frame, preprocess_frame, validate_frame
 from surgsam2.tracking.phases import (
@@ -49,6 +50,7 @@ from surgsam2.tracking.postprocess import fill_holes_for_device
 from surgsam2.tracking.prompts import ModelPrompt, Prompt, to_model_prompt, validate_prompts
 from surgsam2.tracking.results import FrameResult, ObjectOutput
 from surgsam2.tracking.stages import NO_STAGES, StageHook
+from surgsam2.tracking.steady_frame import SteadyFrames
 from surgsam2.tracking.stream import StreamTracker
 
 # Previous mask logits fed back with corrective clicks are clamped, as SAM 2 does.
@@ -72,6 +74,12 @@ class Tracker(StreamTracker):
     ``bank``: how memories are stored (`surgsam2.memory.ring.BANK_KINDS`): ``"dict"`` (default,
     `MemoryBank`: tensors per object and frame) or ``"ring"`` (`RingBank`: preallocated slots at
     fixed addresses, the same candidates and results; not with ``refp``).
+    ``steady_frames``: with ``bank="ring"``, `step` runs every frame in a steady state (no prompt,
+    the same objects, every conditioning frame older than the memory windows: `memory.steady`)
+    as one function without the host (`tracking.steady_frame`): on a GPU one CUDA graph per set
+    of objects, replayed, with one host sync per frame (the masks' copy); on the CPU the same
+    function eagerly. The same masks and logits, bit for bit; other frames take the ordinary
+    path. Steady frames report no stages to ``stage_hook``.
     """
 
     def __init__(
@@ -85,11 +93,14 @@ class Tracker(StreamTracker):
         cache_memory_keys: bool = True,
         stage_hook: StageHook | None = None,
         bank: str = DEFAULT_BANK,
+        steady_frames: bool = False,
     ) -> None:
         if not isinstance(model, SAM2Model):
             raise ValueError(f"model must be a surgsam2 SAM2Model, got {type(model).__name__}")
         if bank not in BANK_KINDS:
             raise ValueError(f"unknown memory bank {bank!r}; choose one of {', '.join(BANK_KINDS)}")
+        if steady_frames and bank != "ring":
+            raise ValueError(f"steady_frames needs bank='ring' (memories at fixed addresses), got bank={bank!r}")
         self.model = model.eval()
         self.policy = make_policy(memory, num_frame_to_prune)
         config = model.config
@@ -111,6 +122,9 @@ class Tracker(StreamTracker):
             retained_slot=getattr(self.policy, "retained_slot", None),
         )
         self.bank: MemoryBank | RingBank = RingBank(bank_config) if bank == "ring" else MemoryBank(bank_config)
+        self.steady: SteadyFrames | None = None
+        if steady_frames:
+            self.steady = SteadyFrames(self.model, self.policy, self.bank, self.fill_hole_area)
         self.frame_index = 0
         self.frame_size: tuple[int, int] | None = None
         self._memory_pos: torch.Tensor | None = None  # (T, mem_dim) spatial encoding of memories
@@ -123,6 +137,8 @@ class Tracker(StreamTracker):
     def _forget_stream(self) -> None:
         self._memory_pos = None
         self._temporal_keys = None
+        if self.steady is not None:
+            self.steady.reset()
 
     def state_bytes(self) -> int:
         """Bytes of tensors the tracker holds between frames."""
@@ -141,8 +157,23 @@ class Tracker(StreamTracker):
         Object ids are integers in 1..255 (what a palette PNG mask stores). ``features``: this
         frame's `encode_frame`, when the caller already has it (e.g. several clicks on one frame)."""
         frame_index = self.frame_index
+        if self.steady is not None and not prompts and features is None:
+            result = self._steady_step(frame)
+            if result is not None:
+                return result
         outputs = self.advance(frame, prompts, features)
         return self.result(outputs, frame_index)
+
+    def _steady_step(self, frame: np.ndarray) -> FrameResult | None:
+        """The frame through `SteadyFrames` when the bank is in a steady state, else None."""
+        plan = steady_plan(self.bank, self.frame_index, self.num_frames)
+        if plan is None or self._memory_pos is None:
+            return None
+        frame, self.frame_size = check_stream_frame(frame, self.frame_index, self.frame_size)
+        temporal_keys = self._rotated_temporal_keys() if self.cache_memory_keys else None
+        result = self.steady.run(frame, self.frame_index, plan, self._memory_pos, temporal_keys, self.output_logits)
+        self.frame_index += 1
+        return result
 
     @torch.inference_mode()
     def encode_frame(self, frame: np.ndarray) -> ImageFeatures:

@@ -1,0 +1,195 @@
+"""The ring bank in a steady state: a frame's candidates from a frame counter on the device.
+
+A tracked frame t is *steady* (`steady_plan`, decided on the host from what the host already
+knows) when no prompt arrives on it (the caller's part), the objects are those of the previous
+frame, the clip length is unknown or at least ``max_obj_ptrs_in_encoder`` (it then does not cap
+the pointer window), and for every object:
+
+- it has conditioning frames, all older than every frame its layout can reach at t: the recent
+  memory slots' frames (t - 1 and the strided ones back to ((t - 2) // r) * r - (num_maskmem - 3) * r)
+  and the pointer window t - 1 ... t - (max_obj_ptrs_in_encoder - 1);
+- each of those frames is stored as a tracked frame (features for the memory slots, a pointer
+  for the pointer window).
+
+Then `BankRules.layout` proposes, per object: the ``c`` latest conditioning frames (c = their
+number, or ``max_cond_frames_in_attn`` when that is smaller) in the bank's order, each in slot
+num_maskmem - 1; the recent slots' frames, oldest first; pointers of those conditioning frames
+(offset t - frame) and of frames t - 1, t - 2, ... (offsets 1, 2, ...). Rows follow from t alone:
+recent frame f is at feature row f mod S and pointer row f mod Q (`memory.ring`); the conditioning
+rows are found on the device from the storage's ``frames`` (the c largest frame indices among the
+object's conditioning rows) and their pointers' offsets from ``pointer_frames``. So
+`steady_indices` computes with tensor ops only (no host read, static shapes) what
+`RingBank.indices` computes from the rules, and `write_steady` stores a frame at the rows t gives.
+A stream tracked frame after frame is steady at the latest `frames_to_steady` frames after its last
+prompt (or added object).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from surgsam2.memory.bank import BankConfig
+from surgsam2.memory.ring import RingBank, RingIndices, RingStorage, feature_ring_size, pointer_ring_size
+
+
+@dataclass(frozen=True)
+class SteadyGroup:
+    """Objects that go through memory attention as one batch on a steady frame (equal layout
+    shapes): their storage columns, and how many conditioning memories each attends to."""
+
+    columns: tuple[int, ...]
+    conditioning: int
+
+
+@dataclass(frozen=True)
+class SteadyPlan:
+    """What fixes the shapes of a steady frame: the objects (in bank order, column i holds
+    ``obj_ids[i]``), the conditioning rows of the storage, and the batches of memory attention in
+    the order the tracker forms them (first object of each layout shape first)."""
+
+    obj_ids: tuple[int, ...]
+    conditioning_rows: int
+    groups: tuple[SteadyGroup, ...]
+
+
+def feature_window(config: BankConfig, frame_index: int) -> list[int]:
+    """The frames of the recent memory slots of ``frame_index``, oldest first (`BankRules.layout`)."""
+    stride, frames = config.memory_temporal_stride, []
+    for t_pos in range(1, config.num_maskmem):
+        frames_back = config.num_maskmem - t_pos
+        if frames_back == 1:
+            frames.append(frame_index - 1)
+        else:
+            frames.append(((frame_index - 2) // stride) * stride - (frames_back - 2) * stride)
+    return frames
+
+
+def pointer_window(config: BankConfig, frame_index: int) -> list[int]:
+    """The recent frames whose pointers ``frame_index`` attends to, newest first."""
+    return [frame_index - back for back in range(1, config.max_obj_ptrs_in_encoder)]
+
+
+def frames_to_steady(config: BankConfig) -> int:
+    """After a prompt (or a new object) on frame p, every frame from p + this on is steady while
+    the stream is tracked without prompts: the windows reach back at most max(S, Q) frames."""
+    return max(feature_ring_size(config), config.max_obj_ptrs_in_encoder - 1) + 1
+
+
+def selected_conditioning(config: BankConfig, count: int) -> int:
+    """How many of ``count`` conditioning frames (all in the past) a frame attends to."""
+    limit = config.max_cond_frames_in_attn
+    return count if limit == -1 else min(count, limit)
+
+
+def steady_plan(bank: RingBank, frame_index: int, num_frames: int | None = None) -> SteadyPlan | None:
+    """The plan of tracked frame ``frame_index`` (no prompt on it) when the bank is in a steady
+    state (module docstring), else None. Host only: reads the rules, never the device."""
+    config = bank.config
+    if bank.storage is None or not bank.columns:
+        return None
+    if num_frames is not None and num_frames < config.max_obj_ptrs_in_encoder:
+        return None
+    features, pointers = feature_window(config, frame_index), pointer_window(config, frame_index)
+    oldest = min(features + pointers, default=frame_index)
+    groups: dict[int, list[int]] = {}
+    obj_ids = sorted(bank.columns, key=bank.columns.__getitem__)
+    for column, obj_id in enumerate(obj_ids):
+        memory = bank.objects[obj_id]
+        if not memory.conditioning or max(memory.conditioning) >= oldest:
+            return None
+        if any(memory.recent.get(frame) is None or memory.recent[frame].features is None for frame in features):
+            return None
+        if any(frame not in memory.recent for frame in pointers):
+            return None
+        groups.setdefault(selected_conditioning(config, len(memory.conditioning)), []).append(column)
+    return SteadyPlan(
+        obj_ids=tuple(obj_ids),
+        conditioning_rows=bank.conditioning_rows,
+        groups=tuple(SteadyGroup(tuple(columns), count) for count, columns in groups.items()),
+    )
+
+
+def steady_indices(
+    storage: RingStorage, counter: torch.Tensor, config: BankConfig, columns: torch.Tensor, conditioning: int
+) -> RingIndices:
+    """`RingBank.indices` of a steady frame, on the device: ``counter`` the frame index (0-d
+    int64), ``columns`` (B,) int64 the objects' storage columns, ``conditioning`` the conditioning
+    memories each attends to (`SteadyGroup`). Tensor ops only: no host read, static shapes."""
+    recent_rows, pointer_rows = feature_ring_size(config), pointer_ring_size(config)
+    num_maskmem, stride = config.num_maskmem, config.memory_temporal_stride
+    width, batch, device = storage.features.shape[1], columns.shape[0], counter.device
+    # The latest `conditioning` conditioning rows of each object, in row (= the bank's) order.
+    condition_frames = storage.frames[recent_rows:].index_select(1, columns)  # (K, B), -1 when empty
+    positions = torch.topk(condition_frames, conditioning, dim=0).indices.sort(dim=0).values  # (c, B)
+    # Recent slots, oldest first: strided frames back from ((t - 2) // r) * r, then t - 1.
+    back = torch.arange(num_maskmem - 3, -1, -1, device=device) * stride
+    base = torch.div(counter - 2, stride, rounding_mode="floor") * stride
+    recent = torch.cat([base - back, (counter - 1).reshape(1)])[: max(num_maskmem - 1, 0)]
+    rows = torch.cat([recent_rows + positions, torch.remainder(recent, recent_rows)[:, None].expand(-1, batch)])
+    slots = torch.cat(
+        [
+            torch.full((conditioning, batch), num_maskmem - 1, dtype=torch.long, device=device),
+            torch.arange(num_maskmem - 2, -1, -1, device=device)[:, None].expand(-1, batch),
+        ]
+    )
+    # Pointers: the conditioning frames' (offset t - frame; all are in the past), then t - 1, t - 2, ...
+    condition_pointers = pointer_rows + positions
+    condition_offsets = counter - storage.pointer_frames.index_select(1, columns).gather(0, condition_pointers)
+    frames_back = torch.arange(1, config.max_obj_ptrs_in_encoder, device=device)
+    recent_pointers = torch.remainder(counter - frames_back, pointer_rows)[:, None].expand(-1, batch)
+    return RingIndices(
+        memories=(rows * width + columns).contiguous(),
+        slots=slots.contiguous(),
+        pointers=(torch.cat([condition_pointers, recent_pointers]) * width + columns).contiguous(),
+        pointer_offsets=torch.cat([condition_offsets, frames_back[:, None].expand(-1, batch)]).contiguous(),
+        protected=(True,) * conditioning + (False,) * max(num_maskmem - 1, 0),
+    )
+
+
+def write_steady(
+    storage: RingStorage,
+    counter: torch.Tensor,
+    config: BankConfig,
+    features: torch.Tensor,
+    obj_ptrs: torch.Tensor,
+    keys: torch.Tensor | None = None,
+    object_scores: torch.Tensor | None = None,
+    ious: torch.Tensor | None = None,
+) -> None:
+    """`RingBank.write_frame` of a tracked frame of every object (all columns, in order) at the
+    rows the device counter gives: (B, T, C) features, (B, D) pointers, optionally (B, L, T, d)
+    keys and (B,) quality. The host records the write with `RingBank.record_tracked`."""
+    width = storage.features.shape[1]
+    columns = torch.arange(width, device=counter.device)
+    feature_rows = torch.remainder(counter, feature_ring_size(config)) * width + columns
+    pointer_rows = torch.remainder(counter, pointer_ring_size(config)) * width + columns
+
+    def put(target: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> None:
+        target.view(-1, *target.shape[2:]).index_copy_(0, at, values.to(target.dtype))
+
+    put(storage.features, feature_rows, features)
+    put(storage.pointers, pointer_rows, obj_ptrs)
+    if storage.keys is not None:
+        if keys is None:
+            raise ValueError("steady frame: the ring bank keeps cached keys, none given")
+        put(storage.keys, feature_rows, keys)
+    scores = storage.object_scores.new_full((width,), float("inf")) if object_scores is None else object_scores
+    put(storage.object_scores, feature_rows, scores.reshape(-1))
+    put(storage.ious, feature_rows, storage.ious.new_ones(width) if ious is None else ious.reshape(-1))
+    put(storage.frames, feature_rows, counter.expand(width))
+    put(storage.pointer_frames, pointer_rows, counter.expand(width))
+
+
+__all__ = [
+    "SteadyGroup",
+    "SteadyPlan",
+    "feature_window",
+    "frames_to_steady",
+    "pointer_window",
+    "selected_conditioning",
+    "steady_indices",
+    "steady_plan",
+    "write_steady",
+]
