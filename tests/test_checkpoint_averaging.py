@@ -18,7 +18,8 @@ from surgsam2.train.averaging import average_checkpoints
 
 def _nano_file(path: Path, seed: int, step: int, image_size: int | None = None) -> Path:
     torch.manual_seed(seed)
-    return save_checkpoint(SAM2Model(get_config("nano", image_size)).eval(), path, extra={"train_step": step})
+    extra = {"train_step": step, "train_config": {"lr": 1e-4}, "note": f"seed {seed}"}
+    return save_checkpoint(SAM2Model(get_config("nano", image_size)).eval(), path, extra=extra)
 
 
 @pytest.fixture
@@ -35,6 +36,8 @@ def test_the_mean_is_exact_and_loads(three_files: list[Path], tmp_path: Path, ca
     assert averaged.metadata["averaged_from"] == [
         {"file": path.name, "train_step": step} for path, step in zip(three_files, (100, 200, 300))
     ]
+    assert averaged.metadata["train_config"] == {"lr": 1e-4}  # shared by every source: kept
+    assert "note" not in averaged.metadata and "train_step" not in averaged.metadata  # per file: dropped
     worst = 0.0
     for key, tensor in averaged.state_dict.items():
         expected = (sum(source[key].double() for source in sources) / 3).float()

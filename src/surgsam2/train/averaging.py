@@ -20,6 +20,9 @@ from surgsam2.model.checkpoint import CheckpointError, infer_config_name, read_c
 from surgsam2.model.configs import get_config
 from surgsam2.model.sam2 import SAM2Model
 
+# Metadata that belongs to one file, never carried over to the mean as is.
+PER_FILE_METADATA = ("format_version", "config", "image_size", "train_step", "averaged_from")
+
 
 @dataclass
 class AveragedWeights:
@@ -29,6 +32,7 @@ class AveragedWeights:
     config_name: str
     image_size: int | None  # the size stored in the checkpoints' metadata (None: not stored)
     sources: list[dict[str, Any]] = field(default_factory=list)  # per file: name and training step
+    common_metadata: dict[str, Any] = field(default_factory=dict)  # equal in every file (e.g. train_config)
 
 
 def _config_name(metadata: dict[str, Any], state_dict: dict[str, torch.Tensor], path: Path) -> str:
@@ -68,12 +72,14 @@ def average_checkpoints(paths: Sequence[str | Path]) -> AveragedWeights:
     sums: dict[str, torch.Tensor] = {}
     reference: dict[str, torch.Tensor] = {}
     config_name, image_size, sources = "", None, []
+    common: dict[str, Any] = {}
     for index, path in enumerate(paths):
         loaded = read_checkpoint(path)
         name = _config_name(loaded.metadata, loaded.state_dict, path)
         size = loaded.metadata.get("image_size")
         if index == 0:
             config_name, image_size = name, size
+            common = {key: value for key, value in loaded.metadata.items() if key not in PER_FILE_METADATA}
             reference = {key: tensor for key, tensor in loaded.state_dict.items()}
             sums = {key: tensor.double() if tensor.is_floating_point() else tensor
                     for key, tensor in reference.items()}  # fmt: skip
@@ -82,6 +88,7 @@ def average_checkpoints(paths: Sequence[str | Path]) -> AveragedWeights:
                 raise CheckpointError(f"{path}: model {name} at image size {size}, the first checkpoint's "
                                       f"{config_name} at {image_size}")  # fmt: skip
             _check_same_tensors(reference, loaded.state_dict, path)
+            common = {key: value for key, value in common.items() if loaded.metadata.get(key) == value}
             for key, tensor in loaded.state_dict.items():
                 if tensor.is_floating_point():
                     sums[key] += tensor.double()
@@ -90,15 +97,16 @@ def average_checkpoints(paths: Sequence[str | Path]) -> AveragedWeights:
         key: (total / len(paths)).to(reference[key].dtype) if total.is_floating_point() else total
         for key, total in sums.items()
     }  # fmt: skip
-    return AveragedWeights(mean, config_name, image_size, sources)
+    return AveragedWeights(mean, config_name, image_size, sources, common)
 
 
 def save_averaged(averaged: AveragedWeights, path: str | Path) -> Path:
     """Write the averaged weights as a checkpoint (`save_checkpoint`'s layout), loadable by
-    `load_model`, with the source files and steps in its metadata (``averaged_from``)."""
+    `load_model`, with the source files and steps in its metadata (``averaged_from``) and the
+    metadata every source shares (e.g. the run's ``train_config``)."""
     model = SAM2Model(get_config(averaged.config_name, averaged.image_size))
     model.load_state_dict(averaged.state_dict, strict=True)
-    return save_checkpoint(model, path, extra={"averaged_from": averaged.sources})
+    return save_checkpoint(model, path, extra={**averaged.common_metadata, "averaged_from": averaged.sources})
 
 
 __all__ = ["AveragedWeights", "average_checkpoints", "save_averaged"]
