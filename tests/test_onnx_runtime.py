@@ -176,7 +176,10 @@ def test_segment_command_onnx_engine(shipped_export: tuple[SAM2Model, Path], tmp
         Image.fromarray(frame).save(tmp_path / "clip" / f"{index:05d}.png")
     write_mask(tmp_path / "prompt.png", id_maps[0])
     _, folder = shipped_export
-    common = [str(tmp_path / "clip"), "--prompt-mask", str(tmp_path / "prompt.png"), "--quiet"]
+    # efp: the engines' masks are then equal up to rounding. Under xefp (the default) a pixel two
+    # objects' logits claim within float rounding can go to either, and the memory follows it
+    # (worst IoU 0.9976 here with the shipped model); its whole-video parity is tested above.
+    common = [str(tmp_path / "clip"), "--prompt-mask", str(tmp_path / "prompt.png"), "--quiet", "--memory", "efp"]
     assert main(["segment", *common, "--out", str(tmp_path / "torch")]) == 0
     assert main(["segment", *common, "--out", str(tmp_path / "onnx_out"), "--engine", "onnx", "--onnx-dir", str(folder)]) == 0
     worst = 1.0
