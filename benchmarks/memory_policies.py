@@ -31,6 +31,7 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,20 @@ def register_refp_variants() -> None:
 
 
 register_refp_variants()
+
+
+@dataclass
+class ExclusiveReliableEfpPolicy(ReliableEfpPolicy):
+    """refp with xefp's exclusive memory masks (benchmark-only): retained reliable memories, and
+    every memory encoded from a mask that shares no pixel with another tracked instrument."""
+
+    name: str = "xrefp"
+    exclusive_memories: ClassVar[bool] = True
+
+
+if "xrefp" not in policy_names():
+    register_policy("xrefp")(ExclusiveReliableEfpPolicy)
+POLICIES["xrefp2"] = ("xrefp", 2)
 
 
 @dataclass
