@@ -372,3 +372,24 @@ def test_make_policy_rejects_an_unknown_name(name):
     """An unknown policy name is a ValueError that names it."""
     with pytest.raises(ValueError, match=re.escape(repr(name))):
         make_policy(name)
+
+
+@pytest.mark.parametrize("name", ["efp", "qefp", "xefp"])
+def test_a_policy_used_while_tracking_then_in_training_keeps_gradients(name: str) -> None:
+    """Tensors a policy caches while tracking (under inference mode) must not be inference
+    tensors: training later saves them for backward (e.g. the never-dropped mask)."""
+    policy = make_policy(name, 2)
+    protected = [True] + [False] * 6
+    quality = None
+    if getattr(policy, "uses_quality", False):
+        from surgsam2.memory.policies import MemoryQuality
+
+        quality = MemoryQuality(object_scores=torch.ones(7, 2), ious=torch.ones(7, 2))
+    with torch.inference_mode():
+        policy.select(torch.randn(7, 2, 16, 8), protected, 7, *([quality] if quality is not None else []))
+    features = torch.randn(7, 2, 16, 8, requires_grad=True)
+    keep = policy.select(features, protected, 7, *([quality] if quality is not None else []))
+    assert keep.shape == (5, 2)
+    kept = features.gather(0, keep[:, :, None, None].expand(-1, -1, 16, 8))
+    kept.sum().backward()
+    assert features.grad is not None and float(features.grad.abs().sum()) > 0

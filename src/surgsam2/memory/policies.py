@@ -83,8 +83,11 @@ class MemoryPolicy(ABC):
 @lru_cache(maxsize=64)
 def never_dropped(flags: tuple[bool, ...], device: torch.device) -> torch.Tensor:
     """(N,) bool on ``device`` of the candidates a policy never drops, made once per pattern
-    (read-only): no host-to-device copy per frame, so a frame can be captured as a CUDA graph."""
-    return torch.tensor(flags, dtype=torch.bool).to(device)
+    (read-only): no host-to-device copy per frame, so a frame can be captured as a CUDA graph.
+    Made outside inference mode, so that training (autograd saves it) can use a tensor first made
+    while tracking."""
+    with torch.inference_mode(False):
+        return torch.tensor(flags, dtype=torch.bool).to(device)
 
 
 _REGISTRY: dict[str, type[MemoryPolicy]] = {}
