@@ -176,7 +176,7 @@ def test_segment_command_onnx_engine(shipped_export: tuple[SAM2Model, Path], tmp
         Image.fromarray(frame).save(tmp_path / "clip" / f"{index:05d}.png")
     write_mask(tmp_path / "prompt.png", id_maps[0])
     _, folder = shipped_export
-    # efp: the engines' masks are then equal up to rounding. Under xefp (the default) a pixel two
+    # efp (the default): the engines' masks are then equal up to rounding. Under xefp a pixel two
     # objects' logits claim within float rounding can go to either, and the memory follows it
     # (worst IoU 0.9976 here with the shipped model); its whole-video parity is tested above.
     common = [str(tmp_path / "clip"), "--prompt-mask", str(tmp_path / "prompt.png"), "--quiet", "--memory", "efp"]

@@ -8,7 +8,7 @@ that the registry and the table name the same policies, in the same order, with 
 
 from __future__ import annotations
 
-DEFAULT_POLICY = "xefp"
+DEFAULT_POLICY = "efp"
 DEFAULT_NUM_FRAME_TO_PRUNE = 2
 
 # name -> the first line of its class docstring (what `--memory` help says), in registration order.
