@@ -144,6 +144,37 @@ class RingIndices:
     protected: tuple[bool, ...]
 
 
+def store_rows(
+    storage: RingStorage,
+    feature_rows: torch.Tensor,
+    pointer_rows: torch.Tensor,
+    features: torch.Tensor,
+    obj_ptrs: torch.Tensor,
+    keys: torch.Tensor | None,
+    object_scores: torch.Tensor | None,
+    ious: torch.Tensor | None,
+    what: str,
+) -> None:
+    """Write B memories at flat rows (row * width + column) of the storage: (B, T, C) features,
+    (B, D) pointers, (B, L, T, d) keys when the storage caches them, and the (B,) quality (None:
+    unknown, stored as +inf object score and IoU 1). The frame indices are the caller's to write.
+    ``what`` names the write in errors."""
+
+    def put(target: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> None:
+        target.view(-1, *target.shape[2:]).index_copy_(0, at, values.to(target.dtype))
+
+    count, device = feature_rows.shape[0], features.device
+    put(storage.features, feature_rows, features)
+    put(storage.pointers, pointer_rows, obj_ptrs)
+    if storage.keys is not None:
+        if keys is None:
+            raise ValueError(f"{what}: the ring bank keeps cached keys, none given")
+        put(storage.keys, feature_rows, keys)
+    scores = torch.full((count,), float("inf"), device=device) if object_scores is None else object_scores
+    put(storage.object_scores, feature_rows, scores.reshape(-1))
+    put(storage.ious, feature_rows, torch.ones(count, device=device) if ious is None else ious.reshape(-1))
+
+
 class RingBank:
     """Per-object memories in preallocated rings of slots (see the module docstring)."""
 
@@ -263,19 +294,8 @@ class RingBank:
         columns = np.array([self.columns[obj_id] for obj_id in obj_ids])
         index = _to_device(np.array(rows).T * width + columns, features.device)  # (2, B)
         feature_rows, pointer_rows = index[0], index[1]
-
-        def put(target: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> None:
-            target.view(-1, *target.shape[2:]).index_copy_(0, at, values.to(target.dtype))
-
-        put(storage.features, feature_rows, features)
-        put(storage.pointers, pointer_rows, obj_ptrs)
-        if storage.keys is not None:
-            if keys is None:
-                raise ValueError(f"frame {frame_index}: the ring bank keeps cached keys, none given")
-            put(storage.keys, feature_rows, keys)
-        scores = torch.full((len(rows),), float("inf")) if object_scores is None else object_scores.reshape(-1)
-        put(storage.object_scores, feature_rows, scores.to(features.device))
-        put(storage.ious, feature_rows, (torch.ones(len(rows)) if ious is None else ious.reshape(-1)).to(features.device))
+        store_rows(storage, feature_rows, pointer_rows, features, obj_ptrs, keys, object_scores, ious,
+                   f"frame {frame_index}")  # fmt: skip
         storage.frames.view(-1).index_fill_(0, feature_rows, frame_index)
         storage.pointer_frames.view(-1).index_fill_(0, pointer_rows, frame_index)
 
@@ -365,4 +385,5 @@ __all__ = [
     "RingStorage",
     "feature_ring_size",
     "pointer_ring_size",
+    "store_rows",
 ]

@@ -31,7 +31,14 @@ from dataclasses import dataclass
 import torch
 
 from surgsam2.memory.bank import BankConfig
-from surgsam2.memory.ring import RingBank, RingIndices, RingStorage, feature_ring_size, pointer_ring_size
+from surgsam2.memory.ring import (
+    RingBank,
+    RingIndices,
+    RingStorage,
+    feature_ring_size,
+    pointer_ring_size,
+    store_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -165,21 +172,9 @@ def write_steady(
     columns = torch.arange(width, device=counter.device)
     feature_rows = torch.remainder(counter, feature_ring_size(config)) * width + columns
     pointer_rows = torch.remainder(counter, pointer_ring_size(config)) * width + columns
-
-    def put(target: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> None:
-        target.view(-1, *target.shape[2:]).index_copy_(0, at, values.to(target.dtype))
-
-    put(storage.features, feature_rows, features)
-    put(storage.pointers, pointer_rows, obj_ptrs)
-    if storage.keys is not None:
-        if keys is None:
-            raise ValueError("steady frame: the ring bank keeps cached keys, none given")
-        put(storage.keys, feature_rows, keys)
-    scores = storage.object_scores.new_full((width,), float("inf")) if object_scores is None else object_scores
-    put(storage.object_scores, feature_rows, scores.reshape(-1))
-    put(storage.ious, feature_rows, storage.ious.new_ones(width) if ious is None else ious.reshape(-1))
-    put(storage.frames, feature_rows, counter.expand(width))
-    put(storage.pointer_frames, pointer_rows, counter.expand(width))
+    store_rows(storage, feature_rows, pointer_rows, features, obj_ptrs, keys, object_scores, ious, "steady frame")
+    storage.frames.view(-1).index_copy_(0, feature_rows, counter.expand(width))
+    storage.pointer_frames.view(-1).index_copy_(0, pointer_rows, counter.expand(width))
 
 
 __all__ = [
