@@ -81,7 +81,8 @@ def average_checkpoints(paths: Sequence[str | Path]) -> AveragedWeights:
             config_name, image_size = name, size
             common = {key: value for key, value in loaded.metadata.items() if key not in PER_FILE_METADATA}
             reference = {key: tensor for key, tensor in loaded.state_dict.items()}
-            sums = {key: tensor.double() if tensor.is_floating_point() else tensor
+            # A copy even of float64 tensors: the sums are added to in place.
+            sums = {key: tensor.to(torch.float64, copy=True) if tensor.is_floating_point() else tensor
                     for key, tensor in reference.items()}  # fmt: skip
         else:
             if (name, size) != (config_name, image_size):
