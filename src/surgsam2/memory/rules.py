@@ -100,6 +100,20 @@ class MemoryRules:
             raise ValueError(f"retained_slot must be in 0..{self.num_maskmem - 1}, got {self.retained_slot}")
 
 
+def recent_slot_frames(config: MemoryRules, frame_index: int) -> list[tuple[int, int]]:
+    """(frame, temporal slot) of each recent memory slot of ``frame_index``, oldest first: t - 1
+    in slot 0, the others strided back from ((t - 2) // r) * r (SAM 2's rule)."""
+    stride, slots = config.memory_temporal_stride, []
+    for t_pos in range(1, config.num_maskmem):
+        frames_back = config.num_maskmem - t_pos
+        if frames_back == 1:
+            previous = frame_index - 1
+        else:
+            previous = ((frame_index - 2) // stride) * stride - (frames_back - 2) * stride
+        slots.append((previous, config.num_maskmem - t_pos - 1))
+    return slots
+
+
 class BankRules:
     """Per-object memories and SAM 2's rules for choosing them, forward in time; array-agnostic
     (`MemoryBank` stores torch tensors, the ONNX runtime numpy arrays)."""
@@ -226,17 +240,11 @@ class BankRules:
         memories += [(stored, retained_slot) for stored in memory.retained]
         protected += [False] * len(memory.retained)
         retained = [False] * len(selected) + [True] * len(memory.retained)
-        stride = config.memory_temporal_stride
-        for t_pos in range(1, config.num_maskmem):
-            frames_back = config.num_maskmem - t_pos
-            if frames_back == 1:
-                previous = frame_index - 1
-            else:
-                previous = ((frame_index - 2) // stride) * stride - (frames_back - 2) * stride
+        for previous, slot in recent_slot_frames(config, frame_index):
             stored = recent_or_unselected(previous)
             if stored is None or stored.features is None:
                 continue
-            memories.append((stored, config.num_maskmem - t_pos - 1))
+            memories.append((stored, slot))
             protected.append(stored.frame_index in memory.conditioning)
 
         max_pointers = config.max_obj_ptrs_in_encoder
@@ -260,4 +268,4 @@ class BankRules:
         return MemoryLayout(tuple(memories), tuple(protected), tuple(pointers), retained_flags)
 
 
-__all__ = ["Array", "BankRules", "MemoryLayout", "MemoryRules", "ObjectMemory", "StoredMemory"]
+__all__ = ["Array", "BankRules", "MemoryLayout", "MemoryRules", "ObjectMemory", "StoredMemory", "recent_slot_frames"]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from surgsam2.memory.bank import BankConfig
+from surgsam2.memory.rules import recent_slot_frames
 from surgsam2.memory.ring import (
     RingBank,
     RingIndices,
@@ -63,14 +64,7 @@ class SteadyPlan:
 
 def feature_window(config: BankConfig, frame_index: int) -> list[int]:
     """The frames of the recent memory slots of ``frame_index``, oldest first (`BankRules.layout`)."""
-    stride, frames = config.memory_temporal_stride, []
-    for t_pos in range(1, config.num_maskmem):
-        frames_back = config.num_maskmem - t_pos
-        if frames_back == 1:
-            frames.append(frame_index - 1)
-        else:
-            frames.append(((frame_index - 2) // stride) * stride - (frames_back - 2) * stride)
-    return frames
+    return [frame for frame, _ in recent_slot_frames(config, frame_index)]
 
 
 def pointer_window(config: BankConfig, frame_index: int) -> list[int]:
