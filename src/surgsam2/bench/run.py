@@ -9,7 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from surgsam2.bench.runners import (
     mask_iou,
     ours_tracker_options,
 )
-from surgsam2.model.cuda_graphs import CudaGraphed
+from surgsam2.model.cuda_graphs import GraphStats
 
 # Ours before one optimisation, run as its own side: side name -> (the BenchConfig flag asking
 # for it, the Tracker options that undo the optimisation).
@@ -57,6 +57,16 @@ def _log(config: BenchConfig, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+class GraphedStep(Protocol):
+    """What the bench reads and switches of a graphed part (`CudaGraphed`) or of the steady
+    frames (`SteadyFrames`): eager when not ``enabled`` (the FLOP count), and their ``stats``."""
+
+    enabled: bool
+
+    @property
+    def stats(self) -> GraphStats: ...
+
+
 @dataclass
 class _Sides:
     """What a run drives: the clip, the sides in their first order, their stage timers
@@ -66,7 +76,7 @@ class _Sides:
     clip: BenchClip
     runners: list[Runner]
     timers: dict[str, StageTimer]
-    graphed: dict[str, CudaGraphed | Any]
+    graphed: dict[str, GraphedStep]
 
     def close(self) -> None:
         for runner in self.runners:
