@@ -22,6 +22,7 @@ from surgsam2.bench import (
     run_streams,
     write_json,
 )
+from surgsam2.bench.profile import StageTimer, stage_gflop
 from surgsam2.bench.runners import build_official_predictor, make_clip, official_config_file
 
 
@@ -42,6 +43,14 @@ def test_bench_runs_and_writes_json(tmp_path) -> None:
     assert set(ours["stage_ms"]) == {*STAGES, "other", "total"}
     # Every stage of a tracked frame reached the hook (a stage never reported would read 0).
     assert all(ours["stage_ms"][stage] > 0 for stage in STAGES)
+    # The counted frame's FLOPs by stage: the network's stages have some, and they add up.
+    gflop = ours["stage_gflop"]
+    assert set(gflop) == {*STAGES, "other", "total"}
+    assert all(gflop[stage] > 0 for stage in ("encode_image", "memory_attention", "decoder", "memory_encoder"))
+    staged = sum(gflop[stage] for stage in (*STAGES, "other"))
+    print(f"stage GFLOP sum {staged:.6f} vs frame {gflop['total']:.6f}")
+    assert staged == pytest.approx(gflop["total"], rel=1e-9) and gflop["total"] == pytest.approx(ours["flops_per_frame"] / 1e9)
+    assert "encode_image (GFLOP/s, of peak)" in table
     # Rewriting our own result is allowed.
     write_json(result, output)
 
@@ -61,6 +70,24 @@ def test_bench_bf16_with_key_cache_baseline() -> None:
     assert nocache.state_bytes < result.ours.state_bytes  # the cache is state
     assert set(result.speedup_over) == {"ours-nocache"} and result.speedup is None
     assert "ours-nocache" in result.format_table()
+
+
+def test_stage_timer_attributes_flops_to_the_innermost_stage() -> None:
+    """Nested stages count FLOPs as they count time: each in its innermost stage only."""
+    timer = StageTimer()
+    counted = [0.0]
+    with timer.counting_flops(lambda: counted[0]):
+        with timer.stage("memory_attention"):
+            counted[0] += 10
+            with timer.stage("decoder"):
+                counted[0] += 3
+            counted[0] += 1
+        counted[0] += 100  # outside every stage: 'other'
+    assert timer.take_flops() == {"memory_attention": 11, "decoder": 3}
+    assert stage_gflop({"memory_attention": 11e9, "decoder": 3e9}, 114e9)["other"] == 100
+    with timer.stage("decoder"):  # no FLOP source: time only
+        pass
+    assert timer.take_flops() == {} and "decoder" in timer.take()
 
 
 def test_flop_count_includes_attention() -> None:
@@ -123,6 +150,7 @@ def test_against_official_runs_side_by_side() -> None:
     # Same weights, same frames, SAM 2 memory on both sides: the masks agree.
     assert result.mask_agreement_iou is not None and result.mask_agreement_iou > 0.99
     assert result.official.stage_ms is not None and result.official.stage_ms["memory_attention"] >= 0
+    assert result.official.stage_gflop is not None and result.official.stage_gflop["encode_image"] > 0
     assert "ours / official" in result.format_table()
 
 

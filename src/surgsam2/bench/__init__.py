@@ -21,7 +21,9 @@ achieved GFLOP/s and its fraction of this machine's fp32 / bf16 matmul peaks (a 
 timed in the same run), state held between frames, and ours' speedup over each other side. Peak
 memory is the process's peak RSS (getrusage): the sides live in one process, so it is not split
 per side; the state bytes are. ``--profile`` times the stages our tracker reports to its stage
-hook (`surgsam2.tracking.stages`) and the matching methods of the official predictor.
+hook (`surgsam2.tracking.stages`) and the matching methods of the official predictor, and splits
+the counted frame's FLOPs the same way: each stage's GFLOP/s and fraction of the matmul peak of
+its side's precision (which stage runs furthest from the peak).
 
 ``device="cuda"``: models, frames and state on the GPU; each frame is timed between two
 ``torch.cuda.synchronize()`` calls (the masks come back to the host anyway, as users need them),

@@ -10,7 +10,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -175,10 +175,15 @@ def _onednn_linear_flops(input_shape, weight_shape, *args, out_shape=None, **kwa
 
 @dataclass
 class FlopCount:
-    """FLOPs of a block of code, and the part added by hand for attention kernels."""
+    """FLOPs of a block of code, and the part added by hand for attention kernels.
+
+    ``running()`` is the count so far while the block runs (the stage profile attributes FLOPs
+    to stages with it), the total after.
+    """
 
     total: float
     sdpa_added: float
+    running: Callable[[], float] = field(default=lambda: 0.0, repr=False, compare=False)
 
 
 @contextlib.contextmanager
@@ -199,7 +204,9 @@ def count_flops(device: torch.device | str = "cpu") -> Iterator[FlopCount]:
         custom[onednn_linear] = _onednn_linear_flops
     result = FlopCount(0.0, 0.0)
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        result.running = lambda: float(counter.get_total_flops())
         yield result
     result.total = float(counter.get_total_flops())
+    result.running = lambda: result.total
     counts = counter.get_flop_counts().get("Global", {})
     result.sdpa_added = float(sum(v for op, v in counts.items() if any(n in str(op) for n in SDPA_OPS)))

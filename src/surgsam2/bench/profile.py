@@ -7,7 +7,7 @@ import functools
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -24,6 +24,9 @@ class StageTimer:
     the innermost stage. On a GPU each stage is bracketed by synchronisations (``device``), which
     costs some overlap: the per-stage split is a profile, the frame times without --profile are
     the measurement.
+
+    While `counting_flops` gives it a running FLOP count (`machine.count_flops`), each stage's
+    exclusive FLOPs are attributed the same way, for `take_flops`.
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
@@ -31,11 +34,27 @@ class StageTimer:
         self._stack: list[float] = []
         self._current: dict[str, float] = defaultdict(float)
         self._wrapped: list[tuple[Any, str]] = []
+        self._flop_source: Callable[[], float] | None = None
+        self._flop_stack: list[float] = []
+        self._flops: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def counting_flops(self, running: Callable[[], float]) -> Iterator[None]:
+        """Attribute the FLOPs ``running()`` counts to the stages entered in the block."""
+        self._flop_source = running
+        try:
+            yield
+        finally:
+            self._flop_source = None
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time the enclosed code as stage ``name``, less the stages nested in it."""
         self._stack.append(0.0)
+        source = self._flop_source
+        if source is not None:
+            self._flop_stack.append(0.0)
+            flops_before = source()
         synchronize(self._device)
         start = time.perf_counter()
         try:
@@ -47,6 +66,11 @@ class StageTimer:
             self._current[name] += elapsed - children
             if self._stack:
                 self._stack[-1] += elapsed
+            if source is not None:
+                flops = source() - flops_before
+                self._flops[name] += flops - self._flop_stack.pop()
+                if self._flop_stack:
+                    self._flop_stack[-1] += flops
 
     def wrap(self, owner: Any, attribute: str, stage: str) -> None:
         """Time every call of ``owner.attribute`` as ``stage`` (an instance attribute, until `unwrap`)."""
@@ -66,6 +90,12 @@ class StageTimer:
         self._current.clear()
         return taken
 
+    def take_flops(self) -> dict[str, float]:
+        """FLOPs per stage counted since the last call (see `counting_flops`)."""
+        taken = dict(self._flops)
+        self._flops.clear()
+        return taken
+
     def unwrap(self) -> None:
         """Remove the wrappers: the objects' own methods are visible again."""
         for owner, attribute in reversed(self._wrapped):
@@ -83,3 +113,11 @@ def median_stages(per_frame: list[dict[str, float]], totals: list[float]) -> dic
     stages["other"] = 1e3 * statistics.median(others)
     stages["total"] = 1e3 * statistics.median(totals)
     return stages
+
+
+def stage_gflop(per_stage: dict[str, float], total: float) -> dict[str, float]:
+    """GFLOP per stage of one frame, plus 'other' = the frame's total - the stages', and 'total'."""
+    gflop = {stage: per_stage.get(stage, 0.0) / 1e9 for stage in STAGES}
+    gflop["other"] = max(0.0, total - sum(per_stage.values())) / 1e9
+    gflop["total"] = total / 1e9
+    return gflop

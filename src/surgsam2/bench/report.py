@@ -44,6 +44,13 @@ class SideResult:
     frame_buffer_bytes: int = 0  # official: the whole video it loads up front
     device_working_bytes: int | None = None  # GPU: most any frame (warm-up too) allocated above its start
     stage_ms: dict[str, float] | None = None  # median per-frame milliseconds per stage (--profile)
+    stage_gflop: dict[str, float] | None = None  # GFLOP per stage of the counted frame (--profile)
+
+    def stage_rate(self, stage: str) -> float | None:
+        """GFLOP/s of one stage (its FLOPs over its median time), None without a profile or time."""
+        if not self.stage_ms or not self.stage_gflop or self.stage_ms.get(stage, 0.0) <= 0.05:
+            return None
+        return self.stage_gflop[stage] / (self.stage_ms[stage] / 1e3)
 
 
 @dataclass
@@ -151,7 +158,20 @@ def _side_rows(result: BenchResult) -> list[tuple[str, list[str]]]:
     if all(s.stage_ms for s in sides):
         for stage in (*STAGES, "other"):
             rows.append((f"  {stage} (median ms)", [f"{s.stage_ms[stage]:.1f}" for s in sides]))  # type: ignore[index]
+    if all(s.stage_gflop for s in sides):
+        for stage in (*STAGES, "other"):
+            rows.append((f"  {stage} (GFLOP/s, of peak)", [_stage_rate(s, stage, result.peak) for s in sides]))
     return rows
+
+
+def _stage_rate(side: SideResult, stage: str, peak: MatmulPeak) -> str:
+    """A stage's GFLOP/s and its fraction of the matmul peak of the side's precision (bf16 for
+    bf16 and mixed, fp32 for fp32); '-' for a stage without time or FLOPs."""
+    rate = side.stage_rate(stage)
+    if rate is None or not side.stage_gflop or side.stage_gflop[stage] == 0.0:
+        return "-"
+    reference = peak.fp32_gflops if side.dtype == "fp32" else peak.bf16_gflops
+    return f"{rate:.0f} ({rate / reference:.2f})"
 
 
 def _bench_footer(result: BenchResult) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import sys
@@ -28,7 +29,7 @@ from surgsam2.bench.machine import (
     start_run,
     synchronize,
 )
-from surgsam2.bench.profile import StageTimer, median_stages
+from surgsam2.bench.profile import StageTimer, median_stages, stage_gflop
 from surgsam2.bench.report import BenchResult, SideResult, StreamPoint, StreamResult
 from surgsam2.bench.runners import (
     BenchClip,
@@ -93,6 +94,7 @@ class _Measurements:
     stages: dict[str, list[dict[str, float]]]
     working: dict[str, int]  # GPU: most any frame allocated above what it started with
     flops: dict[str, FlopCount] = field(default_factory=dict)
+    stage_flops: dict[str, dict[str, float]] = field(default_factory=dict)  # --profile: the counted frame's
     states: dict[str, tuple[int, int]] = field(default_factory=dict)
     ious: list[float] = field(default_factory=list)
     peak_device: int = 0  # GPU: the per-frame peak resets clear the run's peak, kept here
@@ -148,9 +150,14 @@ def _counted_step(
     it runs eagerly."""
     for part in sides.graphed.values():
         part.enabled = False
+    timer = sides.timers.get(runner.name)
     with count_flops(device) as counted:
-        masks = runner.step(index)
+        with timer.counting_flops(counted.running) if timer is not None else contextlib.nullcontext():
+            masks = runner.step(index)
     measured.flops[runner.name] = counted
+    if timer is not None:
+        timer.take()  # the counted frame's times are not measurements
+        measured.stage_flops[runner.name] = timer.take_flops()
     for part in sides.graphed.values():
         part.enabled = True
     return masks
@@ -230,6 +237,7 @@ def _side_result(
         state_bytes=state[0],
         frame_buffer_bytes=state[1],
         stage_ms=median_stages(measured.stages[name], seconds) if config.profile else None,
+        stage_gflop=stage_gflop(measured.stage_flops.get(name, {}), flops.total) if config.profile else None,
         device_working_bytes=measured.working[name] if device.type == "cuda" else None,
     )
 

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the clip and the random weights")
     parser.add_argument("--profile", action="store_true",
-                        help="also time the stages (encoder, memory attention, decoder, ...)")  # fmt: skip
+                        help="also time the stages (encoder, memory attention, decoder, ...) and give each its"
+                             " GFLOP/s and fraction of the matmul peak")  # fmt: skip
     parser.add_argument("--key-cache-baseline", action="store_true",
                         help="also run ours recomputing memory keys every frame (before/after the key cache)")  # fmt: skip
     parser.add_argument("--compile", action="store_true",
