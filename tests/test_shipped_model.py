@@ -20,7 +20,7 @@ from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inferen
 MAX_PACKAGED_BYTES = 20 * 2**20
 # J&F (surgsam2 protocol, efp) on the held-out clip below, measured when the checkpoint shipped:
 # see SHIPPED_CLIP_JF_MEASURED; the test allows a margin for platform differences in float math.
-SHIPPED_CLIP_JF_MEASURED = 0.984
+SHIPPED_CLIP_JF_MEASURED = 0.985
 SHIPPED_CLIP_JF_MARGIN = 0.03
 HELD_OUT_SEED = 900_123  # dataset seeds >= 900000 are never used for training
 # The bar for bf16 inference: each object's bf16 mask matches its float32 mask.
