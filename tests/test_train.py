@@ -320,7 +320,7 @@ def test_config_errors_name_the_key(tmp_path: Path, synthetic_root: Path) -> Non
     assert config.model.train_memory_policy == "efp" and config.optim.lr == 2e-4
     names = ("endovis18_instrument_hiera_s.yaml", "nano_synthetic.yaml", "nano_synthetic_stage2.yaml",
              "nano_synthetic_stage3.yaml", "nano_synthetic_stage4.yaml", "nano_synthetic_stage5.yaml",
-             "nano_synthetic_stage6.yaml")  # fmt: skip
+             "nano_synthetic_stage6.yaml", "nano_synthetic_stage7.yaml")  # fmt: skip
     for name in names:
         shipped = load_config(REPO_ROOT / "configs" / "train" / name)
         assert shipped.data.roots
