@@ -156,7 +156,6 @@ def _counted_step(
             masks = runner.step(index)
     measured.flops[runner.name] = counted
     if timer is not None:
-        timer.take()  # the counted frame's times are not measurements
         measured.stage_flops[runner.name] = timer.take_flops()
     for part in sides.graphed.values():
         part.enabled = True
