@@ -21,7 +21,7 @@ from surgsam2.memory.assembly import (
     select_memories,
 )
 from surgsam2.memory.bank import BankConfig, MemoryBank
-from surgsam2.memory.policies import EfpPolicy, FifoPolicy, MemoryPolicy, QualityEfpPolicy
+from surgsam2.memory.policies import EfpPolicy, FifoPolicy, MemoryPolicy, QualityEfpPolicy, ReliableEfpPolicy
 from surgsam2.memory.ring import RingBank, feature_ring_size, pointer_ring_size
 from surgsam2.model.configs import get_config
 from surgsam2.model.sam2 import SAM2Model
@@ -109,6 +109,9 @@ def compare_frame(
         assert seen.protected == expected.protected
         assert torch.equal(seen.quality.object_scores, expected.quality.object_scores), where
         assert torch.equal(seen.quality.ious, expected.quality.ious), where
+        assert seen.quality.retained == expected.quality.retained, where
+        frames = (seen.quality.frames, expected.quality.frames)
+        assert (frames[0] is None) == (frames[1] is None) and (frames[0] is None or torch.equal(*frames)), where
         keep = select_memories(expected, policy, model.num_maskmem)
         ring_keep = select_memories(seen, policy, model.num_maskmem)
         assert (keep is None) == (ring_keep is None) and (keep is None or torch.equal(keep, ring_keep)), where
@@ -131,7 +134,20 @@ POLICIES = {
     "efp2": EfpPolicy(num_frame_to_prune=2),
     "efp3": EfpPolicy(num_frame_to_prune=3),
     "qefp": QualityEfpPolicy(num_frame_to_prune=2),
+    "refp": ReliableEfpPolicy(num_frame_to_prune=2),
 }
+
+
+def retained_frames(banks: tuple[MemoryBank, RingBank]) -> dict[int, tuple[list[float], list[float]]]:
+    """Per object, the frames of its retained memories in slot order: (default bank, ring bank)."""
+    default, ring = banks
+    frames = {}
+    for obj_id, memory in default.objects.items():
+        ring_rows = [stored.features for stored in ring.objects[obj_id].retained]
+        column = ring.storage.frames[:, ring.columns[obj_id]]
+        frames[obj_id] = ([float(stored.frame_stamp) for stored in memory.retained],
+                          [float(column[row]) if column[row] >= 0 else float("-inf") for row in ring_rows])  # fmt: skip
+    return frames
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
@@ -141,9 +157,12 @@ def test_ring_bank_proposes_selects_and_assembles_as_the_default_bank(
     model: SAM2Model, policy: str, stride: int, max_cond: int
 ) -> None:
     """80 frames (the feature ring wraps 13 times at stride 1), objects added, prompted again and
-    removed mid-stream: every frame's batches are bit-identical between the two banks."""
-    config = BankConfig(num_maskmem=model.num_maskmem, max_obj_ptrs_in_encoder=16,
-                        memory_temporal_stride=stride, max_cond_frames_in_attn=max_cond)  # fmt: skip
+    removed mid-stream: every frame's batches are bit-identical between the two banks; with refp
+    (two retained memories, about half the random memories reliable) both banks retain the same
+    frames in the same slots."""
+    retained = getattr(POLICIES[policy], "retained_memories", 0)
+    config = BankConfig(num_maskmem=model.num_maskmem, max_obj_ptrs_in_encoder=16, memory_temporal_stride=stride,
+                        max_cond_frames_in_attn=max_cond, retained_memories=retained)  # fmt: skip
     banks = (MemoryBank(config), RingBank(config))
     writer = Writer(model, seed=stride * 10 + max_cond)
     temporal_keys = writer.random(NUM_LAYERS, model.num_maskmem, NUM_TOKENS, KEY_DIM)
@@ -155,14 +174,22 @@ def test_ring_bank_proposes_selects_and_assembles_as_the_default_bank(
         if frame > 0:
             dropped += compare_frame(model, banks, frame, POLICIES[policy], temporal_keys)
         writer.write(banks, frame, objects)
-    print(f"[ring] {policy} stride {stride} max_cond {max_cond}: 79 frames equal, {dropped} memories dropped")
+        for obj_id, (expected, seen) in retained_frames(banks).items():
+            assert seen == expected, f"frame {frame} object {obj_id}: retained frames"
+    kept = retained_frames(banks)
+    print(f"[ring] {policy} stride {stride} max_cond {max_cond}: 79 frames equal, {dropped} memories dropped"
+          + (f", retained frames at the end {kept}" if retained else ""))  # fmt: skip
     assert (dropped > 0) == (policy != "fifo")  # the pruning policies were exercised
+    if retained:  # every object retained two reliable memories
+        assert all(len(pair[0]) == 2 and min(pair[0]) >= 0 for pair in kept.values()), kept
 
 
-def test_ring_storage_is_bounded_and_stays_at_fixed_addresses(model: SAM2Model) -> None:
+@pytest.mark.parametrize("retained", [0, 2])
+def test_ring_storage_is_bounded_and_stays_at_fixed_addresses(model: SAM2Model, retained: int) -> None:
     """After the prompts, 400 tracked frames neither grow nor move any tensor of the ring bank,
-    and its size is the sum of the rings and conditioning rows (computed independently here)."""
-    config = BankConfig(num_maskmem=7, max_obj_ptrs_in_encoder=16, memory_temporal_stride=2)
+    and its size is the sum of the rings, retained rows (R + 1 scratch with refp) and conditioning
+    rows (computed independently here)."""
+    config = BankConfig(num_maskmem=7, max_obj_ptrs_in_encoder=16, memory_temporal_stride=2, retained_memories=retained)
     banks = (MemoryBank(config), RingBank(config))
     writer = Writer(model, seed=5)
     objects = {1: True, 2: True, 3: True}
@@ -175,7 +202,8 @@ def test_ring_storage_is_bounded_and_stays_at_fixed_addresses(model: SAM2Model) 
         writer.write(banks, frame, dict.fromkeys(objects, False))
         assert [tensor.data_ptr() for tensor in ring.stored_tensors()] == addresses, f"frame {frame}"
         sizes.add(ring.stored_bytes())
-    feature_rows, pointer_rows = 5 * 2 + 1 + 2, 15 + 2  # S = (7-2)*2+1, Q = 15, 2 conditioning rows
+    # S = (7-2)*2+1, R + 1 retained rows, 2 conditioning rows; Q = 15 pointer rows
+    feature_rows, pointer_rows = 5 * 2 + 1 + (retained + 1 if retained else 0) + 2, 15 + 2
     assert (feature_ring_size(config), pointer_ring_size(config)) == (11, 15)
     per_object = feature_rows * (NUM_TOKENS * model.mem_dim * 2 + NUM_LAYERS * NUM_TOKENS * KEY_DIM * 4 + 4 + 4 + 8)
     per_object += pointer_rows * (model.hidden_dim * 4 + 8)
@@ -188,9 +216,7 @@ def test_ring_storage_is_bounded_and_stays_at_fixed_addresses(model: SAM2Model) 
         assert recent == list(range(391, 402)), f"object {column + 1}: {recent}"
 
 
-def test_ring_bank_refuses_retained_memories_and_out_of_order_frames(model: SAM2Model) -> None:
-    with pytest.raises(ValueError, match="does not retain memories"):
-        RingBank(BankConfig(retained_memories=2))
+def test_ring_bank_refuses_out_of_order_frames(model: SAM2Model) -> None:
     ring = RingBank(BankConfig())
     ring.add_object(1)
     features, pointer = torch.zeros(1, NUM_TOKENS, 8), torch.zeros(1, 16)
@@ -209,7 +235,7 @@ def tracker_model() -> SAM2Model:
     return test_tracker.random_model()
 
 
-@pytest.mark.parametrize("memory", ["fifo", "efp", "qefp"])
+@pytest.mark.parametrize("memory", ["fifo", "efp", "qefp", "refp"])
 def test_tracker_with_the_ring_bank_equals_the_default_bank(tracker_model: SAM2Model, memory: str) -> None:
     """40 frames, 3 objects prompted on frames 0, 5 and 12, corrective clicks on frames 12 and 20,
     an object removed on frame 30: masks and logits are bit-identical with either bank."""
@@ -241,10 +267,8 @@ def test_tracker_with_the_ring_bank_equals_the_default_bank(tracker_model: SAM2M
     print(f"[ring tracker] {memory}: 40 frames bit-identical; state {ring.state_bytes()} B (default {default.state_bytes()} B)")
 
 
-def test_tracker_rejects_an_unknown_bank_and_refp_with_the_ring(tracker_model: SAM2Model) -> None:
+def test_tracker_rejects_an_unknown_bank(tracker_model: SAM2Model) -> None:
     from surgsam2 import Tracker
 
     with pytest.raises(ValueError, match="unknown memory bank 'rings'; choose one of dict, ring"):
         Tracker(tracker_model, bank="rings")
-    with pytest.raises(ValueError, match="the ring bank does not retain memories"):
-        Tracker(tracker_model, memory="refp", bank="ring")

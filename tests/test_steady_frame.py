@@ -25,7 +25,7 @@ import torch
 
 from surgsam2 import Prompt, Tracker
 from surgsam2.memory.bank import BankConfig
-from surgsam2.memory.ring import RingBank
+from surgsam2.memory.ring import RingBank, feature_ring_size
 from surgsam2.memory.steady import frames_to_steady, steady_indices, steady_plan, write_steady
 from surgsam2.model.configs import get_config
 from surgsam2.model.sam2 import SAM2Model
@@ -74,20 +74,37 @@ def assert_device_layout_is_the_hosts(host: RingBank, frame: int, counter: torch
         obj_ids = [plan.obj_ids[column] for column in group.columns]
         expected = host.indices(obj_ids, [layouts[obj_id] for obj_id in obj_ids])
         columns = torch.tensor(group.columns, dtype=torch.long)
-        seen = steady_indices(host.storage, counter, host.config, columns, group.conditioning)
+        seen = steady_indices(host.storage, counter, host.config, columns, group.conditioning, group.retained)
         for name in ("memories", "slots", "pointers", "pointer_offsets"):
             assert torch.equal(getattr(seen, name), getattr(expected, name)), f"frame {frame} {obj_ids}: {name}"
-        assert seen.protected == expected.protected, f"frame {frame}"
+        assert seen.protected == expected.protected and seen.retained == expected.retained, f"frame {frame}"
+
+
+STORAGE_FIELDS = ("features", "keys", "pointers", "object_scores", "ious", "frames", "pointer_frames")
+FEATURE_ROW_FIELDS = ("features", "keys", "object_scores", "ious", "frames")
+
+
+def visible_storage(bank: RingBank) -> list[torch.Tensor]:
+    """The storage's tensors (`STORAGE_FIELDS`) without the retained scratch row, which holds
+    whichever memory was last refused (the host offers only memories that left the window, the
+    device also the ineligible rows of a steady frame)."""
+    storage, config = bank.storage, bank.config
+    scratch = feature_ring_size(config) + config.retained_memories if config.retained_memories else None
+    rows = [row for row in range(storage.features.shape[0]) if row != scratch]
+    return [getattr(storage, name)[rows] if name in FEATURE_ROW_FIELDS else getattr(storage, name)
+            for name in STORAGE_FIELDS]  # fmt: skip
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("max_cond", [-1, 2])
-def test_device_layout_and_write_equal_the_host_rules_whenever_steady(stride: int, max_cond: int) -> None:
+@pytest.mark.parametrize("retained", [0, 2])
+def test_device_layout_and_write_equal_the_host_rules_whenever_steady(stride: int, max_cond: int, retained: int) -> None:
     """100 frames: on every steady frame the device layout equals the host's, and a bank written
-    on the device on those frames stays equal to one written from the host; the predicate is
-    false on the frame after a prompt and true from `frames_to_steady` frames after it on."""
+    on the device on those frames stays equal to one written from the host (with two retained
+    memories: the device retires the memories leaving the window as the host rules do); the
+    predicate is false on the frame after a prompt and true from `frames_to_steady` frames after it on."""
     config = BankConfig(num_maskmem=7, max_obj_ptrs_in_encoder=16, memory_temporal_stride=stride,
-                        max_cond_frames_in_attn=max_cond)  # fmt: skip
+                        max_cond_frames_in_attn=max_cond, retained_memories=retained)  # fmt: skip
     host, device = RingBank(config), RingBank(config)
     generator = torch.Generator().manual_seed(stride * 10 + max_cond)
     counter = torch.zeros((), dtype=torch.long)
@@ -115,12 +132,18 @@ def test_device_layout_and_write_equal_the_host_rules_whenever_steady(stride: in
         host.write_frame(list(objects), frame, conditioning=list(objects.values()), **memories)
         if plan is not None and not prompted:
             write_steady(device.storage, counter, config, **memories)
-            device.record_tracked(list(objects), frame)
+            device.record_tracked(list(objects), frame, with_quality=True)
         else:
             device.write_frame(list(objects), frame, conditioning=list(objects.values()), **memories)
-        for a, b in zip(host.stored_tensors(), device.stored_tensors()):
-            assert torch.equal(a, b), f"frame {frame}: storage differs after the write"
-    print(f"[steady layout] stride {stride} max_cond {max_cond}: {steady} of 100 frames steady, all equal")
+        for name, a, b in zip(STORAGE_FIELDS, visible_storage(host), visible_storage(device)):
+            assert torch.equal(a, b), f"frame {frame}: storage differs after the write ({name})"
+        assert [len(host.objects[i].retained) for i in objects] == [len(device.objects[i].retained) for i in objects]
+    if retained:  # each object's retained rows hold two reliable frames, some offered by the device
+        start = feature_ring_size(config)
+        held = device.storage.frames[start : start + retained]
+        assert bool((held >= 0).all()), held
+    print(f"[steady layout] stride {stride} max_cond {max_cond} retained {retained}: {steady} of 100 frames steady,"
+          " all equal")  # fmt: skip
     # Prompts or new objects on frames 0, 5, 12, 40, 42, 44 and 70; frames_to_steady is 16 here
     # (the pointer window, 15 frames, is the longer one): steady on 28-39, 60-69 and 86-99.
     assert frames_to_steady(config) == 16
@@ -172,7 +195,8 @@ def models() -> dict[tuple[int, int], SAM2Model]:
 @pytest.mark.parametrize(
     "memory,scenario,rules",
     [("fifo", "one", (1, -1)), ("efp", "one", (1, -1)), ("xefp", "one", (1, -1)), ("fifo", "three", (1, -1)),
-     ("efp", "three", (1, -1)), ("xefp", "three", (1, -1)), ("qefp", "three", (1, -1)), ("xefp", "three", (2, 1))],
+     ("efp", "three", (1, -1)), ("xefp", "three", (1, -1)), ("qefp", "three", (1, -1)), ("xefp", "three", (2, 1)),
+     ("refp", "three", (1, -1)), ("refp", "three", (2, 1))],
 )  # fmt: skip
 def test_steady_frames_track_exactly_as_the_ring_bank(models, memory: str, scenario: str, rules) -> None:
     """Masks, logits (tolerance: none, CPU fp32), scores and IoUs equal on every frame; the
@@ -201,14 +225,16 @@ def test_steady_frames_track_exactly_as_the_ring_bank(models, memory: str, scena
     print(f"[steady tracker] {memory} {scenario} rules {rules}: {steady.steady.count} of {num_frames} frames steady,"
           f" largest logit difference {worst} (tolerance 0)")  # fmt: skip
     assert steady.steady.count == expected_steady
+    if memory == "refp":  # the steady frames proposed retained memories, reliable ones among them
+        assert all(len(memory_.retained) == 2 for memory_ in steady.bank.objects.values())
+        start = feature_ring_size(steady.bank.config)
+        assert bool((steady.bank.storage.frames[start : start + 2] >= 0).any())
 
 
 def test_steady_frames_are_refused_without_the_ring_bank(models) -> None:
     model = models[(1, -1)]
     with pytest.raises(ValueError, match="steady_frames needs bank='ring'"):
         Tracker(model, steady_frames=True)
-    with pytest.raises(ValueError, match="the ring bank does not retain memories"):
-        Tracker(model, memory="refp", bank="ring", steady_frames=True)
 
 
 def test_bench_runs_ours_with_steady_frames() -> None:
@@ -241,14 +267,17 @@ def steady_tracker_after(model: SAM2Model, memory: str, num_frames: int) -> tupl
     return tracker, frames
 
 
-def test_the_steady_frame_runs_on_the_meta_device(models) -> None:
+@pytest.mark.parametrize("memory", ["xefp", "refp"])
+def test_the_steady_frame_runs_on_the_meta_device(models, memory: str) -> None:
     """Model, ring storage and buffers moved to the meta device (tensors with shapes and no data):
     any host read (.item(), .tolist(), .cpu(), a branch on a value) or data-dependent shape
     (boolean indexing, nonzero) raises there, so a step that completes has neither. Every op of
-    the frame has a meta kernel (OpenCV's hole filling would not; the device one has)."""
-    tracker, _ = steady_tracker_after(models[(1, -1)], "xefp", 20)
+    the frame has a meta kernel (OpenCV's hole filling would not; the device one has). With refp
+    the frame also proposes and retires retained memories."""
+    tracker, _ = steady_tracker_after(models[(1, -1)], memory, 20)
     plan = steady_plan(tracker.bank, tracker.frame_index)
     assert plan is not None and len(plan.obj_ids) == 3
+    assert {group.retained for group in plan.groups} == ({2} if memory == "refp" else {0})
     meta = torch.device("meta")
     model = copy.deepcopy(tracker.model).to(meta)
     bank = copy.deepcopy(tracker.bank)
@@ -263,7 +292,7 @@ def test_the_steady_frame_runs_on_the_meta_device(models) -> None:
     frame = SteadyFrame(model, tracker.policy, bank, plan, inputs, tracker.frame_size, fill_hole_area=FILL_HOLE_AREA)
     frame.step()
     assert frame.output.device == meta and frame.output.shape == (3 * (96 * 120 + 2),)
-    print(f"[steady meta] 3 objects: one steady frame ran on the meta device; output {tuple(frame.output.shape)}")
+    print(f"[steady meta] {memory}, 3 objects: one steady frame ran on the meta device; output {tuple(frame.output.shape)}")
 
 
 # --- 4. CUDA only -------------------------------------------------------------------------------

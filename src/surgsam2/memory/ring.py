@@ -8,7 +8,12 @@ one CUDA graph needs). All objects of a tracker share one storage, one column pe
 - rows ``0 .. S-1`` of the features (and cached keys, quality, frame index) are a ring of the
   recent frames: frame f of an object is written to row f mod S, where
   S = (num_maskmem - 2) * stride + 1 (num_maskmem - 1 at stride 1) spans every frame SAM 2's rules
-  can still select; rows ``S ..`` hold the object's conditioning frames, in prompt order;
+  can still select;
+- with ``retained_memories`` = R > 0 (policy ``refp``), rows ``S .. S+R-1`` hold the object's
+  retained reliable memories and row ``S+R`` is a scratch row: a memory leaving the recent window
+  is copied on the device (`offer_retained`) over the oldest (or an empty) retained row when it is
+  reliable, else to the scratch row, so the choice needs no host read (as `memory.bank.RetainedStore`);
+- the rows after those hold the object's conditioning frames, in prompt order;
 - the pointers have their own ring of Q = max_obj_ptrs_in_encoder - 1 rows (frame f at f mod Q),
   then the conditioning frames' pointers;
 - ``frames`` / ``pointer_frames``: the frame index held by each row and column (-1: empty),
@@ -33,13 +38,14 @@ stacked); in a steady state the same indices follow from the frame counter alone
 (row = (t - k) mod S): `memory.steady` computes them from a device-side counter, so that a whole
 frame can run without the host (`tracking.steady_frame`).
 
-Covers the policies that read the candidates and their quality (``fifo``, ``efp``, ``qefp``);
-memories retained past the window (``refp``) are not stored here.
+Covers every policy: those that read the candidates and their quality, and ``refp``'s retained
+memories (the host knows *that* an object has retained rows from the first memory that left its
+window with quality, as `MemoryBank` does, never *which* frames they hold).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -49,7 +55,7 @@ import torch
 from surgsam2.memory.assembly import MemoryCandidates, StoredKeys
 from surgsam2.memory.bank import BankConfig
 from surgsam2.memory.policies import MemoryQuality
-from surgsam2.memory.rules import BankRules, MemoryLayout, ObjectMemory
+from surgsam2.memory.rules import BankRules, MemoryLayout, ObjectMemory, StoredMemory
 
 # The memory banks a tracker can keep: per-object dicts of tensors (`memory.bank.MemoryBank`) or
 # preallocated rings of slots (`RingBank`).
@@ -60,6 +66,16 @@ DEFAULT_BANK = "dict"
 def feature_ring_size(config: BankConfig) -> int:
     """S: rows of recent memories, enough for every frame a later frame's layout can select."""
     return max((config.num_maskmem - 2) * config.memory_temporal_stride + 1, 1)
+
+
+def retained_ring_size(config: BankConfig) -> int:
+    """Rows of retained memories: R plus one scratch row, none when nothing is retained."""
+    return config.retained_memories + 1 if config.retained_memories else 0
+
+
+def conditioning_start(config: BankConfig) -> int:
+    """The first conditioning feature row: after the recent ring and the retained rows."""
+    return feature_ring_size(config) + retained_ring_size(config)
 
 
 def pointer_ring_size(config: BankConfig) -> int:
@@ -142,6 +158,7 @@ class RingIndices:
     pointers: torch.Tensor
     pointer_offsets: torch.Tensor
     protected: tuple[bool, ...]
+    retained: tuple[bool, ...] = ()  # N flags of retained memories (`MemoryLayout.retained`); () none
 
 
 def store_rows(
@@ -175,22 +192,63 @@ def store_rows(
     put(storage.ious, feature_rows, torch.ones(count, device=device) if ious is None else ious.reshape(-1))
 
 
+def offer_retained(
+    storage: RingStorage, rows: torch.Tensor, columns: torch.Tensor, config: BankConfig,
+    eligible: torch.Tensor | None = None,
+) -> None:  # fmt: skip
+    """Offer the memories at feature ``rows`` (B,) of ``columns`` (B,) to those objects' retained
+    rows: each one that is reliable (a finite object-score logit > 0, predicted IoU >=
+    ``retained_min_iou``) and ``eligible`` (B,) bool, when given, is copied over the object's
+    retained row holding the oldest frame (empty rows, frame -1, first); the others go to the
+    scratch row. Device ops only (`memory.bank.RetainedStore.offer` over rows)."""
+    start, count, width = feature_ring_size(config), config.retained_memories, storage.features.shape[1]
+    source = rows * width + columns
+    score, iou = storage.object_scores.view(-1)[source], storage.ious.view(-1)[source]
+    reliable = (score > 0) & torch.isfinite(score) & (iou >= config.retained_min_iou)
+    if eligible is not None:
+        reliable = reliable & eligible
+    oldest = storage.frames[start : start + count].index_select(1, columns).argmin(dim=0)
+    target = torch.where(reliable, start + oldest, start + count) * width + columns
+    for tensor in (storage.features, storage.keys, storage.object_scores, storage.ious, storage.frames):
+        if tensor is not None:
+            flat = tensor.view(-1, *tensor.shape[2:])
+            flat.index_copy_(0, target, flat.index_select(0, source))
+
+
+class _RowRules(BankRules):
+    """`BankRules` over row numbers that tells the ring bank which object is being written and
+    which of its memories leave the recent window (to offer them to the retained rows)."""
+
+    def __init__(self, config: BankConfig, retire: Callable[[int, ObjectMemory, StoredMemory], None]) -> None:
+        super().__init__(config)
+        self._on_retire = retire
+        self._writing = -1
+
+    def write(self, obj_id: int, frame_index: int, *args, **kwargs) -> None:
+        self._writing = obj_id
+        super().write(obj_id, frame_index, *args, **kwargs)
+
+    def _retire(self, memory: ObjectMemory, stored: StoredMemory) -> None:
+        self._on_retire(self._writing, memory, stored)
+
+
 class RingBank:
     """Per-object memories in preallocated rings of slots (see the module docstring)."""
 
     def __init__(self, config: BankConfig) -> None:
-        if config.retained_memories:
-            raise ValueError("the ring bank does not retain memories (policy 'refp'): use bank='dict'")
         self.config = config
         # The rules over row numbers: a stored memory's ``features`` is its feature row, its
-        # ``obj_ptr`` its pointer row.
-        self.rules = BankRules(config)
+        # ``obj_ptr`` its pointer row; its ``object_score`` is True when it was written with quality.
+        self.rules = _RowRules(config, self._retire)
         self.columns: dict[int, int] = {}
         self.storage: RingStorage | None = None
         self.recent_rows = feature_ring_size(config)
+        self.retained_rows = retained_ring_size(config)
+        self.conditioning_start = conditioning_start(config)
         self.pointer_rows = pointer_ring_size(config)
         self.conditioning_rows = 0
         self._newest: dict[int, int] = {}  # newest recent frame written per object
+        self._retiring: list[tuple[int, int]] = []  # (column, feature row) to offer before a write
 
     # --- bookkeeping ----------------------------------------------------------------------
     @property
@@ -208,6 +266,7 @@ class RingBank:
         self.columns[obj_id] = len(self.columns)
         if self.storage is not None:
             self.storage.add_column()
+            self._empty_retained(self.storage, self.columns[obj_id])
 
     def remove_object(self, obj_id: int) -> None:
         self.rules.remove_object(obj_id)
@@ -234,6 +293,7 @@ class RingBank:
         def filled(shape: tuple[int, ...], value: float, dtype: torch.dtype) -> torch.Tensor:
             return torch.full(shape, value, dtype=dtype, device=device)
 
+        rows += self.retained_rows
         self.storage = RingStorage(
             features=torch.zeros((rows, width, *features.shape[1:]), dtype=self.config.storage_dtype, device=device),
             keys=None if keys is None else keys.new_zeros((rows, width, *keys.shape[1:])),
@@ -243,11 +303,45 @@ class RingBank:
             frames=filled((rows, width), -1, torch.long),
             pointer_frames=filled((pointer_rows, width), -1, torch.long),
         )
+        self._empty_retained(self.storage, slice(None))
 
-    def _rows_of(self, obj_id: int, frame_index: int, conditioning: bool) -> tuple[int, int]:
+    def _empty_retained(self, storage: RingStorage, columns: int | slice) -> None:
+        """Retained rows of ``columns`` read as empty: object-score logit -inf (poor: a policy
+        drops them first) and IoU 0, as `memory.bank.RetainedStore`'s empty slots."""
+        storage.object_scores[self.recent_rows : self.conditioning_start, columns] = float("-inf")
+        storage.ious[self.recent_rows : self.conditioning_start, columns] = 0.0
+
+    def _retire(self, obj_id: int, memory: ObjectMemory, stored: StoredMemory) -> None:
+        """A memory with quality left the object's recent window: from the first one on, the
+        object proposes its R retained rows (`MemoryBank._retire`); the device copy waits for the
+        frame's write (`_offer_retiring`), before the row is overwritten."""
+        count = self.config.retained_memories
+        if count == 0 or stored.object_score is None:
+            return
+        if not memory.retained:
+            memory.retained = [StoredMemory(-1, self.recent_rows + slot, -1) for slot in range(count)]
+        self._retiring.append((self.columns[obj_id], stored.features))
+
+    def _offer_retiring(self, device: torch.device) -> None:
+        """Offer the memories that left the window this frame to the retained rows, in the order
+        they left (an object's next one sees the previous one's copy)."""
+        rounds: list[list[tuple[int, int]]] = []
+        turns: dict[int, int] = {}
+        for column, row in self._retiring:
+            turn = turns[column] = turns.get(column, -1) + 1
+            if turn == len(rounds):
+                rounds.append([])
+            rounds[turn].append((column, row))
+        self._retiring.clear()
+        for pairs in rounds:
+            index = _to_device(np.array(pairs).T, device)  # (2, B): columns, rows
+            offer_retained(self.storage, index[1], index[0], self.config)
+
+    def _rows_of(self, obj_id: int, frame_index: int, conditioning: bool, with_quality: bool) -> tuple[int, int]:
         """The (feature row, pointer row) of an object's memory of ``frame_index``; records it in
-        the rules (growing the conditioning rows if needed)."""
+        the rules (growing the conditioning rows if needed; a tracked frame may retire memories)."""
         memory = self.rules.objects[obj_id]
+        quality = True if with_quality else None
         if not conditioning:
             newest = self._newest.get(obj_id, -1)
             if frame_index <= newest:
@@ -257,7 +351,7 @@ class RingBank:
                 )
             self._newest[obj_id] = frame_index
             rows = (frame_index % self.recent_rows, frame_index % self.pointer_rows)
-            self.rules.write(obj_id, frame_index, rows[0], rows[1], conditioning=False)
+            self.rules.write(obj_id, frame_index, rows[0], rows[1], conditioning=False, object_score=quality)
             return rows
         existing = memory.conditioning.get(frame_index)
         if existing is not None:
@@ -268,8 +362,8 @@ class RingBank:
                 self.conditioning_rows += 1
                 if self.storage is not None:
                     self.storage.add_rows(1)
-        rows = (self.recent_rows + position, self.pointer_rows + position)
-        self.rules.write(obj_id, frame_index, rows[0], rows[1], conditioning=True)
+        rows = (self.conditioning_start + position, self.pointer_rows + position)
+        self.rules.write(obj_id, frame_index, rows[0], rows[1], conditioning=True, object_score=quality)
         return rows
 
     def write_frame(
@@ -286,9 +380,12 @@ class RingBank:
         """Store the memories of ``frame_index`` of the objects ``obj_ids`` (in the bank): features
         (B, T, C), pointers (B, D), one conditioning flag each, optionally cached keys
         (B, L, T, d) and the frame's quality (B,) object-score logits and predicted IoUs."""
-        rows = [self._rows_of(obj_id, frame_index, flag) for obj_id, flag in zip(obj_ids, conditioning)]
+        with_quality = object_scores is not None
+        rows = [self._rows_of(obj_id, frame_index, flag, with_quality) for obj_id, flag in zip(obj_ids, conditioning)]
         if self.storage is None:
             self._allocate(features, obj_ptrs, keys)
+        if self._retiring:
+            self._offer_retiring(features.device)
         storage = self.storage
         width = storage.features.shape[1]
         columns = np.array([self.columns[obj_id] for obj_id in obj_ids])
@@ -299,11 +396,13 @@ class RingBank:
         storage.frames.view(-1).index_fill_(0, feature_rows, frame_index)
         storage.pointer_frames.view(-1).index_fill_(0, pointer_rows, frame_index)
 
-    def record_tracked(self, obj_ids: Sequence[int], frame_index: int) -> None:
+    def record_tracked(self, obj_ids: Sequence[int], frame_index: int, with_quality: bool) -> None:
         """Record in the host-side rules that the memories of tracked frame ``frame_index`` of
-        ``obj_ids`` are stored, when the device wrote them (`memory.steady.write_steady`)."""
+        ``obj_ids`` are stored (with quality or not), when the device wrote them and offered the
+        memories leaving the window to the retained rows (`memory.steady.write_steady`)."""
         for obj_id in obj_ids:
-            self._rows_of(obj_id, frame_index, conditioning=False)
+            self._rows_of(obj_id, frame_index, False, with_quality)
+        self._retiring.clear()
 
     # --- reading ----------------------------------------------------------------------------
     def layout(self, obj_id: int, frame_index: int, num_frames: int | None = None) -> MemoryLayout:
@@ -343,6 +442,7 @@ class RingBank:
             pointers=index[pointers_at : pointers_at + num_pointers],
             pointer_offsets=index[pointers_at + num_pointers :],
             protected=layouts[0].protected,
+            retained=layouts[0].retained,
         )
 
     def gather(self, indices: RingIndices, with_quality: bool = False) -> tuple[MemoryCandidates, StoredKeys | None]:
@@ -353,8 +453,13 @@ class RingBank:
             raise ValueError("the ring bank has no memories to propose yet")
         quality = None
         if with_quality:
+            frames = None
+            if any(indices.retained):  # retained memories are dropped oldest first; empty rows at -inf
+                frames = _take(storage.frames, indices.memories).float()
+                frames = frames.masked_fill(frames < 0, float("-inf"))
             quality = MemoryQuality(object_scores=_take(storage.object_scores, indices.memories),
-                                    ious=_take(storage.ious, indices.memories))  # fmt: skip
+                                    ious=_take(storage.ious, indices.memories), frames=frames,
+                                    retained=indices.retained)  # fmt: skip
         candidates = MemoryCandidates(
             features=_take(storage.features, indices.memories),
             slots=indices.slots,
@@ -383,7 +488,10 @@ __all__ = [
     "RingBank",
     "RingIndices",
     "RingStorage",
+    "conditioning_start",
     "feature_ring_size",
+    "offer_retained",
     "pointer_ring_size",
+    "retained_ring_size",
     "store_rows",
 ]

@@ -14,12 +14,14 @@ the pointer window), and for every object:
 Then `BankRules.layout` proposes, per object: the ``c`` latest conditioning frames (c = their
 number, or ``max_cond_frames_in_attn`` when that is smaller) in the bank's order, each in slot
 num_maskmem - 1; the recent slots' frames, oldest first; pointers of those conditioning frames
-(offset t - frame) and of frames t - 1, t - 2, ... (offsets 1, 2, ...). Rows follow from t alone:
-recent frame f is at feature row f mod S and pointer row f mod Q (`memory.ring`); the conditioning
-rows are found on the device from the storage's ``frames`` (the c largest frame indices among the
-object's conditioning rows) and their pointers' offsets from ``pointer_frames``. So
-`steady_indices` computes with tensor ops only (no host read, static shapes) what
-`RingBank.indices` computes from the rules, and `write_steady` stores a frame at the rows t gives.
+(offset t - frame) and of frames t - 1, t - 2, ... (offsets 1, 2, ...); an object with retained
+memories (``refp``) also proposes its R retained rows after the conditioning ones. Rows follow from
+t alone: recent frame f is at feature row f mod S and pointer row f mod Q (`memory.ring`); the
+conditioning rows are found on the device from the storage's ``frames`` (the c largest frame
+indices among the object's conditioning rows) and their pointers' offsets from ``pointer_frames``.
+So `steady_indices` computes with tensor ops only (no host read, static shapes) what
+`RingBank.indices` computes from the rules, and `write_steady` stores a frame at the rows t gives,
+after offering the memories that leave the window at t to the retained rows (`retire_steady`).
 A stream tracked frame after frame is steady at the latest `frames_to_steady` frames after its last
 prompt (or added object).
 """
@@ -36,7 +38,9 @@ from surgsam2.memory.ring import (
     RingBank,
     RingIndices,
     RingStorage,
+    conditioning_start,
     feature_ring_size,
+    offer_retained,
     pointer_ring_size,
     store_rows,
 )
@@ -45,10 +49,12 @@ from surgsam2.memory.ring import (
 @dataclass(frozen=True)
 class SteadyGroup:
     """Objects that go through memory attention as one batch on a steady frame (equal layout
-    shapes): their storage columns, and how many conditioning memories each attends to."""
+    shapes): their storage columns, how many conditioning memories each attends to, and how many
+    retained memories each proposes (0, or R once a memory has left its window)."""
 
     columns: tuple[int, ...]
     conditioning: int
+    retained: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ def steady_plan(bank: RingBank, frame_index: int, num_frames: int | None = None)
         return None
     features, pointers = feature_window(config, frame_index), pointer_window(config, frame_index)
     oldest = min(features + pointers, default=frame_index)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
     obj_ids = sorted(bank.columns, key=bank.columns.__getitem__)
     for column, obj_id in enumerate(obj_ids):
         memory = bank.objects[obj_id]
@@ -104,34 +110,41 @@ def steady_plan(bank: RingBank, frame_index: int, num_frames: int | None = None)
             return None
         if any(frame not in memory.recent for frame in pointers):
             return None
-        groups.setdefault(selected_conditioning(config, len(memory.conditioning)), []).append(column)
+        shape = (selected_conditioning(config, len(memory.conditioning)), len(memory.retained))
+        groups.setdefault(shape, []).append(column)
     return SteadyPlan(
         obj_ids=tuple(obj_ids),
         conditioning_rows=bank.conditioning_rows,
-        groups=tuple(SteadyGroup(tuple(columns), count) for count, columns in groups.items()),
+        groups=tuple(SteadyGroup(tuple(columns), *shape) for shape, columns in groups.items()),
     )
 
 
 def steady_indices(
-    storage: RingStorage, counter: torch.Tensor, config: BankConfig, columns: torch.Tensor, conditioning: int
-) -> RingIndices:
+    storage: RingStorage, counter: torch.Tensor, config: BankConfig, columns: torch.Tensor, conditioning: int,
+    retained: int = 0,
+) -> RingIndices:  # fmt: skip
     """`RingBank.indices` of a steady frame, on the device: ``counter`` the frame index (0-d
-    int64), ``columns`` (B,) int64 the objects' storage columns, ``conditioning`` the conditioning
-    memories each attends to (`SteadyGroup`). Tensor ops only: no host read, static shapes."""
-    recent_rows, pointer_rows = feature_ring_size(config), pointer_ring_size(config)
+    int64), ``columns`` (B,) int64 the objects' storage columns, ``conditioning`` and ``retained``
+    the conditioning and retained memories each proposes (`SteadyGroup`). Tensor ops only: no
+    host read, static shapes."""
+    recent_rows, pointer_rows, first = feature_ring_size(config), pointer_ring_size(config), conditioning_start(config)
     num_maskmem, stride = config.num_maskmem, config.memory_temporal_stride
     width, batch, device = storage.features.shape[1], columns.shape[0], counter.device
     # The latest `conditioning` conditioning rows of each object, in row (= the bank's) order.
-    condition_frames = storage.frames[recent_rows:].index_select(1, columns)  # (K, B), -1 when empty
+    condition_frames = storage.frames[first:].index_select(1, columns)  # (K, B), -1 when empty
     positions = torch.topk(condition_frames, conditioning, dim=0).indices.sort(dim=0).values  # (c, B)
     # Recent slots, oldest first: strided frames back from ((t - 2) // r) * r, then t - 1.
     back = torch.arange(num_maskmem - 3, -1, -1, device=device) * stride
     base = torch.div(counter - 2, stride, rounding_mode="floor") * stride
     recent = torch.cat([base - back, (counter - 1).reshape(1)])[: max(num_maskmem - 1, 0)]
-    rows = torch.cat([recent_rows + positions, torch.remainder(recent, recent_rows)[:, None].expand(-1, batch)])
+    retained_rows = torch.arange(recent_rows, recent_rows + retained, device=device)[:, None].expand(-1, batch)
+    recent_ring = torch.remainder(recent, recent_rows)[:, None].expand(-1, batch)
+    rows = torch.cat([first + positions, retained_rows, recent_ring])
+    retained_slot = max(num_maskmem - 2, 0) if config.retained_slot is None else config.retained_slot
     slots = torch.cat(
         [
             torch.full((conditioning, batch), num_maskmem - 1, dtype=torch.long, device=device),
+            torch.full((retained, batch), retained_slot, dtype=torch.long, device=device),
             torch.arange(num_maskmem - 2, -1, -1, device=device)[:, None].expand(-1, batch),
         ]
     )
@@ -145,8 +158,32 @@ def steady_indices(
         slots=slots.contiguous(),
         pointers=(torch.cat([condition_pointers, recent_pointers]) * width + columns).contiguous(),
         pointer_offsets=torch.cat([condition_offsets, frames_back[:, None].expand(-1, batch)]).contiguous(),
-        protected=(True,) * conditioning + (False,) * max(num_maskmem - 1, 0),
+        protected=(True,) * conditioning + (False,) * (retained + max(num_maskmem - 1, 0)),
+        retained=((False,) * conditioning + (True,) * retained + (False,) * max(num_maskmem - 1, 0)) if retained else (),
     )
+
+
+def oldest_kept_feature(config: BankConfig, newest: torch.Tensor) -> torch.Tensor:
+    """The oldest frame whose features the bank keeps once ``newest`` (a 0-d tensor) is written
+    (`BankRules._forget`, on the device)."""
+    stride = config.memory_temporal_stride
+    strided = torch.div(newest - 1, stride, rounding_mode="floor") * stride - max(config.num_maskmem - 3, 0) * stride
+    return torch.minimum(newest, strided)
+
+
+def retire_steady(storage: RingStorage, counter: torch.Tensor, config: BankConfig) -> None:
+    """Offer the memories that leave the recent window when frame ``counter`` is written to the
+    retained rows, oldest first, as the host's rules retire them: the frames from the oldest kept
+    after frame t - 1 up to (not including) the oldest kept after frame t, each one of an object
+    only where its ring row holds that frame (at most ``memory_temporal_stride`` frames a write)."""
+    width, device = storage.features.shape[1], counter.device
+    columns = torch.arange(width, device=device)
+    before, after = oldest_kept_feature(config, counter - 1), oldest_kept_feature(config, counter)
+    for back in range(config.memory_temporal_stride, 0, -1):
+        frame = after - back
+        rows = torch.remainder(frame, feature_ring_size(config)).reshape(1)
+        eligible = (frame >= before) & (storage.frames.index_select(0, rows)[0] == frame)
+        offer_retained(storage, rows.expand(width), columns, config, eligible)
 
 
 def write_steady(
@@ -161,7 +198,10 @@ def write_steady(
 ) -> None:
     """`RingBank.write_frame` of a tracked frame of every object (all columns, in order) at the
     rows the device counter gives: (B, T, C) features, (B, D) pointers, optionally (B, L, T, d)
-    keys and (B,) quality. The host records the write with `RingBank.record_tracked`."""
+    keys and (B,) quality. With retained memories and quality, the memories leaving the window are
+    offered to the retained rows first. The host records the write with `RingBank.record_tracked`."""
+    if config.retained_memories and object_scores is not None:
+        retire_steady(storage, counter, config)
     width = storage.features.shape[1]
     columns = torch.arange(width, device=counter.device)
     feature_rows = torch.remainder(counter, feature_ring_size(config)) * width + columns
@@ -176,7 +216,9 @@ __all__ = [
     "SteadyPlan",
     "feature_window",
     "frames_to_steady",
+    "oldest_kept_feature",
     "pointer_window",
+    "retire_steady",
     "selected_conditioning",
     "steady_indices",
     "steady_plan",

@@ -84,7 +84,9 @@ class SteadyFrame:
     ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
         """`Tracker._memory_inputs` of one batch, from the device-side layout."""
         model, inputs = self.model, self.inputs
-        indices = steady_indices(self.bank.storage, inputs.counter, self.bank.config, columns, group.conditioning)
+        indices = steady_indices(
+            self.bank.storage, inputs.counter, self.bank.config, columns, group.conditioning, group.retained
+        )
         candidates, candidate_keys = self.bank.gather(indices, getattr(self.policy, "uses_quality", False))
         keep = select_memories(candidates, self.policy, model.num_maskmem)
         max_pointers = model.config.max_obj_ptrs_in_encoder  # a steady stream's clip length does not cap it
@@ -237,7 +239,7 @@ class SteadyFrames:
             counter.fill_(frame_index)
         entry.step()
         self._counter_frame = frame_index + 1
-        self.bank.record_tracked(plan.obj_ids, frame_index)
+        self.bank.record_tracked(plan.obj_ids, frame_index, getattr(self.policy, "uses_quality", False))
         self.count += 1
         return self._result(entry, frame_index, frame_size, plan.obj_ids, output_logits)
 

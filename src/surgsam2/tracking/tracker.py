@@ -73,7 +73,7 @@ class Tracker(StreamTracker):
     settable later as the ``stage_hook`` attribute); default: none, at no cost.
     ``bank``: how memories are stored (`surgsam2.memory.ring.BANK_KINDS`): ``"dict"`` (default,
     `MemoryBank`: tensors per object and frame) or ``"ring"`` (`RingBank`: preallocated slots at
-    fixed addresses, the same candidates and results; not with ``refp``).
+    fixed addresses, the same candidates and results).
     ``steady_frames``: with ``bank="ring"``, `step` runs every frame in a steady state (no prompt,
     the same objects, every conditioning frame older than the memory windows: `memory.steady`)
     as one function without the host (`tracking.steady_frame`): on a GPU one CUDA graph per set
