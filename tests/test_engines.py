@@ -205,7 +205,7 @@ def test_bench_engine_option_parsing_and_errors() -> None:
         "drop --stream-frames": {"stream_frames": 10},
         "runs on the CPU": {"device": "cuda"},
         r"fastest precision \(torch bf16, onnx fp32\): drop --dtype": {"dtype": "bf16"},
-        "--memory qefp: the exported engines run efp, fifo, xefp": {"memory": "qefp"},
+        "--memory qefp: the exported engines run efp, fifo, refp, xefp": {"memory": "qefp"},
     }
     for message, fields in cases.items():
         config = BenchConfig(model="nano", image_size=SIZE, engines=("torch", "onnx"), **fields)

@@ -3,7 +3,8 @@
 - its numpy rules against the torch originals: EFP's selection, xefp's exclusive memory masks,
   the antialiased resize, bfloat16 storage rounding;
 - whole videos (nano at 256 px, 32 frames, 3 objects: mask, points, box added on frame 8, a
-  corrective click on frame 16), fifo, efp and xefp: mask IoU >= 0.999 per object and frame;
+  corrective click on frame 16), fifo, efp, xefp and refp: mask IoU >= 0.999 per object and frame
+  (refp on a clip with poor memories: tests/test_onnx_refp.py);
 - the shipped nano on the `make demo` clip: J&F of both engines equal within 0.1;
 - importing and stepping the runtime where `torch` cannot be imported, and in `.venv-onnx`, the
   torch-free venv `make test` builds (numpy, onnxruntime, OpenCV, Pillow, surgsam2 --no-deps):
@@ -109,13 +110,13 @@ def test_resize_and_bfloat16_match_torch() -> None:
 
 @pytest.fixture(scope="module")
 def nano_records(nano_export: tuple[SAM2Model, Path]):
-    """fifo, efp and xefp over one 32-frame clip (the image encoder once per frame and engine)."""
+    """fifo, efp, xefp and refp over one 32-frame clip (the image encoder once per frame and engine)."""
     model, folder = nano_export
     frames, _ = synthetic_clip(32, (256, 256), seed=3)
-    return compare_engines(model, folder, frames, ("fifo", "efp", "xefp"))
+    return compare_engines(model, folder, frames, ("fifo", "efp", "xefp", "refp"))
 
 
-@pytest.mark.parametrize("memory", ["fifo", "efp", "xefp"])
+@pytest.mark.parametrize("memory", ["fifo", "efp", "xefp", "refp"])
 def test_video_parity_with_torch_tracker(nano_records, memory: str) -> None:
     """32 frames, 3 objects (mask, points, box mid-video, a corrective click): IoU >= 0.999."""
     assert_parity(nano_records[memory], f"nano 256 {memory}")

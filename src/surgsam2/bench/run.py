@@ -270,7 +270,7 @@ def _notes(config: BenchConfig, machine: MachineInfo, sides: _Sides, native: boo
             notes.append("official: VOS mode (vos_optimized=True: its parts under torch.compile; compile time"
                          " falls in the warm-up)")
         notes.append("ours as the official runs without its CUDA extension: no hole filling (fill_hole_area=0)")
-    if config.memory in ("efp", "xefp"):
+    if config.memory in ("efp", "qefp", "refp", "xefp"):
         notes.append(f"ours {config.memory}: at most 5 memories attended (num_frame_to_prune=2) of the 7 SAM 2 keeps")
     for name, part in sides.graphed.items():
         stats = part.stats

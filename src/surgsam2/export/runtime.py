@@ -6,9 +6,10 @@ It has the `Tracker` API (`step(frame, prompts) -> FrameResult`, `remove_object`
 and follows the same rules by sharing their code: frame and prompt validation
 (`tracking.frames`, `tracking.prompts`), which memories and pointers a frame may attend to
 (`memory.rules.BankRules`, the base of the torch `MemoryBank`), hole filling
-(`tracking.postprocess`). What is re-written in numpy (EFP's selection, the antialiased resize of
-mask prompts) is tested against the torch original. Nothing on this module's import path imports
-torch.
+(`tracking.postprocess`). It runs the policies of `RUNTIME_POLICIES`. What is re-written in numpy
+(the policies' selection and refp's retained memories in `export.runtime_memory`, the antialiased
+resize of mask prompts) is tested against the torch original. Nothing on this module's import
+path imports torch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ import numpy as np
 
 from surgsam2.export.engines import GraphFile, GraphSession, engine_version, open_sessions
 from surgsam2.export.manifest import load_manifest
-from surgsam2.memory.rules import BankRules, MemoryLayout, MemoryRules
+from surgsam2.export.runtime_memory import (
+    RetainingBankRules,
+    efp_num_dropped,
+    efp_select,
+    layout_quality,
+    refp_select,
+)
+from surgsam2.memory.policy_table import DEFAULT_MIN_IOU, DEFAULT_RETAINED_MEMORIES
+from surgsam2.memory.rules import MemoryLayout, MemoryRules
 from surgsam2.tracking.frames import check_stream_frame, resize_frame
 from surgsam2.tracking.postprocess import fill_holes_array
 from surgsam2.tracking.prompts import Prompt, prompt_point_arrays, validate_prompts
@@ -32,7 +41,6 @@ from surgsam2.tracking.stream import StreamTracker
 GRAPHS = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder", "memory_keys", "mask_prompt")
 PREVIOUS_LOGITS_CLAMP = 32.0  # as the torch tracker clamps the tracked mask fed back with clicks
 MASK_LOGIT_SCALE, MASK_LOGIT_BIAS = 20.0, -10.0  # a mask prompt's logits, as SAM2Model.mask_as_output
-EFP_EPS = 1e-8  # cosine similarity's norm floor, as torch's
 
 
 def round_to_bfloat16(values: np.ndarray) -> np.ndarray:
@@ -43,8 +51,9 @@ def round_to_bfloat16(values: np.ndarray) -> np.ndarray:
     return rounded.view(np.float32)
 
 
-# The memory policies this runtime runs: fifo, efp, and xefp (efp on exclusive memory masks).
-RUNTIME_POLICIES = ("efp", "fifo", "xefp")
+# The memory policies this runtime runs: fifo, efp, refp (efp with retained reliable memories) and
+# xefp (efp on exclusive memory masks).
+RUNTIME_POLICIES = ("efp", "fifo", "refp", "xefp")
 LOST_PIXEL_LOGIT = -10.0  # as `surgsam2.memory.exclusive`
 
 
@@ -58,33 +67,6 @@ def exclusive_masks_array(logits: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     ranking = np.where(fixed & (logits > 0), np.inf, logits)
     keep = fixed | (ranking >= ranking.max(axis=0, keepdims=True))
     return np.where(keep, logits, np.minimum(logits, LOST_PIXEL_LOGIT)).astype(logits.dtype)
-
-
-def efp_num_dropped(protected: Sequence[bool], capacity: int, num_frame_to_prune: int) -> int:
-    """`EfpPolicy.num_dropped`: how many memories EFP drops (never the newest or a protected one)."""
-    prunable = sum(1 for flag in protected[:-1] if not flag)
-    return min(max(len(protected) + num_frame_to_prune - capacity, 0), prunable)
-
-
-def efp_select(features: np.ndarray, protected: Sequence[bool], capacity: int, num_frame_to_prune: int) -> np.ndarray:
-    """`EfpPolicy.select` in numpy: indices (K, B) of the kept candidates, ascending per object.
-    ``features`` (N, B, T, C); drops the memories with the largest summed per-token cosine
-    similarity to the newest, older first among equal scores."""
-    num_candidates, batch = features.shape[:2]
-    dropped = efp_num_dropped(protected, capacity, num_frame_to_prune)
-    indices = np.arange(num_candidates)
-    if dropped == 0:
-        return np.repeat(indices[:, None], batch, axis=1)
-    features = features.astype(np.float32)
-    newest = features[-1:]
-    norms = np.maximum(np.linalg.norm(features, axis=-1), EFP_EPS) * np.maximum(np.linalg.norm(newest, axis=-1), EFP_EPS)
-    scores = ((features * newest).sum(axis=-1) / norms).sum(axis=-1)  # (N, B)
-    never = np.array(list(protected[:-1]) + [True])
-    scores = np.where(never[:, None], -np.inf, scores)
-    order = np.argsort(-scores, axis=0, kind="stable")  # stable: the older of equal scores first
-    keep = np.ones((num_candidates, batch), dtype=bool)
-    np.put_along_axis(keep, order[:dropped], False, axis=0)
-    return np.stack([indices[keep[:, row]] for row in range(batch)], axis=1)
 
 
 def _aa_weights(in_size: int, out_size: int) -> np.ndarray:
@@ -133,9 +115,11 @@ class _ModelPrompt:
 class OnnxTracker(StreamTracker):
     """Streaming promptable tracker over an ONNX export (the `Tracker` API, no PyTorch).
 
-    ``folder``: an export folder (its manifest is verified); ``memory``: ``"efp"`` or ``"fifo"``
-    (default: the manifest's); ``engine``: ``"onnx"`` (ONNX Runtime, fp32) or ``"openvino"``
-    (``precision`` fp32, or bf16 compiled from the same fp32 files; `export.engines`);
+    ``folder``: an export folder (its manifest is verified); ``memory``: one of `RUNTIME_POLICIES`,
+    ``"efp"``, ``"fifo"``, ``"refp"`` or ``"xefp"`` (default: the manifest's; refp retains as many
+    memories, as reliable, as the torch policy's defaults in `memory.policy_table`); ``engine``:
+    ``"onnx"`` (ONNX Runtime, fp32) or ``"openvino"`` (``precision`` fp32, or bf16 compiled from the
+    same fp32 files; `export.engines`);
     ``providers``: ONNX Runtime execution providers (default CPU); ``threads``: the runtime's.
     ``num_frames``: only clips of at least the pointer window (16 frames) may be given: the
     export's pointer encoding is fixed to it (shorter clips track as a stream).
@@ -175,16 +159,7 @@ class OnnxTracker(StreamTracker):
         self.sessions = open_sessions(engine, self._graph_files(), precision, threads, providers)
         # What the runtime compiled (OpenVINO may run another precision than asked for).
         self.precision = "/".join(sorted({session.precision for session in self.sessions.values()}))
-        self.bank = BankRules(
-            MemoryRules(
-                num_maskmem=config["num_maskmem"],
-                max_obj_ptrs_in_encoder=config["max_obj_ptrs_in_encoder"],
-                memory_temporal_stride=config["memory_temporal_stride_for_eval"],
-                max_cond_frames_in_attn=config["max_cond_frames_in_attn"],
-                only_obj_ptrs_in_the_past=config["only_obj_ptrs_in_the_past_for_eval"],
-                use_signed_tpos_enc_to_obj_ptrs=config["use_signed_tpos_enc_to_obj_ptrs"],
-            )
-        )
+        self.bank = RetainingBankRules(memory_rules(config, self.policy))
         normalisation = self.manifest["normalisation"]
         scaled = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
         mean = np.asarray(normalisation["mean"], dtype=np.float32)[:, None]
@@ -346,7 +321,12 @@ class OnnxTracker(StreamTracker):
         if self.policy == "fifo" or efp_num_dropped(layout.protected, capacity, self.num_frame_to_prune) == 0:
             return list(range(count))
         features = np.stack([stored.features for stored, _ in layout.memories])[:, None]
-        return [int(i) for i in efp_select(features, layout.protected, capacity, self.num_frame_to_prune)[:, 0]]
+        if self.policy == "refp":
+            quality, min_iou = layout_quality(layout), self.bank.config.retained_min_iou
+            kept = refp_select(features, layout.protected, capacity, self.num_frame_to_prune, quality, min_iou)
+        else:
+            kept = efp_select(features, layout.protected, capacity, self.num_frame_to_prune)
+        return [int(i) for i in kept[:, 0]]
 
     def _slots(self, obj_ids: list[int], fresh: list[int]) -> dict[str, np.ndarray]:
         """Memory attention's slot inputs for ``obj_ids`` (their layouts) then ``fresh`` (no memory):
@@ -405,7 +385,7 @@ class OnnxTracker(StreamTracker):
     def _remember(self, features: dict[str, np.ndarray], outputs: dict[int, OnnxObjectOutput]) -> None:
         """Encode every object's memory of this frame in one batch and store it (in bfloat16), with
         its memory-attention keys (computed once here from the stored tokens, as the torch tracker
-        caches them)."""
+        caches them) and its frame's quality (object-score logit and predicted IoU, read by refp)."""
         if not outputs:
             return
         obj_ids = self._bank_objects_of(outputs)
@@ -425,8 +405,9 @@ class OnnxTracker(StreamTracker):
         for row, obj_id in enumerate(obj_ids):
             output = outputs[obj_id]
             self.bank.write(
-                obj_id, self.frame_index, tokens[row], output.obj_ptr, conditioning=output.conditioning, keys=keys[row]
-            )
+                obj_id, self.frame_index, tokens[row], output.obj_ptr, conditioning=output.conditioning, keys=keys[row],
+                object_score=output.object_score_logit, iou=output.iou,
+            )  # fmt: skip
 
     # --- results ------------------------------------------------------------------------------
     def _result(self, outputs: dict[int, OnnxObjectOutput], frame_index: int) -> FrameResult:
@@ -443,9 +424,24 @@ class OnnxTracker(StreamTracker):
         return result
 
 
+def memory_rules(config: Mapping, policy: str) -> MemoryRules:
+    """The bank's rules from the manifest's model config; refp retains reliable memories with the
+    torch policy's defaults, as `Tracker` configures its bank from the policy."""
+    return MemoryRules(
+        num_maskmem=config["num_maskmem"],
+        max_obj_ptrs_in_encoder=config["max_obj_ptrs_in_encoder"],
+        memory_temporal_stride=config["memory_temporal_stride_for_eval"],
+        max_cond_frames_in_attn=config["max_cond_frames_in_attn"],
+        only_obj_ptrs_in_the_past=config["only_obj_ptrs_in_the_past_for_eval"],
+        use_signed_tpos_enc_to_obj_ptrs=config["use_signed_tpos_enc_to_obj_ptrs"],
+        retained_memories=DEFAULT_RETAINED_MEMORIES if policy == "refp" else 0,
+        retained_min_iou=DEFAULT_MIN_IOU,
+    )
+
+
 def _named(session: GraphSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A session's outputs by name."""
     return dict(zip(session.output_names, session.run(inputs)))
 
 
-__all__ = ["OnnxTracker", "efp_select", "efp_num_dropped", "resize_antialiased", "round_to_bfloat16"]
+__all__ = ["OnnxTracker", "efp_select", "efp_num_dropped", "refp_select", "resize_antialiased", "round_to_bfloat16"]

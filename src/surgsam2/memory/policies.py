@@ -29,7 +29,13 @@ from typing import ClassVar, TypeVar
 import torch
 import torch.nn.functional as F
 
-from surgsam2.memory.policy_table import DEFAULT_NUM_FRAME_TO_PRUNE, DEFAULT_POLICY, POLICY_SUMMARIES
+from surgsam2.memory.policy_table import (
+    DEFAULT_MIN_IOU,
+    DEFAULT_NUM_FRAME_TO_PRUNE,
+    DEFAULT_POLICY,
+    DEFAULT_RETAINED_MEMORIES,
+    POLICY_SUMMARIES,
+)
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ class QualityEfpPolicy(EfpPolicy):
     whatever their quality. Without quality it is efp.
     """
 
-    min_iou: float = 0.5
+    min_iou: float = DEFAULT_MIN_IOU
     name: str = "qefp"
     uses_quality: ClassVar[bool] = True
 
@@ -273,7 +279,7 @@ class ReliableEfpPolicy(QualityEfpPolicy):
     memory is reliable it keeps exactly efp's memories; without quality it is efp.
     """
 
-    retained_memories: int = 2
+    retained_memories: int = DEFAULT_RETAINED_MEMORIES
     # Temporal slot of retained memories (index into maskmem_tpos_enc); None: the farthest recent one.
     retained_slot: int | None = None
     name: str = "refp"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 DEFAULT_POLICY = "efp"
 DEFAULT_NUM_FRAME_TO_PRUNE = 2
+DEFAULT_MIN_IOU = 0.5  # qefp, refp: the predicted IoU a memory needs to count as good (reliable)
+DEFAULT_RETAINED_MEMORIES = 2  # refp: reliable memories retained per object beyond the recent window
 
 # name -> the first line of its class docstring (what `--memory` help says), in registration order.
 POLICY_SUMMARIES: dict[str, str] = {
