@@ -8,6 +8,7 @@ import torch
 
 import surgsam2
 from surgsam2.app.options import ModelOptions
+from surgsam2.memory.policy_table import DEFAULT_POLICY
 from surgsam2.data.synthetic import (
     SyntheticVideoConfig,
     generate_synthetic_video,
@@ -18,7 +19,7 @@ from surgsam2.model.checkpoint import default_checkpoint, load_model, read_check
 from surgsam2.pipelines.vos_inference import VOSInferenceConfig, run_vos_inference
 
 MAX_PACKAGED_BYTES = 20 * 2**20
-# J&F (surgsam2 protocol, efp) on the held-out clip below, measured when the checkpoint shipped:
+# J&F (surgsam2 protocol, the default memory policy) on the held-out clip below, measured when the checkpoint shipped:
 # see SHIPPED_CLIP_JF_MEASURED; the test allows a margin for platform differences in float math.
 SHIPPED_CLIP_JF_MEASURED = 0.985
 SHIPPED_CLIP_JF_MARGIN = 0.03
@@ -48,7 +49,7 @@ def test_shipped_model_segments_a_held_out_synthetic_clip(tmp_path) -> None:
         output_mask_dir=tmp_path / "masks",
         gt_root=tmp_path / "data" / "Annotations",
         model=ModelOptions(name="nano", device="cpu"),
-        memory="efp",
+        memory=DEFAULT_POLICY,
         progress=False,
     )
     report = run_vos_inference(config, info=lambda message: None)
@@ -68,7 +69,7 @@ def _track_clip(precision: str, stability_fallback: bool) -> tuple[list[dict[int
     model = load_model("nano", dtype=precision)
     assert model.memory_attention.dtype == (torch.float32 if precision == "fp32" else torch.bfloat16)
     model.sam_mask_decoder.dynamic_multimask_via_stability = stability_fallback
-    tracker = surgsam2.Tracker(model, memory="efp")
+    tracker = surgsam2.Tracker(model, memory=DEFAULT_POLICY)
     steps = [tracker.step(frame, prompts if index == 0 else None) for index, frame in enumerate(video.frames)]
     return [result.masks for result in steps], video.id_maps
 

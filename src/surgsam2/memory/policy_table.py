@@ -8,7 +8,7 @@ that the registry and the table name the same policies, in the same order, with 
 
 from __future__ import annotations
 
-DEFAULT_POLICY = "efp"
+DEFAULT_POLICY = "refp"
 DEFAULT_NUM_FRAME_TO_PRUNE = 2
 DEFAULT_MIN_IOU = 0.5  # qefp, refp: the predicted IoU a memory needs to count as good (reliable)
 DEFAULT_RETAINED_MEMORIES = 2  # refp: reliable memories retained per object beyond the recent window

@@ -60,7 +60,8 @@ PREVIOUS_LOGITS_CLAMP = 32.0
 class Tracker(StreamTracker):
     """Streaming promptable tracker over a SAM 2 model.
 
-    ``memory``: ``"efp"`` (Surgical SAM 2, default), ``"fifo"`` (SAM 2) or a MemoryPolicy.
+    ``memory``: a policy name (`surgsam2.memory.policy_table`: ``"refp"`` default, ``"efp"``
+    Surgical SAM 2, ``"fifo"`` SAM 2, ...) or a MemoryPolicy.
     ``num_frames``: the clip length when known; SAM 2 scales object-pointer temporal encodings by
     it on clips shorter than 16 frames, so pass it to reproduce the official predictor there.
     ``fill_hole_area``: small background holes filled in the low-res masks (None: model config).
