@@ -301,8 +301,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @cuda
-@pytest.mark.parametrize("objects", [1, 3])
-def test_cuda_steady_graph_replays_as_eager_without_host_syncs(objects: int) -> None:
+@pytest.mark.parametrize("objects,memory", [(1, "efp"), (3, "efp"), (3, "refp")])
+def test_cuda_steady_graph_replays_as_eager_without_host_syncs(objects: int, memory: str) -> None:
     """On the GPU: the captured steady frame's masks equal the eager steady frames' (the same
     function, so logits within 1e-5: kernels may differ between eager and replay) and the masks
     of the ordinary ring-bank path within 1e-4; replayed frames raise nothing under
@@ -314,9 +314,9 @@ def test_cuda_steady_graph_replays_as_eager_without_host_syncs(objects: int) -> 
     frames, masks = test_tracker.moving_discs(40)
     prompts = {obj_id: Prompt(mask=masks[obj_id]) for obj_id in range(1, objects + 1)}
     trackers = {
-        "ordinary": Tracker(model, memory="efp", bank="ring"),
-        "eager": Tracker(model, memory="efp", bank="ring", steady_frames=True),
-        "graph": Tracker(model, memory="efp", bank="ring", steady_frames=True),
+        "ordinary": Tracker(model, memory=memory, bank="ring"),
+        "eager": Tracker(model, memory=memory, bank="ring", steady_frames=True),
+        "graph": Tracker(model, memory=memory, bank="ring", steady_frames=True),
     }
     trackers["eager"].steady.enabled = False
     worst = {"eager": 0.0, "ordinary": 0.0}
@@ -334,7 +334,7 @@ def test_cuda_steady_graph_replays_as_eager_without_host_syncs(objects: int) -> 
             for obj_id in graphed.object_ids:
                 worst[name] = max(worst[name], float(np.abs(graphed.logits[obj_id] - other.logits[obj_id]).max()))
     stats = trackers["graph"].steady.stats
-    print(f"[steady cuda] {objects} object(s): {stats}; largest logit difference {worst}")
+    print(f"[steady cuda] {memory}, {objects} object(s): {stats}; largest logit difference {worst}")
     # Steady from frame 16: that one runs eagerly (the warm-up), frame 17 is captured and replayed.
     assert stats.captured == 1 and stats.replayed == 40 - 17 and stats.failed == 0
     assert worst["eager"] <= 1e-5 and worst["ordinary"] <= 1e-4

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from surgsam2.bench import BenchConfig, build_our_model, make_clip
+from surgsam2.memory.policy_table import DEFAULT_POLICY, POLICY_NAMES
 from surgsam2.memory.ring import BANK_KINDS, DEFAULT_BANK
 from surgsam2.tracking.prompts import Prompt
 from surgsam2.tracking.tracker import Tracker
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=20, help="frames tracked before the inspected one")
     parser.add_argument("--json", type=Path, help="also write the count and where each sync is to this file")
     parser.add_argument("--bank", default=DEFAULT_BANK, choices=BANK_KINDS, help="the tracker's memory bank")
+    parser.add_argument("--memory", default=DEFAULT_POLICY, choices=POLICY_NAMES, help="the memory policy")
     parser.add_argument("--steady-frames", action="store_true", help="steady frames as one graph (ring bank)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -44,7 +46,7 @@ def main() -> None:
     model = build_our_model(config, None)
     clip = make_clip(args.image_size, args.frames + 1, args.objects, seed=0, jpeg_dir=None)
     bank = "ring" if args.steady_frames else args.bank
-    tracker = Tracker(model, memory="efp", bank=bank, steady_frames=args.steady_frames)
+    tracker = Tracker(model, memory=args.memory, bank=bank, steady_frames=args.steady_frames)
     prompts = {obj_id: Prompt(mask=mask) for obj_id, mask in clip.masks.items()}
     for index in range(args.frames):
         tracker.step(clip.frames[index], prompts if index == 0 else None)
@@ -64,13 +66,13 @@ def main() -> None:
     steady = "" if tracker.steady is None else f", steady frames {tracker.steady.stats} (+1 event wait)"
     print(
         f"host syncs in one steady-state frame ({args.model} @ {args.image_size}, {args.objects} object(s),"
-        f" {args.dtype}, {bank} bank{steady}): {sum(where.values())}"
+        f" {args.dtype}, {args.memory}, {bank} bank{steady}): {sum(where.values())}"
     )
     for line, count in where.most_common():
         print(f"  {count:3d}  {line}")
     if args.json:
         record = {"model": args.model, "image_size": args.image_size, "objects": args.objects, "dtype": args.dtype,
-                  "bank": bank, "steady_frames": args.steady_frames,
+                  "memory": args.memory, "bank": bank, "steady_frames": args.steady_frames,
                   "host_syncs": sum(where.values()), "where": dict(where.most_common())}
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 
