@@ -39,3 +39,15 @@ def _deterministic():
     """Each test starts from the same RNG state, independent of test order."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def shipped_export(tmp_path_factory: pytest.TempPathFactory):
+    """The shipped nano (fp32, CPU) and its ONNX export, shared by the ONNX runtime tests."""
+    from surgsam2.export.onnx_export import ExportOptions, export_onnx
+    from surgsam2.model.checkpoint import load_model
+
+    model = load_model("nano", device="cpu")
+    folder = tmp_path_factory.mktemp("shipped_nano_onnx")
+    export_onnx(model, folder, ExportOptions())
+    return model, folder

@@ -28,7 +28,6 @@ import torch
 
 from onnx_parity import IOU_BAR, ORT_THREADS, ParityRecord, assert_parity, iou, require_onnx_venv
 from surgsam2.data.synthetic import SYNTHETIC_PRESETS, generate_synthetic_video
-from surgsam2.export.onnx_export import ExportOptions, export_onnx
 from surgsam2.export.runtime import RUNTIME_POLICIES, OnnxTracker, refp_select
 from surgsam2.export.runtime_memory import CandidateQuality, RetainingBankRules, layout_quality
 from surgsam2.memory.assembly import gather_candidates
@@ -47,17 +46,6 @@ NUM_TOKENS, NUM_CHANNELS = 4, 8
 # then writes poor memories (object absent), which refp replaces with retained ones.
 CLIP_SEED, CLIP_FRAMES, CLIP_SIZE = 2, 40, (320, 256)
 TORCH_FREE_FRAMES = 12  # retained memories exist from frame 8 on (num_maskmem 7)
-
-
-@pytest.fixture(scope="module")
-def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[SAM2Model, Path]:
-    """The shipped nano and its ONNX export."""
-    from surgsam2.model.checkpoint import load_model
-
-    model = load_model("nano", device="cpu")
-    folder = tmp_path_factory.mktemp("shipped_nano_onnx_refp")
-    export_onnx(model, folder, ExportOptions())
-    return model, folder
 
 
 @pytest.fixture(scope="module")

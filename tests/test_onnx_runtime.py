@@ -55,17 +55,6 @@ def nano_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[SAM2Model, Pa
     return model, folder
 
 
-@pytest.fixture(scope="module")
-def shipped_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[SAM2Model, Path]:
-    """The shipped nano and its export, shared by the demo-clip and `segment --engine onnx` tests."""
-    from surgsam2.model.checkpoint import load_model
-
-    model = load_model("nano", device="cpu")
-    folder = tmp_path_factory.mktemp("shipped_nano_onnx")
-    export_onnx(model, folder, ExportOptions())
-    return model, folder
-
-
 def test_efp_select_matches_policy() -> None:
     """numpy EFP picks the same memories as `EfpPolicy.select` (random tensors, ties included)."""
     generator = torch.Generator().manual_seed(0)
