@@ -99,6 +99,12 @@ class MemoryRules:
         if self.retained_slot is not None and not 0 <= self.retained_slot < self.num_maskmem:
             raise ValueError(f"retained_slot must be in 0..{self.num_maskmem - 1}, got {self.retained_slot}")
 
+    @property
+    def retained_temporal_slot(self) -> int:
+        """The temporal slot retained memories are attended with: ``retained_slot``, else the
+        farthest recent one (num_maskmem - 2)."""
+        return max(self.num_maskmem - 2, 0) if self.retained_slot is None else self.retained_slot
+
 
 def recent_slot_frames(config: MemoryRules, frame_index: int) -> list[tuple[int, int]]:
     """(frame, temporal slot) of each recent memory slot of ``frame_index``, oldest first: t - 1
@@ -236,8 +242,7 @@ class BankRules:
         cond_slot = config.num_maskmem - 1
         memories: list[tuple[StoredMemory, int]] = [(memory.conditioning[t], cond_slot) for t in selected]
         protected = [True] * len(memories)
-        retained_slot = max(config.num_maskmem - 2, 0) if config.retained_slot is None else config.retained_slot
-        memories += [(stored, retained_slot) for stored in memory.retained]
+        memories += [(stored, config.retained_temporal_slot) for stored in memory.retained]
         protected += [False] * len(memory.retained)
         retained = [False] * len(selected) + [True] * len(memory.retained)
         for previous, slot in recent_slot_frames(config, frame_index):

@@ -140,11 +140,10 @@ def steady_indices(
     retained_rows = torch.arange(recent_rows, recent_rows + retained, device=device)[:, None].expand(-1, batch)
     recent_ring = torch.remainder(recent, recent_rows)[:, None].expand(-1, batch)
     rows = torch.cat([first + positions, retained_rows, recent_ring])
-    retained_slot = max(num_maskmem - 2, 0) if config.retained_slot is None else config.retained_slot
     slots = torch.cat(
         [
             torch.full((conditioning, batch), num_maskmem - 1, dtype=torch.long, device=device),
-            torch.full((retained, batch), retained_slot, dtype=torch.long, device=device),
+            torch.full((retained, batch), config.retained_temporal_slot, dtype=torch.long, device=device),
             torch.arange(num_maskmem - 2, -1, -1, device=device)[:, None].expand(-1, batch),
         ]
     )
