@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,10 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from package_at import import_package_at
 from surgsam2.bench.machine import count_flops, load_average, measure_matmul_peak
-from surgsam2.model.checkpoint import load_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def build_encoder(package: str, model: str, image_size: int, dtype: str) -> nn.Module:
@@ -40,23 +36,6 @@ def build_encoder(package: str, model: str, image_size: int, dtype: str) -> nn.M
     loader = importlib.import_module(f"{package}.model.checkpoint").load_model
     torch.manual_seed(0)
     return loader(model, checkpoint=None, image_size=image_size, dtype=dtype).image_encoder.eval()
-
-
-def import_ref_package(commit: str, folder: Path, package: str) -> str:
-    """Extract ``src/surgsam2`` at ``commit`` into ``folder`` as ``package``, imported from there."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", commit, "src/surgsam2"],
-        check=True, capture_output=True,
-    ).stdout
-    folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    source = folder / "src" / "surgsam2"
-    for path in source.rglob("*.py"):
-        text = path.read_text()
-        path.write_text(text.replace("surgsam2.", f"{package}.").replace("import surgsam2", f"import {package}"))
-    source.rename(folder / package)
-    sys.path.insert(0, str(folder))
-    return package
 
 
 def run_encoder(encoder: nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
@@ -132,7 +111,7 @@ def main() -> None:
     with torch.no_grad(), tempfile.TemporaryDirectory() as folder:
         sides = {"ours": build_encoder("surgsam2", args.model, args.image_size, args.dtype)}
         for index, commit in enumerate(args.against):
-            package = import_ref_package(commit, Path(folder) / str(index), f"surgsam2_ref{index}")
+            package = import_package_at(commit, Path(folder) / str(index), f"surgsam2_ref{index}")
             ref = build_encoder(package, args.model, args.image_size, args.dtype)
             ref.load_state_dict(sides["ours"].state_dict())
             sides[commit] = ref
