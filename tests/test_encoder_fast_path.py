@@ -1,5 +1,6 @@
-"""The bf16 CPU fast path of the image encoder: fused oneDNN linears, packed window attention
-written straight into the heads-merged layout, and a contiguous channels-last token grid."""
+"""The bf16 CPU fast path: fused oneDNN linears (image encoder, attention projections, memory
+attention and memory encoder MLPs), packed window attention written straight into the
+heads-merged layout, and a contiguous channels-last token grid."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from surgsam2.model import attention
+from surgsam2.model import attention, layers
 from surgsam2.model.layers import MLP, linear
 
 
@@ -96,6 +97,76 @@ def test_mlp_fast_path_matches_module_calls() -> None:
                 unfused = mlp.act(unfused)
     error = (fused - unfused.float()).abs().max().item() / unfused.float().abs().max().item()
     print(f"[fast path] MLP fused vs unfused bf16: {error:.2e} of scale (allowed 2e-2)")
+    assert error <= 2e-2
+
+
+def _memory_attention_layer() -> nn.Module:
+    from surgsam2.model.memory_attention import MemoryAttentionLayer
+
+    return MemoryAttentionLayer(d_model=64, dim_feedforward=128, num_heads=1, kv_in_dim=16)
+
+
+def _decoder_attention() -> nn.Module:
+    return attention.Attention(64, num_heads=2, downsample_rate=2)
+
+
+def _cx_block() -> nn.Module:
+    from surgsam2.model.memory_encoder import CXBlock
+
+    return CXBlock(32, layer_scale_init_value=0.5)
+
+
+# (module builder, inputs builder, call, linear calls): every nn.Linear call of the forward. The
+# memory attention layer makes 9 of its 10 (its cross-attention applies the value projection
+# after the attention, as a matmul on the narrow memory values).
+FUSED_MODULES = {
+    "memory attention layer": (
+        _memory_attention_layer,
+        lambda g: (torch.randn(2, 64, 64, generator=g), torch.randn(2, 2 * 64 + 4, 16, generator=g)),
+        lambda m, args: m(*args, pos=torch.ones_like(args[1]), num_k_exclude_rope=4),
+        9,
+    ),
+    "decoder attention": (
+        _decoder_attention,
+        lambda g: (torch.randn(2, 8, 64, generator=g), torch.randn(2, 256, 64, generator=g)),
+        lambda m, args: m(args[0], args[1], args[1]),
+        4,
+    ),
+    "memory encoder CX block": (
+        _cx_block,
+        lambda g: (torch.randn(2, 32, 16, 16, generator=g),),
+        lambda m, args: m(*args),
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED_MODULES))
+def test_fused_linears_beyond_the_encoder(name: str, monkeypatch) -> None:
+    """In bf16 inference every linear of memory attention, the decoder's attention and the memory
+    encoder's CX blocks is one fused oneDNN call, and the output stays within bf16 rounding of
+    the module calls (max error <= 2% of the output's scale)."""
+    build, inputs, run, expected_calls = FUSED_MODULES[name]
+    if layers._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN")
+    torch.manual_seed(8)
+    module = build().bfloat16().eval()
+    args = tuple(t.bfloat16() for t in inputs(torch.Generator().manual_seed(9)))
+    calls = []
+    fused_linear = layers._ONEDNN_LINEAR
+
+    def counting(*call_args):
+        calls.append(1)
+        return fused_linear(*call_args)
+
+    with torch.no_grad():
+        monkeypatch.setattr(layers, "_ONEDNN_LINEAR", counting)
+        fused = run(module, args).float()
+        monkeypatch.setattr(layers, "_ONEDNN_LINEAR", None)
+        unfused = run(module, args).float()
+    assert len(calls) == expected_calls
+    error = (fused - unfused).abs().max().item() / unfused.abs().max().item()
+    print(f"[fast path] {name}: {len(calls)} fused linears; vs module calls {error:.2e} of scale (allowed 2e-2)")
     assert error <= 2e-2
 
 

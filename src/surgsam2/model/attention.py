@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surgsam2.model.layers import linear
 from surgsam2.model.position import apply_rope, axial_rope_tables, rope_rotation
 
 # Largest block of attention scores (bytes) formed at once by `matmul_attention`: beyond it the
@@ -215,7 +216,7 @@ class Attention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Heads of q, k, v (B, H, N, head_dim) -> output (B, Nq, C)."""
         out = attend(q, k, v, self.training, self.dropout_p)
-        return self.out_proj(self.merge_heads(out))
+        return linear(self.merge_heads(out), self.out_proj)
 
     def _values_after_attention(self, q: torch.Tensor, k: torch.Tensor) -> bool:
         """Whether to mix the raw values and project after (bf16 CPU path, narrow values)."""
@@ -235,15 +236,15 @@ class Attention(nn.Module):
         out = torch.matmul(mixed, weight)  # (B, H, Nq, head_dim)
         if self.v_proj.bias is not None:
             out = out + self.v_proj.bias.view(self.num_heads, 1, head_dim)
-        return self.out_proj(self.merge_heads(out))
+        return linear(self.merge_heads(out), self.out_proj)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q (B, Nq, C), k and v (B, Nk, kv_in_dim) -> (B, Nq, C)."""
-        q = self.split_heads(self.q_proj(q))
-        k = self.split_heads(self.k_proj(k))
+        q = self.split_heads(linear(q, self.q_proj))
+        k = self.split_heads(linear(k, self.k_proj))
         if self._values_after_attention(q, k):
             return self._attend_raw_values(q, k, v)
-        v = self.split_heads(self.v_proj(v))
+        v = self.split_heads(linear(v, self.v_proj))
         return self._attend(q, k, v)
 
 
@@ -320,11 +321,11 @@ class RoPEAttention(Attention):
         """
         if rotated_keys is not None:
             return self._forward_rotated_keys(q, k, v, num_k_exclude_rope, rotated_keys)
-        q = self.split_heads(self.q_proj(q))
-        k = self.split_heads(self.k_proj(k))
+        q = self.split_heads(linear(q, self.q_proj))
+        k = self.split_heads(linear(k, self.k_proj))
         raw_values = self._values_after_attention(q, k)
         if not raw_values:
-            v = self.split_heads(self.v_proj(v))
+            v = self.split_heads(linear(v, self.v_proj))
         tables = self.rope_tables(q.shape[-2], q.device)
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         if num_k_rope != q.shape[-2] and not self.rope_k_repeat:
@@ -347,10 +348,10 @@ class RoPEAttention(Attention):
     ) -> torch.Tensor:
         """`forward` with precomputed rotated keys; the excluded (pointer) rows are filled in place."""
         if num_k_exclude_rope:
-            rotated_keys[:, -num_k_exclude_rope:] = self.k_proj(k[:, -num_k_exclude_rope:])
-        q = self.split_heads(self.q_proj(q))
+            rotated_keys[:, -num_k_exclude_rope:] = linear(k[:, -num_k_exclude_rope:], self.k_proj)
+        q = self.split_heads(linear(q, self.q_proj))
         q = apply_rope(q, *self.rope_tables(q.shape[-2], q.device))
         keys = self.split_heads(rotated_keys)
         if self._values_after_attention(q, keys):
             return self._attend_raw_values(q, keys, v)
-        return self._attend(q, keys, self.split_heads(self.v_proj(v)))
+        return self._attend(q, keys, self.split_heads(linear(v, self.v_proj)))

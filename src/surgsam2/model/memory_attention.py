@@ -16,7 +16,7 @@ from torch import nn
 
 from surgsam2.model.attention import RoPEAttention
 from surgsam2.model.configs import MemoryAttentionConfig
-from surgsam2.model.layers import get_activation
+from surgsam2.model.layers import get_activation, linear
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -100,8 +100,8 @@ class MemoryAttentionLayer(nn.Module):
 
     def feed_forward(self, tgt: torch.Tensor) -> torch.Tensor:
         """tgt + MLP(norm3(tgt))."""
-        hidden = self._dropout(self.activation(self.linear1(self.norm3(tgt))))
-        return tgt + self._dropout(self.linear2(hidden))
+        hidden = self._dropout(linear(self.norm3(tgt), self.linear1, self.activation))
+        return tgt + self._dropout(linear(hidden, self.linear2))
 
     def forward(
         self,

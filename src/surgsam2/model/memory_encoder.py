@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from surgsam2.model.configs import MemoryEncoderConfig
-from surgsam2.model.layers import DropPath, LayerNorm2d
+from surgsam2.model.layers import DropPath, LayerNorm2d, linear
 from surgsam2.model.position import PositionEmbeddingSine
 
 
@@ -90,7 +90,7 @@ class CXBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         branch = self.norm(self.dwconv(x)).permute(0, 2, 3, 1)  # channels-last for the MLP
-        branch = self.pwconv2(self.act(self.pwconv1(branch)))
+        branch = linear(linear(branch, self.pwconv1, self.act), self.pwconv2)
         if self.gamma is not None:
             branch = branch * self.gamma
         return x + self.drop_path(branch.permute(0, 3, 1, 2))
