@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from surgsam2.app.errors import one_line
 from surgsam2.data.termination import TERMINATED_EXIT_CODE, Terminated, terminate_as_interrupt
+from surgsam2.runtime.allocator import keep_freed_memory
 
 INTERRUPTED_EXIT_CODE = 130
 BAD_INPUT_EXIT_CODE = 2
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; failures are one line on stderr and a non-zero exit code."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # frames reuse freed tensors' memory instead of faulting it in again
     with terminate_as_interrupt():
         try:
             return int(args.func(args) or 0)
