@@ -37,6 +37,7 @@ from package_at import import_package_at
 from surgsam2.bench.machine import count_flops, load_average, measure_matmul_peak
 from surgsam2.bench.runners import RANDOM_OBJECT_SCORE_BIAS, make_clip
 from surgsam2.memory.policy_table import DEFAULT_POLICY
+from surgsam2.runtime.allocator import keep_freed_memory
 
 # Profiler op names whose self time is matmul work (counted FLOPs run in them).
 MATMUL_OPS = frozenset({
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="then profile ours: matmul kernels vs the rest, and the ceiling")
     parser.add_argument("--split-frames", type=int, default=8, help="frames of ours alone for --split: half timed, half profiled")
     args = parser.parse_args()
+    keep_freed_memory()  # as every surgsam2 command does
     torch.set_num_threads(args.threads)
     clip = make_clip(args.image_size, args.warmup + args.frames + 1 + args.split_frames, args.objects, args.seed, None)
     timed = clip.frames[: args.warmup + args.frames]
