@@ -35,7 +35,7 @@ import torch
 
 from package_at import import_package_at
 from surgsam2.bench.machine import count_flops, load_average, measure_matmul_peak
-from surgsam2.bench.runners import RANDOM_OBJECT_SCORE_BIAS, make_clip
+from surgsam2.bench.runners import RANDOM_OBJECT_SCORE_BIAS, make_clip, mask_iou
 from surgsam2.memory.policy_table import DEFAULT_POLICY
 from surgsam2.runtime.allocator import keep_freed_memory
 
@@ -66,13 +66,9 @@ def prompts_of(package: str, masks: dict[int, np.ndarray]) -> dict[int, Any]:
     return {obj_id: prompt_class(mask=mask) for obj_id, mask in masks.items()}
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks (1 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def time_sides(sides: dict[str, Any], prompts: dict[str, dict[int, Any]], frames: list[np.ndarray], warmup: int) -> tuple[dict[str, list[float]], float]:
+def time_sides(
+    sides: dict[str, Any], prompts: dict[str, dict[int, Any]], frames: list[np.ndarray], warmup: int
+) -> tuple[dict[str, list[float]], float]:
     """Seconds per timed frame of each side, stepped in turn, and the worst mask IoU of a side
     against ours over all frames."""
     names = list(sides)
