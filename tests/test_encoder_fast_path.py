@@ -116,27 +116,32 @@ def _cx_block() -> nn.Module:
     return CXBlock(32, layer_scale_init_value=0.5)
 
 
-# (module builder, inputs builder, call, linear calls): every nn.Linear call of the forward. The
-# memory attention layer makes 9 of its 10 (its cross-attention applies the value projection
-# after the attention, as a matmul on the narrow memory values).
+# (module builder, inputs builder, call, linear calls, tolerance): every nn.Linear call of the
+# forward. The memory attention layer makes 9 of its 10 (its cross-attention applies the value
+# projection after the attention, as a matmul on the narrow memory values). Bias and ReLU fused
+# are bit-identical to the module calls (tolerance 0); the CX block's GELU on the float32
+# accumulator rounds once instead of twice (within 1 % of scale).
 FUSED_MODULES = {
     "memory attention layer": (
         _memory_attention_layer,
         lambda g: (torch.randn(2, 64, 64, generator=g), torch.randn(2, 2 * 64 + 4, 16, generator=g)),
         lambda m, args: m(*args, pos=torch.ones_like(args[1]), num_k_exclude_rope=4),
         9,
+        0.0,
     ),
     "decoder attention": (
         _decoder_attention,
         lambda g: (torch.randn(2, 8, 64, generator=g), torch.randn(2, 256, 64, generator=g)),
         lambda m, args: m(args[0], args[1], args[1]),
         4,
+        0.0,
     ),
     "memory encoder CX block": (
         _cx_block,
         lambda g: (torch.randn(2, 32, 16, 16, generator=g),),
         lambda m, args: m(*args),
         2,
+        1e-2,
     ),
 }
 
@@ -144,9 +149,9 @@ FUSED_MODULES = {
 @pytest.mark.parametrize("name", list(FUSED_MODULES))
 def test_fused_linears_beyond_the_encoder(name: str, monkeypatch) -> None:
     """In bf16 inference every linear of memory attention, the decoder's attention and the memory
-    encoder's CX blocks is one fused oneDNN call, and the output stays within bf16 rounding of
-    the module calls (max error <= 2% of the output's scale)."""
-    build, inputs, run, expected_calls = FUSED_MODULES[name]
+    encoder's CX blocks is one fused oneDNN call, and the output equals the module calls' (within
+    1% of the output's scale where a GELU is fused)."""
+    build, inputs, run, expected_calls, tolerance = FUSED_MODULES[name]
     if layers._ONEDNN_LINEAR is None:
         pytest.skip("this torch build has no oneDNN")
     torch.manual_seed(8)
@@ -166,8 +171,8 @@ def test_fused_linears_beyond_the_encoder(name: str, monkeypatch) -> None:
         unfused = run(module, args).float()
     assert len(calls) == expected_calls
     error = (fused - unfused).abs().max().item() / unfused.abs().max().item()
-    print(f"[fast path] {name}: {len(calls)} fused linears; vs module calls {error:.2e} of scale (allowed 2e-2)")
-    assert error <= 2e-2
+    print(f"[fast path] {name}: {len(calls)} fused linears; vs module calls {error:.2e} of scale (allowed {tolerance:.0e})")
+    assert error <= tolerance
 
 
 def test_hiera_grid_contiguous_after_position_embedding() -> None:
